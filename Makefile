@@ -1,0 +1,70 @@
+# awq_quest - build the examples, tools and tests.
+#   make                 examples and tools, against OpenBLAS
+#   make AQ_NO_BLAS=1    the same with the plain C GEMM (binaries under build/noblas/)
+#   make test            build and run the test suite (last line: "N passed, N failed")
+#   make test-asan       the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make demo            build and run the demo (MODEL=path/to/model.gguf to choose another model)
+#   make bench           speed report on a TinyLlama-1.1B-shape random model (written on first use)
+
+CC          ?= cc
+STB_INCLUDE ?= /usr/include/stb
+CFLAGS      ?= -O2 -g
+SHARED      ?= ../shared
+MODEL       ?= $(SHARED)/models/stories260K.gguf
+BENCH_DIR   ?= build/models
+
+WARN   = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes
+ifeq ($(AQ_NO_BLAS),1)
+OUT      ?= build/noblas
+DEFS      = -DAQ_NO_BLAS
+BLAS_LIBS =
+else
+OUT      ?= .
+DEFS      =
+BLAS_LIBS = -lopenblas
+endif
+P       = $(patsubst ./%,%,$(OUT)/)
+LDLIBS  = $(BLAS_LIBS) -lm -pthread
+ALL_CFLAGS = $(WARN) $(CFLAGS) $(DEFS) -I. -I$(STB_INCLUDE) -pthread -DAQ_BIN_DIR='"$(OUT)"' -DAQ_SHARED_DIR='"$(SHARED)"'
+
+EXAMPLES = $(P)examples/generate $(P)examples/minimal
+TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench
+TESTS    = $(P)tests/run_tests
+TEST_SRC = $(wildcard tests/*.c tests/*.h)
+
+.PHONY: all test test-asan demo bench clean FORCE
+
+all: $(EXAMPLES) $(TOOLS)
+
+# Rebuild everything when the compiler or its flags change.
+$(P).build-flags: FORCE
+	@mkdir -p $(OUT)
+	@echo '$(CC) $(ALL_CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(ALL_CFLAGS) $(LDLIBS)' > $@
+
+$(P)examples/%: examples/%.c awq_quest.h $(P).build-flags
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+$(P)tools/%: tools/%.c tools/tool_util.h awq_quest.h $(P).build-flags
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
+$(TESTS): $(TEST_SRC) awq_quest.h $(P).build-flags
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) tests/run_tests.c -o $@ $(LDLIBS)
+
+test: $(EXAMPLES) $(TOOLS) $(TESTS)
+	$(TESTS)
+
+test-asan:
+	$(MAKE) OUT=build/asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" test
+
+demo: $(P)examples/generate
+	$(P)examples/generate -m $(MODEL) -p "Once upon a time" -n 200 --temp 0.8 --seed 42
+
+bench: $(P)tools/aq-bench $(P)tools/aq-synth
+	@mkdir -p $(BENCH_DIR)
+	@test -f $(BENCH_DIR)/tinyllama-f16.gguf || $(P)tools/aq-synth --preset tinyllama --type f16 -o $(BENCH_DIR)/tinyllama-f16.gguf
+	@test -f $(BENCH_DIR)/tinyllama-f32.gguf || $(P)tools/aq-synth --preset tinyllama --type f32 -o $(BENCH_DIR)/tinyllama-f32.gguf
+	$(P)tools/aq-bench -m $(BENCH_DIR)/tinyllama-f16.gguf -m $(BENCH_DIR)/tinyllama-f32.gguf -t 2 -p 256 -n 32
+
+clean:
+	rm -rf build .build-flags $(EXAMPLES) $(TOOLS) $(TESTS)

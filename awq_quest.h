@@ -1,0 +1,2957 @@
+/* awq_quest.h - run Llama-family models from GGUF files, in one C header.
+
+   USAGE
+     In exactly one C or C++ file of your program:
+         #define AWQ_QUEST_IMPLEMENTATION
+         #include "awq_quest.h"
+     everywhere else just #include "awq_quest.h".  Include it first in the implementation file
+     (it selects POSIX declarations), compile with -pthread, link -lm, and either -lopenblas or
+     define AQ_NO_BLAS for the plain C matrix multiply.  stb_ds.h (Debian libstb-dev,
+     /usr/include/stb) must be on the include path.
+
+   THE TEN-LINE PROGRAM
+         char err[256];
+         aq_model *m = aq_model_load("stories260K.gguf", err, sizeof err);   // NULL + message on error
+         aq_session_params sp = aq_session_default_params();                 // threads, context, ...
+         aq_session *s = aq_session_new(m, &sp, err, sizeof err);
+         aq_sampler_params pp = aq_sampler_default_params();                 // temperature 0 = greedy
+         aq_sampler *smp = aq_sampler_new(&pp, aq_model_config(m)->n_vocab);
+         aq_generate(s, smp, "Once upon a time", 100, print_piece, NULL, NULL, err, sizeof err);
+         aq_sampler_free(smp); aq_session_free(s); aq_model_free(m);
+
+   WHAT IS WHERE (sections of the implementation, in data-flow order)
+     utilities -> GGUF reader -> GGUF writer -> tensor types -> thread pool -> kernels ->
+     tokenizer -> model -> session (KV cache, forward pass) -> sampler -> generate
+
+   OPTIONS (define before the implementation)
+     AQ_MALLOC(n) / AQ_REALLOC(p,n) / AQ_FREE(p)   allocator (default: libc)
+     AQ_NO_BLAS                                    no OpenBLAS: plain C GEMM for prompts
+     AQ_KEEP_BLAS_THREADS                          do not set OpenBLAS to one thread (see aq_session_new)
+     AQ_STB_DS_ALREADY_IMPLEMENTED                 your program compiles stb_ds's implementation itself
+
+   CONVENTIONS
+     Every call that can fail takes (char *err, size_t err_len); on failure it returns NULL or a
+     negative number and writes a message naming the file, tensor, key or argument (err may be
+     NULL).  The library never prints and never exits.  A loaded aq_model is read-only: any
+     number of sessions, on any threads, may share it.  Little-endian hosts only (as GGUF).
+*/
+#ifndef AWQ_QUEST_H
+#define AWQ_QUEST_H
+
+#if defined(AWQ_QUEST_IMPLEMENTATION) && !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* mmap, clock_gettime, pthreads under -std=c99 */
+#endif
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AQ_VERSION "0.1.0"
+#define AQ_MAX_NAME 64 /* longest tensor name GGUF allows, in bytes */
+
+/* ======================================================================================
+   Tensor element types.  The ids are ggml's, so files stay readable by llama.cpp's tools.
+   On the CPU a Llama weight may be F32, F16, BF16, Q8_0, Q4_0 or Q4_1; the reader knows the
+   block sizes of the other ggml types (so it can open and describe such files) but the model
+   loader refuses them with a message naming the tensor and the type.
+   ====================================================================================== */
+typedef enum {
+    AQ_TYPE_F32 = 0, AQ_TYPE_F16 = 1, AQ_TYPE_Q4_0 = 2, AQ_TYPE_Q4_1 = 3,
+    AQ_TYPE_Q5_0 = 6, AQ_TYPE_Q5_1 = 7, AQ_TYPE_Q8_0 = 8, AQ_TYPE_Q8_1 = 9,
+    AQ_TYPE_Q2_K = 10, AQ_TYPE_Q3_K = 11, AQ_TYPE_Q4_K = 12, AQ_TYPE_Q5_K = 13,
+    AQ_TYPE_Q6_K = 14, AQ_TYPE_Q8_K = 15, AQ_TYPE_IQ2_XXS = 16, AQ_TYPE_IQ2_XS = 17,
+    AQ_TYPE_IQ3_XXS = 18, AQ_TYPE_IQ1_S = 19, AQ_TYPE_IQ4_NL = 20, AQ_TYPE_IQ3_S = 21,
+    AQ_TYPE_IQ2_S = 22, AQ_TYPE_IQ4_XS = 23, AQ_TYPE_I8 = 24, AQ_TYPE_I16 = 25,
+    AQ_TYPE_I32 = 26, AQ_TYPE_I64 = 27, AQ_TYPE_F64 = 28, AQ_TYPE_IQ1_M = 29,
+    AQ_TYPE_BF16 = 30, AQ_TYPE_TQ1_0 = 34, AQ_TYPE_TQ2_0 = 35, AQ_TYPE_MXFP4 = 39,
+    AQ_TYPE_COUNT = 40
+} aq_type;
+
+const char *aq_type_name(uint32_t type);          /* "Q4_1"; "unknown" for ids ggml never used */
+int64_t     aq_type_block_size(uint32_t type);    /* elements per block; 0 if unknown */
+int64_t     aq_type_block_bytes(uint32_t type);   /* bytes per block; 0 if unknown */
+int64_t     aq_type_row_bytes(uint32_t type, int64_t n); /* bytes of n elements; -1 if not whole blocks */
+int         aq_type_cpu_supported(uint32_t type); /* usable as a weight by the CPU kernels */
+
+/* Conversions and row codecs.  quantize/dequantize work on the CPU-supported types; n must be a
+   multiple of the type's block size.  They return 0, or -1 for an unsupported type or bad n. */
+float    aq_f16_to_f32(uint16_t h);
+uint16_t aq_f32_to_f16(float f);                  /* round to nearest even */
+float    aq_bf16_to_f32(uint16_t h);
+uint16_t aq_f32_to_bf16(float f);                 /* round to nearest even */
+int aq_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
+int aq_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
+
+/* ======================================================================================
+   GGUF reader.  The file is memory-mapped and validated completely on open (every count, length,
+   offset and size is checked against the file), so afterwards every pointer handed out is safe to
+   read.  Tensor data stays in the mapping; strings are (pointer, length) views into it.
+   ====================================================================================== */
+enum {
+    AQ_GGUF_U8 = 0, AQ_GGUF_I8 = 1, AQ_GGUF_U16 = 2, AQ_GGUF_I16 = 3, AQ_GGUF_U32 = 4,
+    AQ_GGUF_I32 = 5, AQ_GGUF_F32 = 6, AQ_GGUF_BOOL = 7, AQ_GGUF_STRING = 8, AQ_GGUF_ARRAY = 9,
+    AQ_GGUF_U64 = 10, AQ_GGUF_I64 = 11, AQ_GGUF_F64 = 12, AQ_GGUF_TYPE_COUNT = 13
+};
+
+typedef struct {
+    const char *ptr; /* not NUL-terminated */
+    uint64_t len;
+} aq_str;
+
+typedef struct {
+    aq_str key;
+    uint32_t type;        /* AQ_GGUF_* */
+    uint32_t elem_type;   /* arrays: type of the elements; otherwise == type */
+    uint64_t count;       /* arrays: number of elements; otherwise 1 */
+    const uint8_t *data;  /* the value's bytes as stored (arrays: from the first element) */
+    uint64_t nbytes;      /* size of those bytes */
+    const aq_str *strs;   /* strings: strs[0]; arrays of strings: one per element; else NULL */
+} aq_gguf_kv;
+
+typedef struct {
+    char name[AQ_MAX_NAME + 1];
+    uint32_t type;        /* aq_type */
+    uint32_t n_dims;      /* 1..4 */
+    int64_t ne[4];        /* ne[0] is contiguous: a Linear [out, in] has ne = {in, out}; unused = 1 */
+    uint64_t offset;      /* from the start of the data section */
+    uint64_t nbytes;
+    const void *data;     /* inside the mapping */
+} aq_gguf_tensor;
+
+typedef struct aq_gguf aq_gguf;
+
+aq_gguf *aq_gguf_open(const char *path, char *err, size_t err_len);
+/* Parses a GGUF image already in memory (not copied: it must outlive the aq_gguf). */
+aq_gguf *aq_gguf_open_memory(const void *data, size_t size, const char *name, char *err, size_t err_len);
+void     aq_gguf_close(aq_gguf *g);
+
+const char *aq_gguf_path(const aq_gguf *g);
+uint32_t aq_gguf_version(const aq_gguf *g);
+uint64_t aq_gguf_alignment(const aq_gguf *g);
+uint64_t aq_gguf_data_offset(const aq_gguf *g);   /* file offset of the data section */
+uint64_t aq_gguf_file_size(const aq_gguf *g);
+
+int64_t aq_gguf_n_kv(const aq_gguf *g);
+const aq_gguf_kv *aq_gguf_kv_at(const aq_gguf *g, int64_t i);
+const aq_gguf_kv *aq_gguf_find_kv(const aq_gguf *g, const char *key); /* NULL if absent */
+
+/* Typed accessors: 1 = found and converted, 0 = absent, -1 = present with an incompatible type
+   (or an integer that does not fit).  get_int takes any integer width and bool; get_float takes
+   f32, f64 and integers. */
+int aq_gguf_get_int(const aq_gguf *g, const char *key, int64_t *out);
+int aq_gguf_get_float(const aq_gguf *g, const char *key, double *out);
+int aq_gguf_get_str(const aq_gguf *g, const char *key, aq_str *out);
+int aq_gguf_get_bool(const aq_gguf *g, const char *key, int *out);
+const char *aq_gguf_type_name(uint32_t value_type); /* "u32", "string", ... */
+
+/* Element i of an array value, converted (0 if i is out of range or the type does not convert). */
+int64_t aq_gguf_arr_int(const aq_gguf_kv *kv, uint64_t i);
+double  aq_gguf_arr_float(const aq_gguf_kv *kv, uint64_t i);
+
+int64_t aq_gguf_n_tensors(const aq_gguf *g);
+const aq_gguf_tensor *aq_gguf_tensor_at(const aq_gguf *g, int64_t i);
+const aq_gguf_tensor *aq_gguf_find_tensor(const aq_gguf *g, const char *name);
+int64_t aq_tensor_n_elements(const aq_gguf_tensor *t);
+
+/* ======================================================================================
+   GGUF writer.  Collect metadata and tensor infos, then either write everything at once
+   (aq_gguf_writer_save: every tensor added with its data) or stream it (begin, then append the
+   tensors' bytes in the order they were added, then end) so that files larger than memory can be
+   written.  Alignment is taken from a general.alignment value if one is set, else 32; padding
+   between tensors is zero bytes.  A key set twice keeps its first position and the last value.
+   ====================================================================================== */
+typedef struct aq_gguf_writer aq_gguf_writer;
+
+aq_gguf_writer *aq_gguf_writer_new(void);
+void aq_gguf_writer_free(aq_gguf_writer *w);
+int  aq_gguf_writer_set_u32(aq_gguf_writer *w, const char *key, uint32_t v);
+int  aq_gguf_writer_set_i32(aq_gguf_writer *w, const char *key, int32_t v);
+int  aq_gguf_writer_set_u64(aq_gguf_writer *w, const char *key, uint64_t v);
+int  aq_gguf_writer_set_f32(aq_gguf_writer *w, const char *key, float v);
+int  aq_gguf_writer_set_bool(aq_gguf_writer *w, const char *key, int v);
+int  aq_gguf_writer_set_str(aq_gguf_writer *w, const char *key, const char *v);
+/* Array of fixed-size elements (any type but STRING and ARRAY), count elements at elems. */
+int  aq_gguf_writer_set_arr(aq_gguf_writer *w, const char *key, uint32_t elem_type, const void *elems, uint64_t count);
+int  aq_gguf_writer_set_arr_str(aq_gguf_writer *w, const char *key, const aq_str *strs, uint64_t count);
+/* Copies a value read from another file as is (nested arrays included). */
+int  aq_gguf_writer_copy_kv(aq_gguf_writer *w, const aq_gguf_kv *kv);
+/* data may be NULL when the file is streamed.  Returns the tensor's index, or -1 (bad shape/type). */
+int64_t aq_gguf_writer_add_tensor(aq_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                                  const int64_t *ne, const void *data);
+int  aq_gguf_writer_save(aq_gguf_writer *w, const char *path, char *err, size_t err_len);
+int  aq_gguf_writer_begin(aq_gguf_writer *w, const char *path, char *err, size_t err_len);
+int  aq_gguf_writer_append(aq_gguf_writer *w, const void *bytes, size_t n, char *err, size_t err_len);
+int  aq_gguf_writer_end(aq_gguf_writer *w, char *err, size_t err_len);
+
+/* ======================================================================================
+   Tokenizer: SentencePiece-style BPE over the GGUF vocabulary ("llama" tokenizer model), as
+   llama.cpp does it: optional space prefix, spaces as U+2581, greedy highest-score merges
+   (leftmost on ties), byte-fallback tokens for anything the vocabulary lacks.
+   ====================================================================================== */
+typedef struct aq_vocab aq_vocab;
+
+enum { AQ_TOKEN_NORMAL = 1, AQ_TOKEN_UNKNOWN = 2, AQ_TOKEN_CONTROL = 3, AQ_TOKEN_USER_DEFINED = 4,
+       AQ_TOKEN_UNUSED = 5, AQ_TOKEN_BYTE = 6 };
+
+aq_vocab *aq_vocab_load(const aq_gguf *g, char *err, size_t err_len); /* copies what it needs */
+void      aq_vocab_free(aq_vocab *v);
+int32_t   aq_vocab_size(const aq_vocab *v);
+int32_t   aq_vocab_bos(const aq_vocab *v);        /* -1 if the vocabulary has none */
+int32_t   aq_vocab_eos(const aq_vocab *v);
+int       aq_vocab_add_bos(const aq_vocab *v);    /* tokenizer.ggml.add_bos_token (default 1) */
+const char *aq_token_text(const aq_vocab *v, int32_t id);    /* as stored, NUL-terminated; NULL if bad id */
+int       aq_token_type(const aq_vocab *v, int32_t id);
+float     aq_token_score(const aq_vocab *v, int32_t id);
+int32_t   aq_token_lookup(const aq_vocab *v, const char *text, size_t len); /* -1 if absent */
+/* Tokenizes len bytes of text.  Writes at most cap ids and returns how many the text needs (call
+   again with a bigger buffer if that is more than cap), like snprintf. */
+int aq_tokenize(const aq_vocab *v, const char *text, size_t len, int add_bos, int32_t *ids, int cap);
+/* The bytes a token stands for: U+2581 becomes a space, <0xXX> its byte, control tokens nothing.
+   Returns the length (bytes written: at most cap, not NUL-terminated), like aq_tokenize. */
+int aq_token_to_piece(const aq_vocab *v, int32_t id, char *buf, int cap);
+
+/* ======================================================================================
+   Model: configuration from the metadata, weights as typed views into the mapping, vocabulary.
+   general.architecture must be "llama" (Llama 1/2/3, TinyLlama, Mistral, llama2.c stories).
+   ====================================================================================== */
+typedef struct {
+    int32_t n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_rot, n_ff, n_ctx_train;
+    float rms_eps, rope_base;
+    int tied_output;      /* no output.weight: logits use token_embd.weight */
+} aq_config;
+
+/* One weight matrix: rows = outputs, cols = inputs; row r is row_bytes bytes at data + r*row_bytes. */
+typedef struct {
+    uint32_t type;
+    int64_t rows, cols;
+    size_t row_bytes;
+    const void *data;
+    const char *name;
+} aq_weight;
+
+typedef struct aq_model aq_model;
+
+aq_model *aq_model_load(const char *path, char *err, size_t err_len);
+void      aq_model_free(aq_model *m);
+const aq_config *aq_model_config(const aq_model *m);
+const aq_vocab  *aq_model_vocab(const aq_model *m);
+const aq_gguf   *aq_model_gguf(const aq_model *m);
+uint64_t  aq_model_weight_bytes(const aq_model *m);   /* bytes of all weights one decode step reads */
+
+/* ======================================================================================
+   Session: one conversation over a shared model.  Owns the KV cache (paged: page_size tokens per
+   page, pages allocated as the context grows), the scratch buffers and a small thread pool whose
+   workers spin briefly and then sleep, so that it does not collapse when the machine is busy.
+   ====================================================================================== */
+typedef struct {
+    int n_threads;   /* 0 = number of online CPUs */
+    int n_ctx;       /* tokens the session can hold; 0 = the model's trained context */
+    int page_size;   /* KV cache page, tokens; 0 = 16 */
+    int n_batch;     /* prompt tokens evaluated per batch; 0 = 256 */
+} aq_session_params;
+
+typedef struct aq_session aq_session;
+
+aq_session_params aq_session_default_params(void);
+/* With OpenBLAS, the first session sets OpenBLAS to one thread (openblas_set_num_threads(1)),
+   because the session's own pool runs one sgemm tile per thread; define AQ_KEEP_BLAS_THREADS to
+   keep your program's setting. */
+aq_session *aq_session_new(const aq_model *m, const aq_session_params *p, char *err, size_t err_len);
+void        aq_session_free(aq_session *s);
+int         aq_session_pos(const aq_session *s);     /* tokens in the KV cache */
+int         aq_session_n_ctx(const aq_session *s);
+int         aq_session_n_threads(const aq_session *s);
+void        aq_session_reset(aq_session *s);         /* forget the context (keeps the memory) */
+/* Appends n tokens at the current position and runs the model over them: one batched pass
+   (matrix-matrix products) when n > 1, a matrix-vector pass when n == 1.  logits, if not NULL,
+   receives n_vocab floats for the last token.  Returns 0, or -1 with a message. */
+int aq_eval(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len);
+/* Same, but logits receives n * n_vocab floats: the next-token logits after every input token. */
+int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len);
+
+/* ======================================================================================
+   Sampler.  Order: repetition penalty over the last repeat_last_n accepted tokens, then greedy
+   argmax if temperature <= 0, else temperature, top-k, top-p (nucleus), min-p (relative to the
+   most likely token), and a draw from a seeded RNG.  Same seed, same logits -> same tokens.
+   ====================================================================================== */
+typedef struct {
+    float temperature;     /* 0 = greedy (default 0.8) */
+    int   top_k;           /* 0 = off (default 40) */
+    float top_p;           /* 1 = off (default 0.95) */
+    float min_p;           /* 0 = off (default 0.05) */
+    float repeat_penalty;  /* 1 = off (default 1.0) */
+    int   repeat_last_n;   /* default 64 */
+    uint64_t seed;         /* default 42 */
+} aq_sampler_params;
+
+typedef struct aq_sampler aq_sampler;
+
+aq_sampler_params aq_sampler_default_params(void);
+aq_sampler *aq_sampler_new(const aq_sampler_params *p, int32_t n_vocab);
+void    aq_sampler_free(aq_sampler *s);
+void    aq_sampler_accept(aq_sampler *s, int32_t token);   /* remember for the repetition penalty */
+int32_t aq_sampler_sample(aq_sampler *s, const float *logits);
+void    aq_sampler_reset(aq_sampler *s);                  /* forget history, reseed */
+
+/* ======================================================================================
+   Generate: tokenize the prompt (with BOS if the vocabulary wants it), evaluate it as one batch,
+   then sample up to n_predict tokens, stopping at EOS.  Each piece of text goes to on_piece as it
+   is produced (the prompt's own text first); on_piece returns nonzero to stop early.  The space
+   SentencePiece puts before the first word is dropped.
+   ====================================================================================== */
+typedef int (*aq_piece_fn)(const char *piece, size_t len, void *user);
+
+typedef struct {
+    int n_prompt, n_generated;
+    double prefill_seconds, decode_seconds;
+} aq_generate_stats;
+
+int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predict,
+                aq_piece_fn on_piece, void *user, aq_generate_stats *stats, char *err, size_t err_len);
+
+double aq_time_seconds(void); /* monotonic clock, for the tools' timings */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AWQ_QUEST_H */
+
+/* ====================================================================================== */
+/*                                    IMPLEMENTATION                                      */
+/* ====================================================================================== */
+#ifdef AWQ_QUEST_IMPLEMENTATION
+#ifndef AQ__IMPLEMENTED
+#define AQ__IMPLEMENTED
+
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define AQ__X86 1
+#include <immintrin.h>
+#define AQ__AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AQ__AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#else
+#define AQ__X86 0
+#endif
+
+#ifndef AQ_NO_BLAS
+#include <cblas.h>
+#endif
+
+#if !defined(AQ_MALLOC) && !defined(AQ_REALLOC) && !defined(AQ_FREE)
+#define AQ_MALLOC(n) malloc(n)
+#define AQ_REALLOC(p, n) realloc(p, n)
+#define AQ_FREE(p) free(p)
+#elif !defined(AQ_MALLOC) || !defined(AQ_REALLOC) || !defined(AQ_FREE)
+#error "define all of AQ_MALLOC, AQ_REALLOC and AQ_FREE, or none"
+#endif
+
+/* stb_ds supplies the growable arrays; short names stay off so they cannot clash with yours. */
+#define STBDS_NO_SHORT_NAMES
+#define STBDS_REALLOC(ctx, p, n) AQ_REALLOC(p, n)
+#define STBDS_FREE(ctx, p) AQ_FREE(p)
+#if !defined(AQ_STB_DS_ALREADY_IMPLEMENTED) && !defined(STB_DS_IMPLEMENTATION)
+#define STB_DS_IMPLEMENTATION
+#endif
+#include "stb_ds.h"
+
+/* ---------------------------------------------------------------------------------------
+   Utilities: error messages, allocation that cannot overflow, time.
+   --------------------------------------------------------------------------------------- */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static void aq__err(char *err, size_t err_len, const char *fmt, ...) {
+    va_list ap;
+    if (!err || err_len == 0) return;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+/* calloc-like: zeroed, and NULL (not a short buffer) when count * size overflows. */
+static void *aq__calloc(size_t count, size_t size) {
+    void *p;
+    if (size && count > SIZE_MAX / size) return NULL;
+    p = AQ_MALLOC(count * size > 0 ? count * size : 1);
+    if (p) memset(p, 0, count * size);
+    return p;
+}
+
+static char *aq__strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = (char *)AQ_MALLOC(n);
+    if (p) memcpy(p, s, n);
+    return p;
+}
+
+double aq_time_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* FNV-1a, for the name tables (GGUF keys, tensor names, vocabulary). */
+static uint32_t aq__hash(const char *s, size_t n) {
+    uint32_t h = 2166136261u;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+static int aq__str_eq(aq_str s, const char *c) {
+    size_t n = strlen(c);
+    return s.len == n && memcmp(s.ptr, c, n) == 0;
+}
+
+/* Which SIMD kernels this CPU can run; decided once per model load (no global state). */
+enum { AQ__SIMD_SCALAR = 0, AQ__SIMD_AVX2 = 1, AQ__SIMD_AVX512 = 2 };
+static int aq__detect_simd(void) {
+#if AQ__X86
+    __builtin_cpu_init();
+#ifndef AQ_NO_AVX512
+    if (__builtin_cpu_supports("avx512f")) return AQ__SIMD_AVX512;
+#endif
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return AQ__SIMD_AVX2;
+#endif
+    return AQ__SIMD_SCALAR;
+}
+
+/* ---------------------------------------------------------------------------------------
+   Tensor types and element conversions.  The block table is ggml's; it lets the reader check
+   the size of any tensor, even of types the kernels cannot use.
+   --------------------------------------------------------------------------------------- */
+typedef struct { const char *name; int64_t block_size, block_bytes; } aq__type_info;
+
+static const aq__type_info aq__types[AQ_TYPE_COUNT] = {
+    {"F32", 1, 4}, {"F16", 1, 2}, {"Q4_0", 32, 18}, {"Q4_1", 32, 20}, {"Q4_2(removed)", 0, 0},
+    {"Q4_3(removed)", 0, 0}, {"Q5_0", 32, 22}, {"Q5_1", 32, 24}, {"Q8_0", 32, 34}, {"Q8_1", 32, 36},
+    {"Q2_K", 256, 84}, {"Q3_K", 256, 110}, {"Q4_K", 256, 144}, {"Q5_K", 256, 176},
+    {"Q6_K", 256, 210}, {"Q8_K", 256, 292}, {"IQ2_XXS", 256, 66}, {"IQ2_XS", 256, 74},
+    {"IQ3_XXS", 256, 98}, {"IQ1_S", 256, 50}, {"IQ4_NL", 32, 18}, {"IQ3_S", 256, 110},
+    {"IQ2_S", 256, 82}, {"IQ4_XS", 256, 136}, {"I8", 1, 1}, {"I16", 1, 2}, {"I32", 1, 4},
+    {"I64", 1, 8}, {"F64", 1, 8}, {"IQ1_M", 256, 56}, {"BF16", 1, 2},
+    {"Q4_0_4_4(removed)", 0, 0}, {"Q4_0_4_8(removed)", 0, 0}, {"Q4_0_8_8(removed)", 0, 0},
+    {"TQ1_0", 256, 54}, {"TQ2_0", 256, 66}, {"IQ4_NL_4_4(removed)", 0, 0},
+    {"IQ4_NL_4_8(removed)", 0, 0}, {"IQ4_NL_8_8(removed)", 0, 0}, {"MXFP4", 32, 17},
+};
+
+const char *aq_type_name(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].name : "unknown"; }
+int64_t aq_type_block_size(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].block_size : 0; }
+int64_t aq_type_block_bytes(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].block_bytes : 0; }
+
+int64_t aq_type_row_bytes(uint32_t type, int64_t n) {
+    int64_t bs = aq_type_block_size(type), bb = aq_type_block_bytes(type);
+    if (bs <= 0 || n < 0 || n % bs != 0 || n / bs > INT64_MAX / bb) return -1;
+    return n / bs * bb;
+}
+
+int aq_type_cpu_supported(uint32_t type) {
+    return type == AQ_TYPE_F32 || type == AQ_TYPE_F16 || type == AQ_TYPE_BF16 || type == AQ_TYPE_Q8_0 ||
+           type == AQ_TYPE_Q4_0 || type == AQ_TYPE_Q4_1;
+}
+
+static float aq__bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t aq__f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+float aq_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
+    if (exp == 0x1f) return aq__bits_to_f32(sign | 0x7f800000u | (mant << 13)); /* inf, nan */
+    if (exp == 0) {                                      /* zero or subnormal: mant * 2^-24 */
+        float f = (float)mant * (1.0f / 16777216.0f);
+        return sign ? -f : f;
+    }
+    return aq__bits_to_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+}
+
+uint16_t aq_f32_to_f16(float f) {
+    uint32_t u = aq__f32_to_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* nan stays nan */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* rounds to >= 65520: inf */
+    if (a < 0x38800000u) {                                             /* below 2^-14: subnormal */
+        /* adding 0.5 makes the FPU round the value to a multiple of 2^-24, to nearest even */
+        float r = aq__bits_to_f32(a) + 0.5f;
+        return (uint16_t)(sign | (aq__f32_to_bits(r) - 0x3f000000u));
+    }
+    a += 0xc8000fffu + ((a >> 13) & 1u);                               /* rebias, round to even */
+    return (uint16_t)(sign | (a >> 13));
+}
+
+float aq_bf16_to_f32(uint16_t h) { return aq__bits_to_f32((uint32_t)h << 16); }
+
+uint16_t aq_f32_to_bf16(float f) {
+    uint32_t u = aq__f32_to_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* quiet nan */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Little-endian loads that do not care about alignment. */
+static uint16_t aq__rd16(const void *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static uint32_t aq__rd32(const void *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t aq__rd64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* ---------------------------------------------------------------------------------------
+   GGUF reader.  Owns the mapping, the parsed metadata and the tensor table.  Everything read
+   from the file goes through a bounds-checked cursor, every size is computed with overflow
+   checks, and counts are compared with the bytes left before anything is allocated, so a
+   truncated or hostile file ends in an error message, never in a read past the mapping.
+   --------------------------------------------------------------------------------------- */
+struct aq_gguf {
+    const uint8_t *base;
+    uint64_t size;
+    int mapped;               /* base came from mmap and is unmapped on close */
+    char *path;
+    uint32_t version;
+    uint64_t alignment, data_offset;
+    int64_t n_kv, n_tensors;
+    aq_gguf_kv *kvs;
+    aq_gguf_tensor *tensors;
+    aq_str *strings;          /* storage behind every kv's strs */
+    int64_t *kv_index, *tensor_index; /* name tables: open addressing, index + 1, 0 = empty */
+    uint64_t kv_mask, tensor_mask;
+};
+
+typedef struct {
+    const uint8_t *base, *p, *end;
+    const char *path;
+    char *err;
+    size_t err_len;
+} aq__cursor;
+
+#define AQ__GGUF_MAX_DEPTH 4  /* nesting of arrays of arrays */
+
+static int aq__need(aq__cursor *c, uint64_t n, const char *what) {
+    if ((uint64_t)(c->end - c->p) < n) {
+        aq__err(c->err, c->err_len, "%s: truncated file: %s needs %llu bytes at offset %llu, %llu left",
+                c->path, what, (unsigned long long)n, (unsigned long long)(c->p - c->base),
+                (unsigned long long)(c->end - c->p));
+        return -1;
+    }
+    return 0;
+}
+
+static int aq__read_u32(aq__cursor *c, uint32_t *v, const char *what) {
+    if (aq__need(c, 4, what)) return -1;
+    *v = aq__rd32(c->p); c->p += 4;
+    return 0;
+}
+
+static int aq__read_u64(aq__cursor *c, uint64_t *v, const char *what) {
+    if (aq__need(c, 8, what)) return -1;
+    *v = aq__rd64(c->p); c->p += 8;
+    return 0;
+}
+
+static int aq__read_str(aq__cursor *c, aq_str *s, const char *what) {
+    uint64_t n;
+    if (aq__read_u64(c, &n, what)) return -1;
+    if ((uint64_t)(c->end - c->p) < n) {
+        aq__err(c->err, c->err_len, "%s: %s has length %llu but only %llu bytes are left in the file",
+                c->path, what, (unsigned long long)n, (unsigned long long)(c->end - c->p));
+        return -1;
+    }
+    s->ptr = (const char *)c->p; s->len = n;
+    c->p += n;
+    return 0;
+}
+
+static uint64_t aq__gguf_scalar_size(uint32_t type) {
+    static const uint8_t size[AQ_GGUF_TYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    return type < AQ_GGUF_TYPE_COUNT ? size[type] : 0;
+}
+
+const char *aq_gguf_type_name(uint32_t t) {
+    static const char *names[AQ_GGUF_TYPE_COUNT] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32",
+                                                    "bool", "string", "array", "u64", "i64", "f64"};
+    return t < AQ_GGUF_TYPE_COUNT ? names[t] : "invalid";
+}
+
+/* Skips (and validates) one value of the given type; used for arrays nested inside arrays. */
+static int aq__skip_value(aq__cursor *c, uint32_t type, int depth, const char *key) {
+    char what[160];
+    snprintf(what, sizeof what, "value of key '%.100s'", key);
+    if (type == AQ_GGUF_STRING) { aq_str s; return aq__read_str(c, &s, what); }
+    if (type == AQ_GGUF_ARRAY) {
+        uint32_t et; uint64_t n, i, es;
+        if (depth >= AQ__GGUF_MAX_DEPTH) {
+            aq__err(c->err, c->err_len, "%s: key '%.100s': arrays nested deeper than %d", c->path, key, AQ__GGUF_MAX_DEPTH);
+            return -1;
+        }
+        if (aq__read_u32(c, &et, what) || aq__read_u64(c, &n, what)) return -1;
+        es = aq__gguf_scalar_size(et);
+        if (et >= AQ_GGUF_TYPE_COUNT) {
+            aq__err(c->err, c->err_len, "%s: key '%.100s': invalid array element type %u", c->path, key, et);
+            return -1;
+        }
+        if (es) {
+            if (n > (uint64_t)(c->end - c->p) / es) {
+                aq__err(c->err, c->err_len, "%s: key '%.100s': array of %llu %s elements is larger than the file",
+                        c->path, key, (unsigned long long)n, aq_gguf_type_name(et));
+                return -1;
+            }
+            c->p += n * es;
+            return 0;
+        }
+        if (n > (uint64_t)(c->end - c->p) / 8) {
+            aq__err(c->err, c->err_len, "%s: key '%.100s': array count %llu is larger than the file allows",
+                    c->path, key, (unsigned long long)n);
+            return -1;
+        }
+        for (i = 0; i < n; i++)
+            if (aq__skip_value(c, et, depth + 1, key)) return -1;
+        return 0;
+    }
+    if (!aq__gguf_scalar_size(type)) {
+        aq__err(c->err, c->err_len, "%s: key '%.100s': invalid value type %u", c->path, key, type);
+        return -1;
+    }
+    if (aq__need(c, aq__gguf_scalar_size(type), what)) return -1;
+    c->p += aq__gguf_scalar_size(type);
+    return 0;
+}
+
+/* Reads one metadata value into kv.  Strings and arrays of strings get their (ptr, len) views
+   stored in *strs, a stb_ds array that grows as needed (kv->strs is fixed up once parsing ends). */
+static int aq__read_kv_value(aq__cursor *c, aq_gguf_kv *kv, aq_str **strs, char *key) {
+    const uint8_t *start;
+    kv->elem_type = kv->type;
+    kv->count = 1;
+    if (kv->type == AQ_GGUF_STRING) {
+        aq_str s;
+        start = c->p;
+        if (aq__read_str(c, &s, "string value")) return -1;
+        kv->data = start; kv->nbytes = (uint64_t)(c->p - start);
+        kv->strs = (const aq_str *)(uintptr_t)(stbds_arrlen(*strs) + 1); /* index + 1, fixed up later */
+        stbds_arrput(*strs, s);
+        return 0;
+    }
+    if (kv->type == AQ_GGUF_ARRAY) {
+        uint32_t et; uint64_t n, i;
+        if (aq__read_u32(c, &et, "array element type") || aq__read_u64(c, &n, "array count")) return -1;
+        kv->elem_type = et; kv->count = n;
+        start = c->p;
+        if (et == AQ_GGUF_STRING) {
+            if (n > (uint64_t)(c->end - c->p) / 8) {
+                aq__err(c->err, c->err_len, "%s: key '%.100s': %llu strings cannot fit in the %llu bytes left",
+                        c->path, key, (unsigned long long)n, (unsigned long long)(c->end - c->p));
+                return -1;
+            }
+            kv->strs = (const aq_str *)(uintptr_t)(stbds_arrlen(*strs) + 1);
+            for (i = 0; i < n; i++) {
+                aq_str s;
+                if (aq__read_str(c, &s, "string in an array")) return -1;
+                stbds_arrput(*strs, s);
+            }
+        } else {
+            c->p -= 12; /* let the generic skipper validate the whole array */
+            if (aq__skip_value(c, AQ_GGUF_ARRAY, 0, key)) return -1;
+        }
+        kv->data = start; kv->nbytes = (uint64_t)(c->p - start);
+        return 0;
+    }
+    start = c->p;
+    if (aq__skip_value(c, kv->type, 0, key)) return -1;
+    kv->data = start; kv->nbytes = (uint64_t)(c->p - start);
+    return 0;
+}
+
+/* Name tables make duplicate checks and lookups O(1), so a file with a huge number of entries
+   cannot make opening it quadratic. */
+static aq_str aq__gguf_name(const aq_gguf *g, int tensors, int64_t i) {
+    aq_str s;
+    if (!tensors) return g->kvs[i].key;
+    s.ptr = g->tensors[i].name;
+    s.len = strlen(g->tensors[i].name);
+    return s;
+}
+
+static int64_t *aq__index_new(int64_t n, uint64_t *mask) {
+    uint64_t cap = 2;
+    while (cap < 2 * (uint64_t)n) cap <<= 1;
+    *mask = cap - 1;
+    return (int64_t *)aq__calloc((size_t)cap, sizeof(int64_t));
+}
+
+static int64_t aq__index_find(const aq_gguf *g, int tensors, const char *s, size_t len) {
+    const int64_t *tab = tensors ? g->tensor_index : g->kv_index;
+    uint64_t mask = tensors ? g->tensor_mask : g->kv_mask, h;
+    if (!tab) return -1;
+    for (h = aq__hash(s, len) & mask;; h = (h + 1) & mask) {
+        int64_t i = tab[h] - 1;
+        aq_str name;
+        if (i < 0) return -1;
+        name = aq__gguf_name(g, tensors, i);
+        if (name.len == len && !memcmp(name.ptr, s, len)) return i;
+    }
+}
+
+/* Adds entry i; returns the index of an earlier entry with the same name, or -1. */
+static int64_t aq__index_add(aq_gguf *g, int tensors, int64_t i) {
+    int64_t *tab = tensors ? g->tensor_index : g->kv_index;
+    uint64_t mask = tensors ? g->tensor_mask : g->kv_mask, h;
+    aq_str name = aq__gguf_name(g, tensors, i);
+    int64_t prev = aq__index_find(g, tensors, name.ptr, (size_t)name.len);
+    if (prev >= 0) return prev;
+    for (h = aq__hash(name.ptr, (size_t)name.len) & mask; tab[h]; h = (h + 1) & mask) {}
+    tab[h] = i + 1;
+    return -1;
+}
+
+static aq_gguf *aq__gguf_parse(aq_gguf *g, char *err, size_t err_len) {
+    aq__cursor c;
+    aq_str *strs = NULL;
+    uint32_t magic;
+    uint64_t n_tensors, n_kv, i, data_start;
+    const char *path = g->path;
+    int64_t k;
+
+    c.base = c.p = g->base; c.end = g->base + g->size; c.path = path; c.err = err; c.err_len = err_len;
+    if (g->size < 4) { aq__err(err, err_len, "%s: file is %llu bytes, too small for GGUF", path, (unsigned long long)g->size); goto fail; }
+    magic = aq__rd32(g->base);
+    if (magic != 0x46554747u) { /* "GGUF" */
+        aq__err(err, err_len, "%s: not a GGUF file (magic bytes %02x %02x %02x %02x, expected \"GGUF\")", path,
+                g->base[0], g->base[1], g->base[2], g->base[3]);
+        goto fail;
+    }
+    c.p += 4;
+    if (aq__read_u32(&c, &g->version, "version")) goto fail;
+    if (g->version == 0x03000000u || g->version == 0x02000000u) {
+        aq__err(err, err_len, "%s: big-endian GGUF files are not supported", path); goto fail;
+    }
+    if (g->version < 2 || g->version > 3) {
+        aq__err(err, err_len, "%s: GGUF version %u is not supported (only 2 and 3)", path, g->version); goto fail;
+    }
+    if (aq__read_u64(&c, &n_tensors, "tensor count") || aq__read_u64(&c, &n_kv, "metadata count")) goto fail;
+    /* each metadata entry takes at least 13 bytes and each tensor info at least 32 */
+    if (n_kv > (uint64_t)(c.end - c.p) / 13) {
+        aq__err(err, err_len, "%s: header claims %llu metadata entries, more than the file can hold", path, (unsigned long long)n_kv);
+        goto fail;
+    }
+    if (n_tensors > (uint64_t)(c.end - c.p) / 32) {
+        aq__err(err, err_len, "%s: header claims %llu tensors, more than the file can hold", path, (unsigned long long)n_tensors);
+        goto fail;
+    }
+    g->kvs = (aq_gguf_kv *)aq__calloc((size_t)n_kv, sizeof *g->kvs);
+    g->tensors = (aq_gguf_tensor *)aq__calloc((size_t)n_tensors, sizeof *g->tensors);
+    g->kv_index = aq__index_new((int64_t)n_kv, &g->kv_mask);
+    g->tensor_index = aq__index_new((int64_t)n_tensors, &g->tensor_mask);
+    if (!g->kvs || !g->tensors || !g->kv_index || !g->tensor_index) { aq__err(err, err_len, "%s: out of memory", path); goto fail; }
+
+    g->alignment = 32;
+    for (i = 0; i < n_kv; i++) {
+        aq_gguf_kv *kv = &g->kvs[i];
+        char key[128];
+        if (aq__read_str(&c, &kv->key, "metadata key")) goto fail;
+        snprintf(key, sizeof key, "%.*s", (int)(kv->key.len < 100 ? kv->key.len : 100), kv->key.ptr);
+        if (kv->key.len == 0) { aq__err(err, err_len, "%s: metadata entry %llu has an empty key", path, (unsigned long long)i); goto fail; }
+        if (aq__index_add(g, 0, (int64_t)i) >= 0) {
+            aq__err(err, err_len, "%s: metadata key '%s' appears twice", path, key);
+            goto fail;
+        }
+        if (aq__read_u32(&c, &kv->type, "metadata value type")) goto fail;
+        if (kv->type >= AQ_GGUF_TYPE_COUNT) {
+            aq__err(err, err_len, "%s: key '%s' has invalid value type %u", path, key, kv->type);
+            goto fail;
+        }
+        if (aq__read_kv_value(&c, kv, &strs, key)) goto fail;
+        g->n_kv = (int64_t)i + 1;
+        if (aq__str_eq(kv->key, "general.alignment")) {
+            uint64_t a;
+            if (kv->type == AQ_GGUF_U32) a = aq__rd32(kv->data);
+            else if (kv->type == AQ_GGUF_U64) a = aq__rd64(kv->data);
+            else { aq__err(err, err_len, "%s: general.alignment has type %s, expected u32", path, aq_gguf_type_name(kv->type)); goto fail; }
+            if (a == 0 || (a & (a - 1)) || a > (1u << 20)) {
+                aq__err(err, err_len, "%s: general.alignment %llu is not a power of two up to 1 MiB", path, (unsigned long long)a);
+                goto fail;
+            }
+            g->alignment = a;
+        }
+    }
+    /* string views are now final: turn the stored indices into pointers */
+    g->strings = strs; strs = NULL;
+    for (k = 0; k < g->n_kv; k++)
+        if (g->kvs[k].strs) g->kvs[k].strs = g->strings + ((uintptr_t)g->kvs[k].strs - 1);
+
+    for (i = 0; i < n_tensors; i++) {
+        aq_gguf_tensor *t = &g->tensors[i];
+        aq_str name;
+        uint32_t d;
+        int64_t n = 1;
+        if (aq__read_str(&c, &name, "tensor name")) goto fail;
+        if (name.len == 0 || name.len > AQ_MAX_NAME) {
+            aq__err(err, err_len, "%s: tensor %llu has a name of %llu bytes (1..%d allowed)", path,
+                    (unsigned long long)i, (unsigned long long)name.len, AQ_MAX_NAME);
+            goto fail;
+        }
+        memcpy(t->name, name.ptr, name.len); t->name[name.len] = 0;
+        if (strlen(t->name) != name.len) { aq__err(err, err_len, "%s: tensor %llu name contains a NUL byte", path, (unsigned long long)i); goto fail; }
+        if (aq__index_add(g, 1, (int64_t)i) >= 0) { aq__err(err, err_len, "%s: tensor '%s' appears twice", path, t->name); goto fail; }
+        if (aq__read_u32(&c, &t->n_dims, "tensor dimension count")) goto fail;
+        if (t->n_dims < 1 || t->n_dims > 4) {
+            aq__err(err, err_len, "%s: tensor '%s' has %u dimensions (1..4 allowed)", path, t->name, t->n_dims);
+            goto fail;
+        }
+        for (d = 0; d < 4; d++) t->ne[d] = 1;
+        for (d = 0; d < t->n_dims; d++) {
+            uint64_t v;
+            if (aq__read_u64(&c, &v, "tensor dimension")) goto fail;
+            if (v > (uint64_t)INT64_MAX || (n && v && (int64_t)v > INT64_MAX / n)) {
+                aq__err(err, err_len, "%s: tensor '%s': dimensions overflow a 64-bit element count", path, t->name);
+                goto fail;
+            }
+            t->ne[d] = (int64_t)v;
+            n *= (int64_t)v;
+        }
+        if (aq__read_u32(&c, &t->type, "tensor type") || aq__read_u64(&c, &t->offset, "tensor offset")) goto fail;
+        if (aq_type_block_size(t->type) == 0) {
+            aq__err(err, err_len, "%s: tensor '%s' has unknown type id %u", path, t->name, t->type);
+            goto fail;
+        }
+        if (t->ne[0] % aq_type_block_size(t->type) != 0) {
+            aq__err(err, err_len, "%s: tensor '%s': row length %lld is not a multiple of the %s block size %lld",
+                    path, t->name, (long long)t->ne[0], aq_type_name(t->type), (long long)aq_type_block_size(t->type));
+            goto fail;
+        }
+        {
+            int64_t rb = aq_type_row_bytes(t->type, t->ne[0]), rows = t->ne[0] ? n / t->ne[0] : 0;
+            if (rb < 0 || (rows && rb > INT64_MAX / rows)) {
+                aq__err(err, err_len, "%s: tensor '%s': byte size overflows", path, t->name);
+                goto fail;
+            }
+            t->nbytes = (uint64_t)(rb * rows);
+        }
+        if (t->offset % g->alignment) {
+            aq__err(err, err_len, "%s: tensor '%s': offset %llu is not a multiple of the alignment %llu", path,
+                    t->name, (unsigned long long)t->offset, (unsigned long long)g->alignment);
+            goto fail;
+        }
+    }
+    g->n_tensors = (int64_t)n_tensors;
+
+    data_start = (uint64_t)(c.p - g->base);
+    data_start = (data_start + g->alignment - 1) / g->alignment * g->alignment;
+    if (n_tensors > 0 && data_start > g->size) {
+        aq__err(err, err_len, "%s: truncated file: the data section would start at %llu, past the end (%llu bytes)",
+                path, (unsigned long long)data_start, (unsigned long long)g->size);
+        goto fail;
+    }
+    g->data_offset = data_start < g->size ? data_start : g->size; /* no tensors: possibly no padding */
+    for (k = 0; k < g->n_tensors; k++) {
+        aq_gguf_tensor *t = &g->tensors[k];
+        uint64_t room = g->size > data_start ? g->size - data_start : 0;
+        uint64_t align = t->type == AQ_TYPE_F32 || t->type == AQ_TYPE_I32 ? 4 :
+                         t->type == AQ_TYPE_F64 || t->type == AQ_TYPE_I64 ? 8 :
+                         t->type == AQ_TYPE_I8 ? 1 : 2;
+        if (t->offset > room || t->nbytes > room - t->offset) {
+            aq__err(err, err_len, "%s: tensor '%s': data at offset %llu + %llu bytes goes past the end of the file (%llu bytes)",
+                    path, t->name, (unsigned long long)(data_start + t->offset), (unsigned long long)t->nbytes,
+                    (unsigned long long)g->size);
+            goto fail;
+        }
+        if ((data_start + t->offset) % align) {
+            aq__err(err, err_len, "%s: tensor '%s': data at file offset %llu is misaligned for %s", path, t->name,
+                    (unsigned long long)(data_start + t->offset), aq_type_name(t->type));
+            goto fail;
+        }
+        t->data = g->base + data_start + t->offset;
+    }
+    return g;
+fail:
+    stbds_arrfree(strs);
+    aq_gguf_close(g);
+    return NULL;
+}
+
+aq_gguf *aq_gguf_open_memory(const void *data, size_t size, const char *name, char *err, size_t err_len) {
+    aq_gguf *g = (aq_gguf *)aq__calloc(1, sizeof *g);
+    if (!g) { aq__err(err, err_len, "out of memory"); return NULL; }
+    g->base = (const uint8_t *)data;
+    g->size = size;
+    g->path = aq__strdup(name ? name : "<memory>");
+    if (!g->path) { AQ_FREE(g); aq__err(err, err_len, "out of memory"); return NULL; }
+    return aq__gguf_parse(g, err, err_len);
+}
+
+aq_gguf *aq_gguf_open(const char *path, char *err, size_t err_len) {
+    struct stat st;
+    void *map;
+    aq_gguf *g;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) { aq__err(err, err_len, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        aq__err(err, err_len, "%s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    if (st.st_size < 4) {
+        aq__err(err, err_len, "%s: file is %lld bytes, too small for GGUF", path, (long long)st.st_size);
+        close(fd);
+        return NULL;
+    }
+    map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) { aq__err(err, err_len, "%s: mmap failed: %s", path, strerror(errno)); return NULL; }
+    g = (aq_gguf *)aq__calloc(1, sizeof *g);
+    if (g) g->path = aq__strdup(path);
+    if (!g || !g->path) {
+        if (g) AQ_FREE(g);
+        munmap(map, (size_t)st.st_size);
+        aq__err(err, err_len, "%s: out of memory", path);
+        return NULL;
+    }
+    g->base = (const uint8_t *)map;
+    g->size = (uint64_t)st.st_size;
+    g->mapped = 1;
+    return aq__gguf_parse(g, err, err_len);
+}
+
+void aq_gguf_close(aq_gguf *g) {
+    if (!g) return;
+    if (g->mapped) munmap((void *)(uintptr_t)g->base, (size_t)g->size);
+    stbds_arrfree(g->strings);
+    AQ_FREE(g->kv_index);
+    AQ_FREE(g->tensor_index);
+    AQ_FREE(g->kvs);
+    AQ_FREE(g->tensors);
+    AQ_FREE(g->path);
+    AQ_FREE(g);
+}
+
+const char *aq_gguf_path(const aq_gguf *g) { return g->path; }
+uint32_t aq_gguf_version(const aq_gguf *g) { return g->version; }
+uint64_t aq_gguf_alignment(const aq_gguf *g) { return g->alignment; }
+uint64_t aq_gguf_data_offset(const aq_gguf *g) { return g->data_offset; }
+uint64_t aq_gguf_file_size(const aq_gguf *g) { return g->size; }
+int64_t aq_gguf_n_kv(const aq_gguf *g) { return g->n_kv; }
+int64_t aq_gguf_n_tensors(const aq_gguf *g) { return g->n_tensors; }
+
+const aq_gguf_kv *aq_gguf_kv_at(const aq_gguf *g, int64_t i) {
+    return i >= 0 && i < g->n_kv ? &g->kvs[i] : NULL;
+}
+
+const aq_gguf_kv *aq_gguf_find_kv(const aq_gguf *g, const char *key) {
+    int64_t i = aq__index_find(g, 0, key, strlen(key));
+    return i >= 0 ? &g->kvs[i] : NULL;
+}
+
+const aq_gguf_tensor *aq_gguf_tensor_at(const aq_gguf *g, int64_t i) {
+    return i >= 0 && i < g->n_tensors ? &g->tensors[i] : NULL;
+}
+
+const aq_gguf_tensor *aq_gguf_find_tensor(const aq_gguf *g, const char *name) {
+    int64_t i = aq__index_find(g, 1, name, strlen(name));
+    return i >= 0 ? &g->tensors[i] : NULL;
+}
+
+int64_t aq_tensor_n_elements(const aq_gguf_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+
+/* One scalar of an integer type at p, as int64 (0 = ok, -1 = not an integer or too large). */
+static int aq__scalar_int(uint32_t type, const uint8_t *p, int64_t *out) {
+    switch (type) {
+    case AQ_GGUF_U8: case AQ_GGUF_BOOL: *out = p[0]; return 0;
+    case AQ_GGUF_I8: *out = (int8_t)p[0]; return 0;
+    case AQ_GGUF_U16: *out = aq__rd16(p); return 0;
+    case AQ_GGUF_I16: *out = (int16_t)aq__rd16(p); return 0;
+    case AQ_GGUF_U32: *out = aq__rd32(p); return 0;
+    case AQ_GGUF_I32: *out = (int32_t)aq__rd32(p); return 0;
+    case AQ_GGUF_I64: *out = (int64_t)aq__rd64(p); return 0;
+    case AQ_GGUF_U64: {
+        uint64_t v = aq__rd64(p);
+        if (v > (uint64_t)INT64_MAX) return -1;
+        *out = (int64_t)v;
+        return 0;
+    }
+    default: return -1;
+    }
+}
+
+static int aq__scalar_float(uint32_t type, const uint8_t *p, double *out) {
+    int64_t i;
+    if (type == AQ_GGUF_F32) { *out = aq__bits_to_f32(aq__rd32(p)); return 0; }
+    if (type == AQ_GGUF_F64) { uint64_t u = aq__rd64(p); memcpy(out, &u, 8); return 0; }
+    if (aq__scalar_int(type, p, &i) == 0) { *out = (double)i; return 0; }
+    return -1;
+}
+
+int aq_gguf_get_int(const aq_gguf *g, const char *key, int64_t *out) {
+    const aq_gguf_kv *kv = aq_gguf_find_kv(g, key);
+    if (!kv) return 0;
+    return aq__scalar_int(kv->type, kv->data, out) == 0 ? 1 : -1;
+}
+
+int aq_gguf_get_float(const aq_gguf *g, const char *key, double *out) {
+    const aq_gguf_kv *kv = aq_gguf_find_kv(g, key);
+    if (!kv) return 0;
+    return kv->type != AQ_GGUF_BOOL && aq__scalar_float(kv->type, kv->data, out) == 0 ? 1 : -1;
+}
+
+int aq_gguf_get_str(const aq_gguf *g, const char *key, aq_str *out) {
+    const aq_gguf_kv *kv = aq_gguf_find_kv(g, key);
+    if (!kv) return 0;
+    if (kv->type != AQ_GGUF_STRING) return -1;
+    *out = kv->strs[0];
+    return 1;
+}
+
+int aq_gguf_get_bool(const aq_gguf *g, const char *key, int *out) {
+    int64_t v;
+    int r = aq_gguf_get_int(g, key, &v);
+    if (r == 1) *out = v != 0;
+    return r;
+}
+
+int64_t aq_gguf_arr_int(const aq_gguf_kv *kv, uint64_t i) {
+    int64_t v = 0;
+    uint64_t es = aq__gguf_scalar_size(kv->elem_type);
+    if (kv->type != AQ_GGUF_ARRAY || !es || i >= kv->count || aq__scalar_int(kv->elem_type, kv->data + i * es, &v)) return 0;
+    return v;
+}
+
+double aq_gguf_arr_float(const aq_gguf_kv *kv, uint64_t i) {
+    double v = 0;
+    uint64_t es = aq__gguf_scalar_size(kv->elem_type);
+    if (kv->type != AQ_GGUF_ARRAY || !es || i >= kv->count || aq__scalar_float(kv->elem_type, kv->data + i * es, &v)) return 0;
+    return v;
+}
+
+/* ---------------------------------------------------------------------------------------
+   GGUF writer.  Each metadata value is serialized when it is set (type + value bytes, keyed
+   by name); tensor offsets are assigned when writing begins.  Tensor bytes are then streamed in
+   declaration order with zero padding to the alignment after each tensor.
+   --------------------------------------------------------------------------------------- */
+typedef struct {
+    char *key;
+    uint8_t *blob; /* stb_ds array: value type, then the value as GGUF stores it */
+} aq__wkv;
+
+typedef struct {
+    char name[AQ_MAX_NAME + 1];
+    uint32_t type, n_dims;
+    int64_t ne[4];
+    uint64_t nbytes, offset;
+    const void *data;
+} aq__wtensor;
+
+typedef struct { char *key; ptrdiff_t value; } aq__name_map; /* stb_ds string map: name -> index */
+
+struct aq_gguf_writer {
+    aq__wkv *kvs;           /* stb_ds array */
+    aq__wtensor *tensors;   /* stb_ds array */
+    aq__name_map *kv_map, *tensor_map;
+    FILE *f;
+    char *path;
+    uint64_t alignment;
+    int64_t cur;            /* tensor being streamed */
+    uint64_t cur_written;   /* its bytes written so far */
+};
+
+static void aq__put(uint8_t **buf, const void *p, size_t n) {
+    size_t old = (size_t)stbds_arrlen(*buf);
+    stbds_arrsetlen(*buf, old + n);
+    memcpy(*buf + old, p, n);
+}
+static void aq__put_u32(uint8_t **buf, uint32_t v) { aq__put(buf, &v, 4); }
+static void aq__put_u64(uint8_t **buf, uint64_t v) { aq__put(buf, &v, 8); }
+static void aq__put_str(uint8_t **buf, const char *s, uint64_t n) { aq__put_u64(buf, n); aq__put(buf, s, (size_t)n); }
+
+aq_gguf_writer *aq_gguf_writer_new(void) {
+    aq_gguf_writer *w = (aq_gguf_writer *)aq__calloc(1, sizeof(aq_gguf_writer));
+    if (!w) return NULL;
+    stbds_sh_new_strdup(w->kv_map);
+    stbds_sh_new_strdup(w->tensor_map);
+    return w;
+}
+
+void aq_gguf_writer_free(aq_gguf_writer *w) {
+    ptrdiff_t i;
+    if (!w) return;
+    for (i = 0; i < stbds_arrlen(w->kvs); i++) { AQ_FREE(w->kvs[i].key); stbds_arrfree(w->kvs[i].blob); }
+    stbds_arrfree(w->kvs);
+    stbds_arrfree(w->tensors);
+    stbds_shfree(w->kv_map);
+    stbds_shfree(w->tensor_map);
+    if (w->f) fclose(w->f);
+    AQ_FREE(w->path);
+    AQ_FREE(w);
+}
+
+/* Takes ownership of blob. */
+static int aq__writer_put_kv(aq_gguf_writer *w, const char *key, uint8_t *blob) {
+    ptrdiff_t i;
+    aq__wkv kv;
+    if (!key || !*key) { stbds_arrfree(blob); return -1; }
+    i = stbds_shgeti(w->kv_map, key);
+    if (i >= 0) {
+        i = w->kv_map[i].value;
+        stbds_arrfree(w->kvs[i].blob);
+        w->kvs[i].blob = blob;
+        return 0;
+    }
+    stbds_shput(w->kv_map, key, stbds_arrlen(w->kvs));
+    kv.key = aq__strdup(key);
+    kv.blob = blob;
+    if (!kv.key) { stbds_arrfree(blob); return -1; }
+    stbds_arrput(w->kvs, kv);
+    return 0;
+}
+
+static int aq__writer_set_scalar(aq_gguf_writer *w, const char *key, uint32_t type, const void *v) {
+    uint8_t *blob = NULL;
+    aq__put_u32(&blob, type);
+    aq__put(&blob, v, (size_t)aq__gguf_scalar_size(type));
+    return aq__writer_put_kv(w, key, blob);
+}
+
+int aq_gguf_writer_set_u32(aq_gguf_writer *w, const char *key, uint32_t v) { return aq__writer_set_scalar(w, key, AQ_GGUF_U32, &v); }
+int aq_gguf_writer_set_i32(aq_gguf_writer *w, const char *key, int32_t v) { return aq__writer_set_scalar(w, key, AQ_GGUF_I32, &v); }
+int aq_gguf_writer_set_u64(aq_gguf_writer *w, const char *key, uint64_t v) { return aq__writer_set_scalar(w, key, AQ_GGUF_U64, &v); }
+int aq_gguf_writer_set_f32(aq_gguf_writer *w, const char *key, float v) { return aq__writer_set_scalar(w, key, AQ_GGUF_F32, &v); }
+int aq_gguf_writer_set_bool(aq_gguf_writer *w, const char *key, int v) {
+    uint8_t b = v ? 1 : 0;
+    return aq__writer_set_scalar(w, key, AQ_GGUF_BOOL, &b);
+}
+
+int aq_gguf_writer_set_str(aq_gguf_writer *w, const char *key, const char *v) {
+    uint8_t *blob = NULL;
+    aq__put_u32(&blob, AQ_GGUF_STRING);
+    aq__put_str(&blob, v, strlen(v));
+    return aq__writer_put_kv(w, key, blob);
+}
+
+int aq_gguf_writer_set_arr(aq_gguf_writer *w, const char *key, uint32_t elem_type, const void *elems, uint64_t count) {
+    uint8_t *blob = NULL;
+    uint64_t es = aq__gguf_scalar_size(elem_type);
+    if (!es || (count && !elems) || count > SIZE_MAX / es) return -1;
+    aq__put_u32(&blob, AQ_GGUF_ARRAY);
+    aq__put_u32(&blob, elem_type);
+    aq__put_u64(&blob, count);
+    if (count) aq__put(&blob, elems, (size_t)(count * es));
+    return aq__writer_put_kv(w, key, blob);
+}
+
+int aq_gguf_writer_set_arr_str(aq_gguf_writer *w, const char *key, const aq_str *strs, uint64_t count) {
+    uint8_t *blob = NULL;
+    uint64_t i;
+    if (count && !strs) return -1;
+    aq__put_u32(&blob, AQ_GGUF_ARRAY);
+    aq__put_u32(&blob, AQ_GGUF_STRING);
+    aq__put_u64(&blob, count);
+    for (i = 0; i < count; i++) aq__put_str(&blob, strs[i].ptr, strs[i].len);
+    return aq__writer_put_kv(w, key, blob);
+}
+
+int aq_gguf_writer_copy_kv(aq_gguf_writer *w, const aq_gguf_kv *kv) {
+    uint8_t *blob = NULL;
+    char key[1024];
+    if (kv->key.len >= sizeof key) return -1;
+    memcpy(key, kv->key.ptr, kv->key.len); key[kv->key.len] = 0;
+    aq__put_u32(&blob, kv->type);
+    if (kv->type == AQ_GGUF_ARRAY) { aq__put_u32(&blob, kv->elem_type); aq__put_u64(&blob, kv->count); }
+    aq__put(&blob, kv->data, (size_t)kv->nbytes);
+    return aq__writer_put_kv(w, key, blob);
+}
+
+int64_t aq_gguf_writer_add_tensor(aq_gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
+                                  const int64_t *ne, const void *data) {
+    aq__wtensor t;
+    int64_t rows = 1, rb;
+    uint32_t d;
+    if (!name || strlen(name) == 0 || strlen(name) > AQ_MAX_NAME || n_dims < 1 || n_dims > 4 || w->f ||
+        stbds_shgeti(w->tensor_map, name) >= 0)
+        return -1;
+    memset(&t, 0, sizeof t);
+    strcpy(t.name, name);
+    t.type = type; t.n_dims = n_dims; t.data = data;
+    for (d = 0; d < 4; d++) t.ne[d] = d < n_dims ? ne[d] : 1;
+    for (d = 1; d < 4; d++) {
+        if (t.ne[d] < 0 || (t.ne[d] && rows > INT64_MAX / t.ne[d])) return -1;
+        rows *= t.ne[d];
+    }
+    rb = aq_type_row_bytes(type, t.ne[0]);
+    if (rb < 0 || (rows && rb > INT64_MAX / rows)) return -1;
+    t.nbytes = (uint64_t)(rb * rows);
+    stbds_shput(w->tensor_map, name, stbds_arrlen(w->tensors));
+    stbds_arrput(w->tensors, t);
+    return (int64_t)stbds_arrlen(w->tensors) - 1;
+}
+
+static int aq__writer_io(aq_gguf_writer *w, const void *p, size_t n, char *err, size_t err_len) {
+    if (n && fwrite(p, 1, n, w->f) != n) {
+        aq__err(err, err_len, "%s: write failed: %s", w->path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int aq__writer_pad(aq_gguf_writer *w, uint64_t n, char *err, size_t err_len) {
+    static const uint8_t zeros[64] = {0};
+    while (n) {
+        size_t k = n < sizeof zeros ? (size_t)n : sizeof zeros;
+        if (aq__writer_io(w, zeros, k, err, err_len)) return -1;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Moves past every tensor whose bytes are complete, writing its padding. */
+static int aq__writer_advance(aq_gguf_writer *w, char *err, size_t err_len) {
+    while (w->cur < (int64_t)stbds_arrlen(w->tensors) && w->cur_written == w->tensors[w->cur].nbytes) {
+        uint64_t n = w->tensors[w->cur].nbytes;
+        if (aq__writer_pad(w, (w->alignment - n % w->alignment) % w->alignment, err, err_len)) return -1;
+        w->cur++;
+        w->cur_written = 0;
+    }
+    return 0;
+}
+
+int aq_gguf_writer_begin(aq_gguf_writer *w, const char *path, char *err, size_t err_len) {
+    uint8_t *head = NULL;
+    uint64_t off = 0;
+    ptrdiff_t i;
+    int rc;
+    if (w->f) { aq__err(err, err_len, "%s: writer already started", path); return -1; }
+    w->alignment = 32;
+    for (i = 0; i < stbds_arrlen(w->kvs); i++)
+        if (!strcmp(w->kvs[i].key, "general.alignment")) {
+            uint32_t type = aq__rd32(w->kvs[i].blob);
+            uint64_t a = type == AQ_GGUF_U32 ? aq__rd32(w->kvs[i].blob + 4) : type == AQ_GGUF_U64 ? aq__rd64(w->kvs[i].blob + 4) : 0;
+            if (a == 0 || (a & (a - 1)) || a > (1u << 20)) {
+                aq__err(err, err_len, "%s: general.alignment must be a power of two up to 1 MiB", path);
+                return -1;
+            }
+            w->alignment = a;
+        }
+    aq__put_u32(&head, 0x46554747u);
+    aq__put_u32(&head, 3);
+    aq__put_u64(&head, (uint64_t)stbds_arrlen(w->tensors));
+    aq__put_u64(&head, (uint64_t)stbds_arrlen(w->kvs));
+    for (i = 0; i < stbds_arrlen(w->kvs); i++) {
+        aq__put_str(&head, w->kvs[i].key, strlen(w->kvs[i].key));
+        aq__put(&head, w->kvs[i].blob, (size_t)stbds_arrlen(w->kvs[i].blob));
+    }
+    for (i = 0; i < stbds_arrlen(w->tensors); i++) {
+        aq__wtensor *t = &w->tensors[i];
+        uint32_t d;
+        t->offset = off;
+        off += (t->nbytes + w->alignment - 1) / w->alignment * w->alignment;
+        aq__put_str(&head, t->name, strlen(t->name));
+        aq__put_u32(&head, t->n_dims);
+        for (d = 0; d < t->n_dims; d++) aq__put_u64(&head, (uint64_t)t->ne[d]);
+        aq__put_u32(&head, t->type);
+        aq__put_u64(&head, t->offset);
+    }
+    AQ_FREE(w->path);
+    w->path = aq__strdup(path);
+    w->f = fopen(path, "wb");
+    if (!w->f || !w->path) {
+        aq__err(err, err_len, "%s: cannot create: %s", path, strerror(errno));
+        stbds_arrfree(head);
+        return -1;
+    }
+    rc = aq__writer_io(w, head, (size_t)stbds_arrlen(head), err, err_len);
+    if (!rc && stbds_arrlen(w->tensors)) /* like llama.cpp, no padding when no data follows */
+        rc = aq__writer_pad(w, (w->alignment - (uint64_t)stbds_arrlen(head) % w->alignment) % w->alignment, err, err_len);
+    stbds_arrfree(head);
+    w->cur = 0;
+    w->cur_written = 0;
+    if (!rc) rc = aq__writer_advance(w, err, err_len);
+    return rc;
+}
+
+int aq_gguf_writer_append(aq_gguf_writer *w, const void *bytes, size_t n, char *err, size_t err_len) {
+    const uint8_t *p = (const uint8_t *)bytes;
+    if (!w->f) { aq__err(err, err_len, "gguf writer: append before begin"); return -1; }
+    while (n) {
+        uint64_t left, k;
+        if (w->cur >= (int64_t)stbds_arrlen(w->tensors)) {
+            aq__err(err, err_len, "%s: %llu more bytes than the declared tensors hold", w->path, (unsigned long long)n);
+            return -1;
+        }
+        left = w->tensors[w->cur].nbytes - w->cur_written;
+        k = n < left ? n : left;
+        if (aq__writer_io(w, p, (size_t)k, err, err_len)) return -1;
+        w->cur_written += k; p += k; n -= (size_t)k;
+        if (aq__writer_advance(w, err, err_len)) return -1;
+    }
+    return 0;
+}
+
+int aq_gguf_writer_end(aq_gguf_writer *w, char *err, size_t err_len) {
+    int rc = 0;
+    if (!w->f) { aq__err(err, err_len, "gguf writer: end before begin"); return -1; }
+    if (w->cur < (int64_t)stbds_arrlen(w->tensors)) {
+        aq__err(err, err_len, "%s: tensor '%s' is missing %llu bytes", w->path, w->tensors[w->cur].name,
+                (unsigned long long)(w->tensors[w->cur].nbytes - w->cur_written));
+        rc = -1;
+    }
+    if (fclose(w->f) != 0 && !rc) { aq__err(err, err_len, "%s: write failed: %s", w->path, strerror(errno)); rc = -1; }
+    w->f = NULL;
+    return rc;
+}
+
+int aq_gguf_writer_save(aq_gguf_writer *w, const char *path, char *err, size_t err_len) {
+    ptrdiff_t i;
+    for (i = 0; i < stbds_arrlen(w->tensors); i++)
+        if (!w->tensors[i].data && w->tensors[i].nbytes) {
+            aq__err(err, err_len, "%s: tensor '%s' was added without data", path, w->tensors[i].name);
+            return -1;
+        }
+    if (aq_gguf_writer_begin(w, path, err, err_len)) return -1;
+    for (i = 0; i < stbds_arrlen(w->tensors); i++)
+        if (aq_gguf_writer_append(w, w->tensors[i].data, (size_t)w->tensors[i].nbytes, err, err_len)) {
+            fclose(w->f);
+            w->f = NULL;
+            return -1;
+        }
+    return aq_gguf_writer_end(w, err, err_len);
+}
+
+/* ---------------------------------------------------------------------------------------
+   Row codecs.  A row of any CPU type expands to floats here (embedding lookups, prompt tiles
+   for sgemm) and packs back (tests, tools).  Block layouts are ggml's:
+     Q8_0: f16 d, i8 q[32]            x = q*d
+     Q4_0: f16 d, u8 q[16]            x[j] = (lo(q[j]) - 8)*d, x[j+16] = (hi(q[j]) - 8)*d
+     Q4_1: f16 d, f16 m, u8 q[16]     x[j] = lo(q[j])*d + m,   x[j+16] = hi(q[j])*d + m
+   --------------------------------------------------------------------------------------- */
+static void aq__f16_row_ref(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i;
+    for (i = 0; i < n; i++) dst[i] = aq_f16_to_f32(aq__rd16(src + i));
+}
+
+#if AQ__X86
+AQ__AVX2 static void aq__f16_row_avx2(const uint16_t *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    aq__f16_row_ref(src + i, dst + i, n - i);
+}
+#endif
+
+static int aq__dequantize_row(uint32_t type, const void *src, float *dst, int64_t n, int simd) {
+    const uint8_t *b = (const uint8_t *)src;
+    int64_t i, j;
+    if (aq_type_row_bytes(type, n) < 0 || !aq_type_cpu_supported(type)) return -1;
+    switch (type) {
+    case AQ_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case AQ_TYPE_F16:
+#if AQ__X86
+        if (simd >= AQ__SIMD_AVX2) { aq__f16_row_avx2((const uint16_t *)src, dst, n); break; }
+#endif
+        aq__f16_row_ref((const uint16_t *)src, dst, n);
+        break;
+    case AQ_TYPE_BF16:
+        for (i = 0; i < n; i++) dst[i] = aq_bf16_to_f32(aq__rd16(b + 2 * i));
+        break;
+    case AQ_TYPE_Q8_0:
+        for (i = 0; i < n / 32; i++, b += 34) {
+            float d = aq_f16_to_f32(aq__rd16(b));
+            for (j = 0; j < 32; j++) dst[i * 32 + j] = (float)(int8_t)b[2 + j] * d;
+        }
+        break;
+    case AQ_TYPE_Q4_0:
+        for (i = 0; i < n / 32; i++, b += 18) {
+            float d = aq_f16_to_f32(aq__rd16(b));
+            for (j = 0; j < 16; j++) {
+                dst[i * 32 + j] = (float)((b[2 + j] & 15) - 8) * d;
+                dst[i * 32 + j + 16] = (float)((b[2 + j] >> 4) - 8) * d;
+            }
+        }
+        break;
+    case AQ_TYPE_Q4_1:
+        for (i = 0; i < n / 32; i++, b += 20) {
+            float d = aq_f16_to_f32(aq__rd16(b)), m = aq_f16_to_f32(aq__rd16(b + 2));
+            for (j = 0; j < 16; j++) {
+                dst[i * 32 + j] = (float)(b[4 + j] & 15) * d + m;
+                dst[i * 32 + j + 16] = (float)(b[4 + j] >> 4) * d + m;
+            }
+        }
+        break;
+    }
+    return 0;
+}
+
+int aq_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
+    return aq__dequantize_row(type, src, dst, n, aq__detect_simd());
+}
+
+/* Quantizers are ggml's reference rounding, so files we write dequantize as llama.cpp expects. */
+int aq_quantize_row(uint32_t type, const float *src, void *dst, int64_t n) {
+    uint8_t *b = (uint8_t *)dst;
+    int64_t i, j;
+    if (aq_type_row_bytes(type, n) < 0 || !aq_type_cpu_supported(type)) return -1;
+    switch (type) {
+    case AQ_TYPE_F32: memcpy(dst, src, (size_t)n * 4); break;
+    case AQ_TYPE_F16:
+        for (i = 0; i < n; i++) { uint16_t h = aq_f32_to_f16(src[i]); memcpy(b + 2 * i, &h, 2); }
+        break;
+    case AQ_TYPE_BF16:
+        for (i = 0; i < n; i++) { uint16_t h = aq_f32_to_bf16(src[i]); memcpy(b + 2 * i, &h, 2); }
+        break;
+    case AQ_TYPE_Q8_0:
+        for (i = 0; i < n / 32; i++, b += 34) {
+            const float *x = src + i * 32;
+            float amax = 0, d, id;
+            uint16_t dh;
+            for (j = 0; j < 32; j++) amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax;
+            d = amax / 127.0f; id = d != 0.0f ? 1.0f / d : 0.0f;
+            dh = aq_f32_to_f16(d); memcpy(b, &dh, 2);
+            for (j = 0; j < 32; j++) b[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        }
+        break;
+    case AQ_TYPE_Q4_0:
+        for (i = 0; i < n / 32; i++, b += 18) {
+            const float *x = src + i * 32;
+            float amax = 0, max = 0, d, id;
+            uint16_t dh;
+            for (j = 0; j < 32; j++) if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+            d = max / -8.0f; id = d != 0.0f ? 1.0f / d : 0.0f;
+            dh = aq_f32_to_f16(d); memcpy(b, &dh, 2);
+            for (j = 0; j < 16; j++) {
+                int lo = (int)(x[j] * id + 8.5f), hi = (int)(x[j + 16] * id + 8.5f);
+                lo = lo > 15 ? 15 : lo; hi = hi > 15 ? 15 : hi;
+                b[2 + j] = (uint8_t)(lo | (hi << 4));
+            }
+        }
+        break;
+    case AQ_TYPE_Q4_1:
+        for (i = 0; i < n / 32; i++, b += 20) {
+            const float *x = src + i * 32;
+            float mn = x[0], mx = x[0], d, id;
+            uint16_t dh, mh;
+            for (j = 1; j < 32; j++) { mn = x[j] < mn ? x[j] : mn; mx = x[j] > mx ? x[j] : mx; }
+            d = (mx - mn) / 15.0f; id = d != 0.0f ? 1.0f / d : 0.0f;
+            dh = aq_f32_to_f16(d); mh = aq_f32_to_f16(mn);
+            memcpy(b, &dh, 2); memcpy(b + 2, &mh, 2);
+            for (j = 0; j < 16; j++) {
+                int lo = (int)((x[j] - mn) * id + 0.5f), hi = (int)((x[j + 16] - mn) * id + 0.5f);
+                lo = lo > 15 ? 15 : lo; hi = hi > 15 ? 15 : hi;
+                b[4 + j] = (uint8_t)(lo | (hi << 4));
+            }
+        }
+        break;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+   Thread pool.  Persistent workers; a job is a range of items that threads claim in chunks with
+   a compare-and-swap on one 64-bit ticket (job generation << 32 | next item), so a thread the OS
+   has descheduled simply claims nothing and the others finish its share: the caller waits for
+   items, not for threads.  Generations are even while a job runs and odd while the caller writes
+   the next job's fields, so a thread still holding an old ticket cannot claim items of a job
+   whose fields it read half-written.  Waiting (for work, or for the last chunk) spins for a few
+   tens of microseconds and then sleeps on a condition variable, so busy cores are not burned.
+   --------------------------------------------------------------------------------------- */
+typedef void (*aq__task_fn)(void *ctx, int64_t begin, int64_t end, int thread);
+
+typedef struct aq__pool aq__pool;
+typedef struct { aq__pool *pool; int index; } aq__worker_arg;
+
+struct aq__pool {
+    int n_threads;                  /* including the caller */
+    pthread_t *threads;
+    aq__worker_arg *args;
+    pthread_mutex_t mutex;
+    pthread_cond_t wake, finished;
+    /* the current job: written by the caller before it publishes the ticket */
+    aq__task_fn fn;
+    void *ctx;
+    int64_t n_items, grain;
+    uint64_t ticket;                /* atomic */
+    int64_t done;                   /* atomic: items finished in the current job */
+    int sleepers;                   /* atomic: workers blocked on wake */
+    int stop;                       /* atomic */
+    uint32_t gen;                   /* caller only: the current (even) generation */
+};
+
+#ifndef AQ__SPIN_SECONDS
+#define AQ__SPIN_SECONDS 100e-6     /* how long a waiting thread spins (and yields) before it sleeps */
+#endif
+
+#ifndef AQ__PAUSE_SECONDS
+#define AQ__PAUSE_SECONDS 5e-6
+#endif
+
+/* One round of waiting: returns 1 once the thread has waited long enough that it should sleep.
+   First it spins on the pause instruction (a job usually follows within microseconds), then
+   it yields the core, so that under contention the thread everyone waits for can run. */
+static int aq__backoff(int *spins, double t0) {
+    double waited;
+    if (++*spins & 15) {
+#if AQ__X86
+        __builtin_ia32_pause();
+#endif
+        return 0;
+    }
+    waited = aq_time_seconds() - t0;
+    if (waited >= AQ__SPIN_SECONDS) return 1;
+    if (waited >= AQ__PAUSE_SECONDS) sched_yield();
+    return 0;
+}
+
+#define AQ__LOAD(p) __atomic_load_n(p, __ATOMIC_ACQUIRE)
+#define AQ__STORE(p, v) __atomic_store_n(p, v, __ATOMIC_SEQ_CST)
+
+/* Claims and runs chunks of job `gen` until none is left. */
+static void aq__pool_work(aq__pool *p, uint32_t gen, int thread) {
+    for (;;) {
+        uint64_t t = AQ__LOAD(&p->ticket);
+        int64_t next = (int64_t)(uint32_t)t, n, end;
+        aq__task_fn fn;
+        void *ctx;
+        if ((uint32_t)(t >> 32) != gen) return;
+        fn = (aq__task_fn)__atomic_load_n(&p->fn, __ATOMIC_RELAXED);
+        ctx = __atomic_load_n(&p->ctx, __ATOMIC_RELAXED);
+        n = __atomic_load_n(&p->n_items, __ATOMIC_RELAXED);
+        end = next + __atomic_load_n(&p->grain, __ATOMIC_RELAXED);
+        if (next >= n) return;
+        if (end > n) end = n;
+        /* the CAS fails if another thread claimed first or a new job began: then the job
+           fields read above may be stale, so nothing is run with them */
+        if (!__atomic_compare_exchange_n(&p->ticket, &t, ((uint64_t)gen << 32) | (uint64_t)end, 0,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue;
+        fn(ctx, next, end, thread);
+        if (__atomic_add_fetch(&p->done, end - next, __ATOMIC_ACQ_REL) == n) {
+            pthread_mutex_lock(&p->mutex);
+            pthread_cond_signal(&p->finished);
+            pthread_mutex_unlock(&p->mutex);
+        }
+    }
+}
+
+static void *aq__pool_main(void *arg) {
+    aq__worker_arg *a = (aq__worker_arg *)arg;
+    aq__pool *p = a->pool;
+    uint32_t seen = 0;
+    for (;;) {
+        uint32_t gen;
+        int spins = 0;
+        double t0 = aq_time_seconds();
+        while (((gen = (uint32_t)(AQ__LOAD(&p->ticket) >> 32)) == seen || (gen & 1)) && !AQ__LOAD(&p->stop)) {
+            if (!aq__backoff(&spins, t0)) continue;
+            pthread_mutex_lock(&p->mutex);
+            __atomic_add_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
+            while (((gen = (uint32_t)(AQ__LOAD(&p->ticket) >> 32)) == seen || (gen & 1)) && !AQ__LOAD(&p->stop))
+                pthread_cond_wait(&p->wake, &p->mutex);
+            __atomic_sub_fetch(&p->sleepers, 1, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&p->mutex);
+        }
+        if (AQ__LOAD(&p->stop)) break;
+        seen = gen;
+        aq__pool_work(p, gen, a->index);
+    }
+    return NULL;
+}
+
+static void aq__pool_free(aq__pool *p) {
+    int i;
+    if (!p) return;
+    pthread_mutex_lock(&p->mutex);
+    AQ__STORE(&p->stop, 1);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->mutex);
+    for (i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mutex);
+    pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->finished);
+    AQ_FREE(p->threads);
+    AQ_FREE(p->args);
+    AQ_FREE(p);
+}
+
+static aq__pool *aq__pool_new(int n_threads) {
+    int i;
+    aq__pool *p = (aq__pool *)aq__calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->threads = (pthread_t *)aq__calloc((size_t)n_threads, sizeof *p->threads);
+    p->args = (aq__worker_arg *)aq__calloc((size_t)n_threads, sizeof *p->args);
+    if (!p->threads || !p->args) { AQ_FREE(p->threads); AQ_FREE(p->args); AQ_FREE(p); return NULL; }
+    pthread_mutex_init(&p->mutex, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->finished, NULL);
+    p->n_threads = 1;
+    for (i = 1; i < n_threads; i++) {
+        p->args[i].pool = p;
+        p->args[i].index = i;
+        if (pthread_create(&p->threads[i], NULL, aq__pool_main, &p->args[i]) != 0) break;
+        p->n_threads = i + 1;
+    }
+    if (p->n_threads != n_threads) { aq__pool_free(p); return NULL; }
+    return p;
+}
+
+/* Runs fn over items [0, n) in chunks of `grain`, on all threads; returns when all are done. */
+static void aq__pool_run(aq__pool *p, int64_t n, int64_t grain, aq__task_fn fn, void *ctx) {
+    int spins;
+    double t0;
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    if (!p || p->n_threads <= 1 || n <= grain) { fn(ctx, 0, n, 0); return; }
+    p->gen += 2;
+    AQ__STORE(&p->ticket, ((uint64_t)(p->gen - 1) << 32) | 0xffffffffu); /* old tickets are void now */
+    __atomic_store_n(&p->fn, fn, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->ctx, ctx, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->n_items, n, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->grain, grain, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->done, 0, __ATOMIC_RELAXED);
+    AQ__STORE(&p->ticket, (uint64_t)p->gen << 32);
+    if (__atomic_load_n(&p->sleepers, __ATOMIC_SEQ_CST) > 0) {
+        pthread_mutex_lock(&p->mutex);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mutex);
+    }
+    aq__pool_work(p, p->gen, 0);
+    t0 = aq_time_seconds();
+    spins = 0;
+    do {
+        if (AQ__LOAD(&p->done) == n) return;
+    } while (!aq__backoff(&spins, t0));
+    pthread_mutex_lock(&p->mutex);
+    while (AQ__LOAD(&p->done) != n) pthread_cond_wait(&p->finished, &p->mutex);
+    pthread_mutex_unlock(&p->mutex);
+}
+
+/* ---------------------------------------------------------------------------------------
+   Kernels.  Every matrix product goes through one dispatch on the weight type, with two entry
+   points: GEMV (one token: a dot product per weight row, threads split the rows) and GEMM (a
+   batch of tokens: weight tiles expanded to f32, then sgemm).  Each row-dot kernel has a scalar
+   reference right next to its AVX2 twin; the tests hold them to each other.
+   --------------------------------------------------------------------------------------- */
+typedef float (*aq__row_dot_fn)(const void *row, const float *x, int64_t n);
+
+static float aq__dot_f32_ref(const void *row, const float *x, int64_t n) {
+    const float *w = (const float *)row;
+    float sum = 0.0f;
+    int64_t i;
+    for (i = 0; i < n; i++) sum += w[i] * x[i];
+    return sum;
+}
+
+static float aq__dot_f16_ref(const void *row, const float *x, int64_t n) {
+    const uint8_t *w = (const uint8_t *)row;
+    float sum = 0.0f;
+    int64_t i;
+    for (i = 0; i < n; i++) sum += aq_f16_to_f32(aq__rd16(w + 2 * i)) * x[i];
+    return sum;
+}
+
+static float aq__dot_bf16_ref(const void *row, const float *x, int64_t n) {
+    const uint8_t *w = (const uint8_t *)row;
+    float sum = 0.0f;
+    int64_t i;
+    for (i = 0; i < n; i++) sum += aq_bf16_to_f32(aq__rd16(w + 2 * i)) * x[i];
+    return sum;
+}
+
+static float aq__dot_q8_0_ref(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    float sum = 0.0f;
+    int64_t i, j;
+    for (i = 0; i < n / 32; i++, b += 34, x += 32) {
+        float s = 0.0f;
+        for (j = 0; j < 32; j++) s += (float)(int8_t)b[2 + j] * x[j];
+        sum += s * aq_f16_to_f32(aq__rd16(b));
+    }
+    return sum;
+}
+
+static float aq__dot_q4_0_ref(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    float sum = 0.0f;
+    int64_t i, j;
+    for (i = 0; i < n / 32; i++, b += 18, x += 32) {
+        float s = 0.0f;
+        for (j = 0; j < 16; j++) s += (float)((b[2 + j] & 15) - 8) * x[j] + (float)((b[2 + j] >> 4) - 8) * x[j + 16];
+        sum += s * aq_f16_to_f32(aq__rd16(b));
+    }
+    return sum;
+}
+
+static float aq__dot_q4_1_ref(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    float sum = 0.0f;
+    int64_t i, j;
+    for (i = 0; i < n / 32; i++, b += 20, x += 32) {
+        float sq = 0.0f, sx = 0.0f;
+        for (j = 0; j < 16; j++) {
+            sq += (float)(b[4 + j] & 15) * x[j] + (float)(b[4 + j] >> 4) * x[j + 16];
+            sx += x[j] + x[j + 16];
+        }
+        sum += sq * aq_f16_to_f32(aq__rd16(b)) + sx * aq_f16_to_f32(aq__rd16(b + 2));
+    }
+    return sum;
+}
+
+#if AQ__X86
+AQ__AVX2 static float aq__hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AQ__AVX2 static float aq__dot_f32_avx2(const void *row, const float *x, int64_t n) {
+    const float *w = (const float *)row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    return aq__hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + aq__dot_f32_ref(w + i, x + i, n - i);
+}
+
+AQ__AVX2 static __m256 aq__load_f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+AQ__AVX2 static __m256 aq__load_bf16x8(const uint8_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+AQ__AVX2 static float aq__dot_f16_avx2(const void *row, const float *x, int64_t n) {
+    const uint8_t *w = (const uint8_t *)row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(aq__load_f16x8(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(aq__load_f16x8(w + 2 * i + 16), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(aq__load_f16x8(w + 2 * i + 32), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(aq__load_f16x8(w + 2 * i + 48), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(aq__load_f16x8(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+    return aq__hsum_avx2(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))) + aq__dot_f16_ref(w + 2 * i, x + i, n - i);
+}
+
+/* AVX-512: twice the lanes per instruction, which is what lets f16 rows (one convert per
+   load) keep up with memory; the tails go through the AVX2 kernels. */
+AQ__AVX512 static float aq__dot_f32_avx512(const void *row, const float *x, int64_t n) {
+    const float *w = (const float *)row;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + i + 16), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + aq__dot_f32_avx2(w + i, x + i, n - i);
+}
+
+AQ__AVX512 static float aq__dot_f16_avx512(const void *row, const float *x, int64_t n) {
+    const uint8_t *w = (const uint8_t *)row;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i))), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * i + 32))), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1)) + aq__dot_f16_avx2(w + 2 * i, x + i, n - i);
+}
+
+AQ__AVX2 static float aq__dot_bf16_avx2(const void *row, const float *x, int64_t n) {
+    const uint8_t *w = (const uint8_t *)row;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(aq__load_bf16x8(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(aq__load_bf16x8(w + 2 * i + 16), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(aq__load_bf16x8(w + 2 * i), _mm256_loadu_ps(x + i), a0);
+    return aq__hsum_avx2(_mm256_add_ps(a0, a1)) + aq__dot_bf16_ref(w + 2 * i, x + i, n - i);
+}
+
+/* 8 int8 at p as floats */
+AQ__AVX2 static __m256 aq__i8x8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+AQ__AVX2 static float aq__dot_q8_0_avx2(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i;
+    for (i = 0; i < n / 32; i++, b += 34, x += 32) {
+        __m256 s = _mm256_mul_ps(aq__i8x8(b + 2), _mm256_loadu_ps(x));
+        s = _mm256_fmadd_ps(aq__i8x8(b + 10), _mm256_loadu_ps(x + 8), s);
+        s = _mm256_fmadd_ps(aq__i8x8(b + 18), _mm256_loadu_ps(x + 16), s);
+        s = _mm256_fmadd_ps(aq__i8x8(b + 26), _mm256_loadu_ps(x + 24), s);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), s, acc);
+    }
+    return aq__hsum_avx2(acc);
+}
+
+/* The 32 nibbles of a Q4 block as four vectors of 8 floats (block order: lows, then highs). */
+AQ__AVX2 static void aq__nibbles_avx2(const uint8_t *qs, __m256 q[4]) {
+    __m128i v = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(15);
+    __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+AQ__AVX2 static float aq__dot_q4_0_avx2(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    const __m256 eight = _mm256_set1_ps(8.0f);
+    __m256 acc = _mm256_setzero_ps(), q[4], s;
+    int64_t i, k;
+    for (i = 0; i < n / 32; i++, b += 18, x += 32) {
+        aq__nibbles_avx2(b + 2, q);
+        s = _mm256_setzero_ps();
+        for (k = 0; k < 4; k++) s = _mm256_fmadd_ps(_mm256_sub_ps(q[k], eight), _mm256_loadu_ps(x + 8 * k), s);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), s, acc);
+    }
+    return aq__hsum_avx2(acc);
+}
+
+AQ__AVX2 static float aq__dot_q4_1_avx2(const void *row, const float *x, int64_t n) {
+    const uint8_t *b = (const uint8_t *)row;
+    __m256 acc = _mm256_setzero_ps(), q[4], sq, sx, xv;
+    int64_t i, k;
+    for (i = 0; i < n / 32; i++, b += 20, x += 32) {
+        aq__nibbles_avx2(b + 4, q);
+        sq = _mm256_setzero_ps(); sx = _mm256_setzero_ps();
+        for (k = 0; k < 4; k++) {
+            xv = _mm256_loadu_ps(x + 8 * k);
+            sq = _mm256_fmadd_ps(q[k], xv, sq);
+            sx = _mm256_add_ps(sx, xv);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), sq, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b + 2))), sx, acc);
+    }
+    return aq__hsum_avx2(acc);
+}
+
+AQ__AVX2 static void aq__axpy_avx2(float a, const float *x, float *y, int64_t n) {
+    __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
+
+static aq__row_dot_fn aq__row_dot_for(uint32_t type, int simd) {
+#if AQ__X86
+    if (simd >= AQ__SIMD_AVX512) switch (type) {
+        case AQ_TYPE_F32: return aq__dot_f32_avx512;
+        case AQ_TYPE_F16: return aq__dot_f16_avx512;
+        }
+    if (simd >= AQ__SIMD_AVX2) switch (type) {
+        case AQ_TYPE_F32: return aq__dot_f32_avx2;
+        case AQ_TYPE_F16: return aq__dot_f16_avx2;
+        case AQ_TYPE_BF16: return aq__dot_bf16_avx2;
+        case AQ_TYPE_Q8_0: return aq__dot_q8_0_avx2;
+        case AQ_TYPE_Q4_0: return aq__dot_q4_0_avx2;
+        case AQ_TYPE_Q4_1: return aq__dot_q4_1_avx2;
+        }
+#endif
+    (void)simd;
+    switch (type) {
+    case AQ_TYPE_F32: return aq__dot_f32_ref;
+    case AQ_TYPE_F16: return aq__dot_f16_ref;
+    case AQ_TYPE_BF16: return aq__dot_bf16_ref;
+    case AQ_TYPE_Q8_0: return aq__dot_q8_0_ref;
+    case AQ_TYPE_Q4_0: return aq__dot_q4_0_ref;
+    case AQ_TYPE_Q4_1: return aq__dot_q4_1_ref;
+    }
+    return NULL;
+}
+
+static float aq__dot(const float *a, const float *b, int64_t n, int simd) {
+#if AQ__X86
+    if (simd >= AQ__SIMD_AVX2) return aq__dot_f32_avx2(a, b, n);
+#endif
+    (void)simd;
+    return aq__dot_f32_ref(a, b, n);
+}
+
+/* y += a * x */
+static void aq__axpy(float a, const float *x, float *y, int64_t n, int simd) {
+    int64_t i;
+#if AQ__X86
+    if (simd >= AQ__SIMD_AVX2) { aq__axpy_avx2(a, x, y, n); return; }
+#endif
+    (void)simd;
+    for (i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+static void aq__rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+    float ss = 0.0f;
+    int64_t i;
+    for (i = 0; i < n; i++) ss += x[i] * x[i];
+    ss = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) out[i] = w[i] * (ss * x[i]);
+}
+
+static void aq__softmax(float *x, int64_t n) {
+    float max = x[0], sum = 0.0f;
+    int64_t i;
+    for (i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    for (i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    for (i = 0; i < n; i++) x[i] /= sum;
+}
+
+/* GEMV over several weights that read the same input (q,k,v or gate,up): one job, one sync. */
+typedef struct {
+    const aq_weight *w[3];
+    float *out[3];
+    int n_w;
+    const float *x;
+    int simd;
+} aq__gemv_job;
+
+static void aq__gemv_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__gemv_job *j = (const aq__gemv_job *)ctx;
+    int64_t r, base = 0;
+    int k;
+    (void)thread;
+    for (k = 0; k < j->n_w; k++) {
+        const aq_weight *w = j->w[k];
+        int64_t lo = begin > base ? begin - base : 0, hi = end - base < w->rows ? end - base : w->rows;
+        aq__row_dot_fn dot = aq__row_dot_for(w->type, j->simd);
+        const uint8_t *data = (const uint8_t *)w->data;
+        for (r = lo; r < hi; r++) j->out[k][r] = dot(data + (size_t)r * w->row_bytes, j->x, w->cols);
+        base += w->rows;
+    }
+}
+
+/* Rows per chunk: about 256 KiB of weights, and at least 4 chunks per thread. */
+static int64_t aq__grain(int64_t rows, size_t row_bytes, int n_threads) {
+    int64_t g = (int64_t)((256u << 10) / (row_bytes ? row_bytes : 1)), per = (rows + 4 * n_threads - 1) / (4 * n_threads);
+    if (g > per) g = per;
+    return g < 1 ? 1 : g;
+}
+
+static void aq__gemv(aq__pool *pool, int simd, int n_w, const aq_weight *const *w, const float *x, float *const *out) {
+    aq__gemv_job j;
+    int64_t rows = 0;
+    int k;
+    memset(&j, 0, sizeof j);
+    for (k = 0; k < n_w; k++) { j.w[k] = w[k]; j.out[k] = out[k]; rows += w[k]->rows; }
+    j.n_w = n_w; j.x = x; j.simd = simd;
+    if ((uint64_t)rows * w[0]->row_bytes < (64u << 10)) { aq__gemv_task(&j, 0, rows, 0); return; } /* not worth waking threads */
+    aq__pool_run(pool, rows, aq__grain(rows, w[0]->row_bytes, pool ? pool->n_threads : 1), aq__gemv_task, &j);
+}
+
+/* GEMM: Y[n][rows] = X[n][cols] * W^T, over tiles of weight rows.  A tile of a non-f32 type is
+   expanded into the thread's scratch first; with OpenBLAS each tile is one sgemm call. */
+#define AQ__TILE_ROWS 64
+
+typedef struct {
+    const aq_weight *w;
+    const float *x;
+    float *y;
+    int64_t n;
+    float *scratch;        /* per thread: AQ__TILE_ROWS * scratch_cols floats */
+    int64_t scratch_cols;
+    int simd;
+} aq__gemm_job;
+
+static void aq__gemm_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__gemm_job *j = (const aq__gemm_job *)ctx;
+    const aq_weight *w = j->w;
+    int64_t tile, r, t, K = w->cols;
+    for (tile = begin; tile < end; tile++) {
+        int64_t r0 = tile * AQ__TILE_ROWS, nr = w->rows - r0 < AQ__TILE_ROWS ? w->rows - r0 : AQ__TILE_ROWS;
+        const float *wt;
+        if (w->type == AQ_TYPE_F32) wt = (const float *)w->data + r0 * K;
+        else {
+            float *buf = j->scratch + (size_t)thread * AQ__TILE_ROWS * (size_t)j->scratch_cols;
+            for (r = 0; r < nr; r++)
+                aq__dequantize_row(w->type, (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, buf + r * K, K, j->simd);
+            wt = buf;
+        }
+#ifndef AQ_NO_BLAS
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, (int)nr, (int)K, 1.0f, j->x, (int)K, wt, (int)K,
+                    0.0f, j->y + r0, (int)w->rows);
+        (void)t;
+#else
+        for (t = 0; t < j->n; t++)
+            for (r = 0; r < nr; r++) j->y[t * w->rows + r0 + r] = aq__dot(wt + r * K, j->x + t * K, K, j->simd);
+#endif
+    }
+}
+
+static void aq__gemm(aq__pool *pool, int simd, const aq_weight *w, const float *x, int64_t n, float *y,
+                     float *scratch, int64_t scratch_cols) {
+    aq__gemm_job j;
+    int64_t tiles = (w->rows + AQ__TILE_ROWS - 1) / AQ__TILE_ROWS;
+    j.w = w; j.x = x; j.y = y; j.n = n; j.scratch = scratch; j.scratch_cols = scratch_cols; j.simd = simd;
+    aq__pool_run(pool, tiles, 1, aq__gemm_task, &j);
+}
+
+/* ---------------------------------------------------------------------------------------
+   Tokenizer.  Owns a copy of the vocabulary (texts, scores, types) and a read-only hash table
+   from text to id.  The table is ours rather than stb_ds's because lookups are by (pointer,
+   length) of a substring, and stb_ds's lookup macros write to the table, which would make a
+   model shared between threads unsafe to tokenize with.
+   --------------------------------------------------------------------------------------- */
+struct aq_vocab {
+    int32_t n;
+    char **text;          /* NUL-terminated, into arena */
+    uint32_t *len;
+    float *score;
+    uint8_t *type;
+    char *arena;
+    int32_t *table;       /* open addressing: id + 1, 0 = empty */
+    uint32_t table_mask;
+    int32_t byte_token[256];
+    int32_t bos, eos, unk;
+    int add_bos, add_space_prefix;
+};
+
+int32_t aq_token_lookup(const aq_vocab *v, const char *s, size_t n) {
+    uint32_t i = aq__hash(s, n) & v->table_mask;
+    for (;; i = (i + 1) & v->table_mask) {
+        int32_t id = v->table[i] - 1;
+        if (id < 0) return -1;
+        if (v->len[id] == n && memcmp(v->text[id], s, n) == 0) return id;
+    }
+}
+
+void aq_vocab_free(aq_vocab *v) {
+    if (!v) return;
+    AQ_FREE(v->text); AQ_FREE(v->len); AQ_FREE(v->score); AQ_FREE(v->type);
+    AQ_FREE(v->arena); AQ_FREE(v->table);
+    AQ_FREE(v);
+}
+
+static int32_t aq__vocab_id_key(const aq_gguf *g, const char *key, int32_t n, int32_t fallback) {
+    int64_t id;
+    if (aq_gguf_get_int(g, key, &id) != 1 || id < 0 || id >= n) return fallback;
+    return (int32_t)id;
+}
+
+aq_vocab *aq_vocab_load(const aq_gguf *g, char *err, size_t err_len) {
+    const aq_gguf_kv *tokens = aq_gguf_find_kv(g, "tokenizer.ggml.tokens");
+    const aq_gguf_kv *scores = aq_gguf_find_kv(g, "tokenizer.ggml.scores");
+    const aq_gguf_kv *types = aq_gguf_find_kv(g, "tokenizer.ggml.token_type");
+    const char *path = aq_gguf_path(g);
+    aq_str model;
+    aq_vocab *v;
+    uint64_t total = 0, i;
+    uint32_t cap = 1;
+    char *p;
+    int flag;
+
+    if (aq_gguf_get_str(g, "tokenizer.ggml.model", &model) != 1) {
+        aq__err(err, err_len, "%s: missing string key tokenizer.ggml.model", path);
+        return NULL;
+    }
+    if (!aq__str_eq(model, "llama")) {
+        aq__err(err, err_len, "%s: tokenizer.ggml.model '%.*s' is not supported (only 'llama', SentencePiece BPE)", path,
+                (int)(model.len < 40 ? model.len : 40), model.ptr);
+        return NULL;
+    }
+    if (!tokens || tokens->type != AQ_GGUF_ARRAY || tokens->elem_type != AQ_GGUF_STRING) {
+        aq__err(err, err_len, "%s: missing array of strings tokenizer.ggml.tokens", path);
+        return NULL;
+    }
+    if (tokens->count == 0 || tokens->count > (1u << 24)) {
+        aq__err(err, err_len, "%s: tokenizer.ggml.tokens has %llu entries (1..16777216 allowed)", path, (unsigned long long)tokens->count);
+        return NULL;
+    }
+    if (scores && (scores->type != AQ_GGUF_ARRAY || scores->count != tokens->count ||
+                   (scores->elem_type != AQ_GGUF_F32 && scores->elem_type != AQ_GGUF_F64))) {
+        aq__err(err, err_len, "%s: tokenizer.ggml.scores must be %llu floats", path, (unsigned long long)tokens->count);
+        return NULL;
+    }
+    if (types && (types->type != AQ_GGUF_ARRAY || types->count != tokens->count || aq__gguf_scalar_size(types->elem_type) == 0 ||
+                  types->elem_type == AQ_GGUF_F32 || types->elem_type == AQ_GGUF_F64)) {
+        aq__err(err, err_len, "%s: tokenizer.ggml.token_type must be %llu integers", path, (unsigned long long)tokens->count);
+        return NULL;
+    }
+    v = (aq_vocab *)aq__calloc(1, sizeof *v);
+    if (!v) goto oom;
+    v->n = (int32_t)tokens->count;
+    for (i = 0; i < tokens->count; i++) total += tokens->strs[i].len + 1;
+    while (cap < 2 * (uint32_t)v->n) cap <<= 1;
+    v->text = (char **)aq__calloc((size_t)v->n, sizeof *v->text);
+    v->len = (uint32_t *)aq__calloc((size_t)v->n, sizeof *v->len);
+    v->score = (float *)aq__calloc((size_t)v->n, sizeof *v->score);
+    v->type = (uint8_t *)aq__calloc((size_t)v->n, 1);
+    v->arena = (char *)aq__calloc((size_t)total, 1);
+    v->table = (int32_t *)aq__calloc(cap, sizeof *v->table);
+    if (!v->text || !v->len || !v->score || !v->type || !v->arena || !v->table) goto oom;
+    v->table_mask = cap - 1;
+    for (i = 0; i < 256; i++) v->byte_token[i] = -1;
+    p = v->arena;
+    for (i = 0; i < tokens->count; i++) {
+        aq_str s = tokens->strs[i];
+        uint32_t h;
+        int64_t t = types ? aq_gguf_arr_int(types, i) : (int64_t)AQ_TOKEN_NORMAL;
+        if (s.len > 4096) {
+            aq__err(err, err_len, "%s: token %llu is %llu bytes long", path, (unsigned long long)i, (unsigned long long)s.len);
+            aq_vocab_free(v);
+            return NULL;
+        }
+        memcpy(p, s.ptr, s.len);
+        v->text[i] = p; v->len[i] = (uint32_t)s.len;
+        p += s.len + 1;
+        v->score[i] = scores ? (float)aq_gguf_arr_float(scores, i) : 0.0f;
+        v->type[i] = (uint8_t)(t >= AQ_TOKEN_NORMAL && t <= AQ_TOKEN_BYTE ? t : (int64_t)AQ_TOKEN_NORMAL);
+        /* insert; a text that appears twice maps to its last id, as in llama.cpp */
+        for (h = aq__hash(s.ptr, s.len) & v->table_mask;; h = (h + 1) & v->table_mask) {
+            int32_t id = v->table[h] - 1;
+            if (id < 0 || (v->len[id] == s.len && !memcmp(v->text[id], s.ptr, s.len))) { v->table[h] = (int32_t)i + 1; break; }
+        }
+        if (v->type[i] == AQ_TOKEN_BYTE && s.len == 6 && !memcmp(s.ptr, "<0x", 3) && s.ptr[5] == '>') {
+            unsigned b;
+            char hex[3] = {s.ptr[3], s.ptr[4], 0};
+            if (sscanf(hex, "%2x", &b) == 1) v->byte_token[b] = (int32_t)i;
+        }
+    }
+    v->bos = aq__vocab_id_key(g, "tokenizer.ggml.bos_token_id", v->n, v->n > 1 ? 1 : -1);
+    v->eos = aq__vocab_id_key(g, "tokenizer.ggml.eos_token_id", v->n, v->n > 2 ? 2 : -1);
+    v->unk = aq__vocab_id_key(g, "tokenizer.ggml.unknown_token_id", v->n, 0);
+    v->add_bos = aq_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &flag) == 1 ? flag : 1;
+    v->add_space_prefix = aq_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &flag) == 1 ? flag : 1;
+    return v;
+oom:
+    aq_vocab_free(v);
+    aq__err(err, err_len, "%s: out of memory loading the vocabulary", path);
+    return NULL;
+}
+
+int32_t aq_vocab_size(const aq_vocab *v) { return v->n; }
+int32_t aq_vocab_bos(const aq_vocab *v) { return v->bos; }
+int32_t aq_vocab_eos(const aq_vocab *v) { return v->eos; }
+int aq_vocab_add_bos(const aq_vocab *v) { return v->add_bos; }
+const char *aq_token_text(const aq_vocab *v, int32_t id) { return id >= 0 && id < v->n ? v->text[id] : NULL; }
+int aq_token_type(const aq_vocab *v, int32_t id) { return id >= 0 && id < v->n ? v->type[id] : 0; }
+float aq_token_score(const aq_vocab *v, int32_t id) { return id >= 0 && id < v->n ? v->score[id] : 0.0f; }
+
+/* Symbols form a linked list over the escaped text; a bigram is a candidate merge of two
+   neighbours, valid only while both still have the lengths they had when it was queued. */
+typedef struct { int32_t prev, next; uint32_t start, n; } aq__symbol;
+typedef struct { float score; int32_t left, right; uint32_t size; } aq__bigram;
+
+static int aq__bigram_before(const aq__bigram *a, const aq__bigram *b) {
+    return a->score > b->score || (a->score == b->score && a->left < b->left);
+}
+
+static void aq__heap_push(aq__bigram **heap, aq__bigram b) {
+    ptrdiff_t i = stbds_arrlen(*heap);
+    stbds_arrput(*heap, b);
+    while (i > 0 && aq__bigram_before(&(*heap)[i], &(*heap)[(i - 1) / 2])) {
+        aq__bigram t = (*heap)[i]; (*heap)[i] = (*heap)[(i - 1) / 2]; (*heap)[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static aq__bigram aq__heap_pop(aq__bigram *heap) {
+    aq__bigram top = heap[0];
+    ptrdiff_t n = stbds_arrlen(heap) - 1, i = 0;
+    heap[0] = heap[n];
+    stbds_arrsetlen(heap, n);
+    for (;;) {
+        ptrdiff_t l = 2 * i + 1, r = l + 1, m = i;
+        aq__bigram t;
+        if (l < n && aq__bigram_before(&heap[l], &heap[m])) m = l;
+        if (r < n && aq__bigram_before(&heap[r], &heap[m])) m = r;
+        if (m == i) break;
+        t = heap[i]; heap[i] = heap[m]; heap[m] = t;
+        i = m;
+    }
+    return top;
+}
+
+static void aq__try_bigram(const aq_vocab *v, const char *text, const aq__symbol *sym, int32_t left, int32_t right,
+                           aq__bigram **heap) {
+    aq__bigram b;
+    int32_t id;
+    if (left < 0 || right < 0) return;
+    id = aq_token_lookup(v, text + sym[left].start, sym[left].n + sym[right].n);
+    if (id < 0) return;
+    b.score = v->score[id]; b.left = left; b.right = right; b.size = sym[left].n + sym[right].n;
+    aq__heap_push(heap, b);
+}
+
+int aq_tokenize(const aq_vocab *v, const char *text, size_t len, int add_bos, int32_t *ids, int cap) {
+    static const uint8_t utf8_len[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4};
+    char *buf;
+    aq__symbol *sym;
+    aq__bigram *heap = NULL;
+    size_t blen = 0, i;
+    int32_t n_sym = 0, s;
+    int n = 0;
+#define AQ__EMIT(id) do { if (n < cap) ids[n] = (id); n++; } while (0)
+    if (add_bos && v->bos >= 0) AQ__EMIT(v->bos);
+    if (len == 0) return n;
+    if (len > (size_t)INT32_MAX / 4) return -1;
+    buf = (char *)AQ_MALLOC(3 * len + 3);
+    sym = (aq__symbol *)AQ_MALLOC((3 * len + 3) * sizeof *sym);
+    if (!buf || !sym) { AQ_FREE(buf); AQ_FREE(sym); return -1; }
+    /* SentencePiece escaping: optional leading space, every space becomes U+2581 */
+    if (v->add_space_prefix) { memcpy(buf, "\xe2\x96\x81", 3); blen = 3; }
+    for (i = 0; i < len; i++) {
+        if (text[i] == ' ') { memcpy(buf + blen, "\xe2\x96\x81", 3); blen += 3; }
+        else buf[blen++] = text[i];
+    }
+    /* one symbol per UTF-8 character (a malformed sequence is cut at the end of the text) */
+    for (i = 0; i < blen; n_sym++) {
+        size_t cl = utf8_len[(uint8_t)buf[i] >> 4];
+        if (cl > blen - i) cl = blen - i;
+        sym[n_sym].start = (uint32_t)i; sym[n_sym].n = (uint32_t)cl;
+        sym[n_sym].prev = n_sym - 1; sym[n_sym].next = i + cl < blen ? n_sym + 1 : -1;
+        i += cl;
+    }
+    for (s = 1; s < n_sym; s++) aq__try_bigram(v, buf, sym, s - 1, s, &heap);
+    while (stbds_arrlen(heap) > 0) {
+        aq__bigram b = aq__heap_pop(heap);
+        aq__symbol *l = &sym[b.left], *r = &sym[b.right];
+        if (l->n == 0 || r->n == 0 || l->n + r->n != b.size) continue; /* stale */
+        l->n += r->n;
+        r->n = 0;
+        l->next = r->next;
+        if (r->next >= 0) sym[r->next].prev = b.left;
+        aq__try_bigram(v, buf, sym, l->prev, b.left, &heap);
+        aq__try_bigram(v, buf, sym, b.left, l->next, &heap);
+    }
+    /* merges only ever form vocabulary tokens, so a symbol that is not one is a single
+       character the vocabulary lacks: it falls back to byte tokens */
+    for (s = 0; s != -1; s = sym[s].next) {
+        int32_t id = aq_token_lookup(v, buf + sym[s].start, sym[s].n);
+        if (id >= 0) { AQ__EMIT(id); continue; }
+        for (i = 0; i < sym[s].n; i++) {
+            int32_t bt = v->byte_token[(uint8_t)buf[sym[s].start + i]];
+            AQ__EMIT(bt >= 0 ? bt : v->unk);
+        }
+    }
+#undef AQ__EMIT
+    stbds_arrfree(heap);
+    AQ_FREE(buf);
+    AQ_FREE(sym);
+    return n;
+}
+
+int aq_token_to_piece(const aq_vocab *v, int32_t id, char *buf, int cap) {
+    const char *t;
+    uint32_t i, n = 0;
+    if (id < 0 || id >= v->n) return 0;
+    t = v->text[id];
+    switch (v->type[id]) {
+    case AQ_TOKEN_NORMAL:
+    case AQ_TOKEN_USER_DEFINED:
+        for (i = 0; i < v->len[id]; i++) {
+            if (i + 2 < v->len[id] && !memcmp(t + i, "\xe2\x96\x81", 3)) {
+                if ((int)n < cap) buf[n] = ' ';
+                n++; i += 2;
+            } else {
+                if ((int)n < cap) buf[n] = t[i];
+                n++;
+            }
+        }
+        return (int)n;
+    case AQ_TOKEN_BYTE:
+        for (i = 0; i < 256; i++)
+            if (v->byte_token[i] == id) { if (cap > 0) buf[0] = (char)i; return 1; }
+        return 0;
+    case AQ_TOKEN_UNKNOWN:
+        if (cap >= 3) memcpy(buf, "\xe2\x96\x85", 3); /* what llama.cpp prints for <unk> */
+        return 3;
+    default:
+        return 0; /* control and unused tokens print nothing */
+    }
+}
+
+/* ---------------------------------------------------------------------------------------
+   Model.  Reads the hyper-parameters from the metadata (nothing is assumed that the file can
+   say), checks every tensor's presence, type and shape against them, and keeps the weights as
+   typed views into the mapping.  Norm vectors are copied to f32 when stored otherwise.
+   --------------------------------------------------------------------------------------- */
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    aq_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+} aq__layer;
+
+struct aq_model {
+    aq_gguf *gguf;
+    aq_vocab *vocab;
+    aq_config cfg;
+    aq_weight tok_embd, output;
+    const float *output_norm;
+    aq__layer *layers;
+    float **owned;          /* stb_ds array of converted norm vectors */
+    uint64_t weight_bytes;
+    int simd;
+};
+
+void aq_model_free(aq_model *m) {
+    ptrdiff_t i;
+    if (!m) return;
+    for (i = 0; i < stbds_arrlen(m->owned); i++) AQ_FREE(m->owned[i]);
+    stbds_arrfree(m->owned);
+    AQ_FREE(m->layers);
+    aq_vocab_free(m->vocab);
+    aq_gguf_close(m->gguf);
+    AQ_FREE(m);
+}
+
+const aq_config *aq_model_config(const aq_model *m) { return &m->cfg; }
+const aq_vocab *aq_model_vocab(const aq_model *m) { return m->vocab; }
+const aq_gguf *aq_model_gguf(const aq_model *m) { return m->gguf; }
+uint64_t aq_model_weight_bytes(const aq_model *m) { return m->weight_bytes; }
+
+/* A hyper-parameter: an integer key in [lo, hi]; `fallback` < 0 means required. */
+static int aq__hparam(const aq_gguf *g, const char *key, int64_t lo, int64_t hi, int64_t fallback, int32_t *out,
+                      char *err, size_t err_len) {
+    int64_t v;
+    int r = aq_gguf_get_int(g, key, &v);
+    if (r == -1) {
+        aq__err(err, err_len, "%s: key '%s' has type %s, expected an integer", aq_gguf_path(g), key,
+                aq_gguf_type_name(aq_gguf_find_kv(g, key)->type));
+        return -1;
+    }
+    if (r == 0) {
+        if (fallback < 0) { aq__err(err, err_len, "%s: missing required key '%s'", aq_gguf_path(g), key); return -1; }
+        v = fallback;
+    }
+    if (v < lo || v > hi) {
+        aq__err(err, err_len, "%s: key '%s' = %lld is out of range [%lld, %lld]", aq_gguf_path(g), key, (long long)v,
+                (long long)lo, (long long)hi);
+        return -1;
+    }
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int aq__fparam(const aq_gguf *g, const char *key, double lo, double hi, double fallback, int required, float *out,
+                      char *err, size_t err_len) {
+    double v;
+    int r = aq_gguf_get_float(g, key, &v);
+    if (r == -1) { aq__err(err, err_len, "%s: key '%s' is not a number", aq_gguf_path(g), key); return -1; }
+    if (r == 0) {
+        if (required) { aq__err(err, err_len, "%s: missing required key '%s'", aq_gguf_path(g), key); return -1; }
+        v = fallback;
+    }
+    if (!(v >= lo && v <= hi)) {
+        aq__err(err, err_len, "%s: key '%s' = %g is out of range [%g, %g]", aq_gguf_path(g), key, v, lo, hi);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+/* Finds a tensor and checks it is (cols) or (cols, rows) of a CPU type. */
+static const aq_gguf_tensor *aq__model_tensor(const aq_gguf *g, const char *name, int64_t cols, int64_t rows,
+                                              char *err, size_t err_len) {
+    const aq_gguf_tensor *t = aq_gguf_find_tensor(g, name);
+    uint32_t want_dims = rows ? 2 : 1;
+    if (!t) { aq__err(err, err_len, "%s: missing tensor '%s'", aq_gguf_path(g), name); return NULL; }
+    if (!aq_type_cpu_supported(t->type)) {
+        aq__err(err, err_len, "%s: tensor '%s' has type %s, which the CPU path does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+                aq_gguf_path(g), name, aq_type_name(t->type));
+        return NULL;
+    }
+    if (t->n_dims != want_dims || t->ne[0] != cols || (rows && t->ne[1] != rows)) {
+        aq__err(err, err_len, "%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld] from the hyper-parameters",
+                aq_gguf_path(g), name, (long long)t->ne[0], (long long)(t->n_dims > 1 ? t->ne[1] : 1), (long long)cols,
+                (long long)(rows ? rows : 1));
+        return NULL;
+    }
+    return t;
+}
+
+static int aq__model_weight(aq_model *m, const char *name, int64_t cols, int64_t rows, aq_weight *w, char *err, size_t err_len) {
+    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, cols, rows, err, err_len);
+    if (!t) return -1;
+    w->type = t->type; w->rows = rows; w->cols = cols; w->data = t->data; w->name = t->name;
+    w->row_bytes = (size_t)aq_type_row_bytes(t->type, cols);
+    return 0;
+}
+
+static const float *aq__model_norm(aq_model *m, const char *name, int64_t n, char *err, size_t err_len) {
+    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, n, 0, err, err_len);
+    float *copy;
+    if (!t) return NULL;
+    if (t->type == AQ_TYPE_F32) return (const float *)t->data;
+    copy = (float *)aq__calloc((size_t)n, sizeof(float));
+    if (!copy || aq__dequantize_row(t->type, t->data, copy, n, m->simd)) {
+        AQ_FREE(copy);
+        aq__err(err, err_len, "%s: cannot convert tensor '%s'", aq_gguf_path(m->gguf), name);
+        return NULL;
+    }
+    stbds_arrput(m->owned, copy);
+    return copy;
+}
+
+aq_model *aq_model_load(const char *path, char *err, size_t err_len) {
+    aq_model *m;
+    aq_config *c;
+    aq_gguf *g;
+    aq_str arch;
+    int32_t vocab_key = 0;
+    int l;
+    char name[AQ_MAX_NAME + 1];
+
+    g = aq_gguf_open(path, err, err_len);
+    if (!g) return NULL;
+    m = (aq_model *)aq__calloc(1, sizeof *m);
+    if (!m) { aq_gguf_close(g); aq__err(err, err_len, "%s: out of memory", path); return NULL; }
+    m->gguf = g;
+    m->simd = aq__detect_simd();
+    c = &m->cfg;
+    if (aq_gguf_get_str(g, "general.architecture", &arch) != 1) {
+        aq__err(err, err_len, "%s: missing string key general.architecture", path);
+        goto fail;
+    }
+    if (!aq__str_eq(arch, "llama")) {
+        aq__err(err, err_len, "%s: architecture '%.*s' is not supported (only 'llama')", path, (int)(arch.len < 40 ? arch.len : 40), arch.ptr);
+        goto fail;
+    }
+    if (aq__hparam(g, "llama.embedding_length", 1, 65536, -1, &c->n_embd, err, err_len) ||
+        aq__hparam(g, "llama.block_count", 1, 1024, -1, &c->n_layers, err, err_len) ||
+        aq__hparam(g, "llama.feed_forward_length", 1, 1 << 20, -1, &c->n_ff, err, err_len) ||
+        aq__hparam(g, "llama.attention.head_count", 1, 1024, -1, &c->n_heads, err, err_len) ||
+        aq__hparam(g, "llama.attention.head_count_kv", 1, 1024, c->n_heads, &c->n_kv_heads, err, err_len) ||
+        aq__hparam(g, "llama.context_length", 1, 1 << 24, -1, &c->n_ctx_train, err, err_len) ||
+        aq__fparam(g, "llama.attention.layer_norm_rms_epsilon", 0.0, 1.0, 1e-5, 1, &c->rms_eps, err, err_len) ||
+        aq__fparam(g, "llama.rope.freq_base", 1.0, 1e12, 10000.0, 0, &c->rope_base, err, err_len))
+        goto fail;
+    if (c->n_embd % c->n_heads != 0) {
+        aq__err(err, err_len, "%s: embedding length %d is not a multiple of the head count %d", path, c->n_embd, c->n_heads);
+        goto fail;
+    }
+    if (c->n_heads % c->n_kv_heads != 0) {
+        aq__err(err, err_len, "%s: head count %d is not a multiple of the KV head count %d", path, c->n_heads, c->n_kv_heads);
+        goto fail;
+    }
+    c->head_dim = c->n_embd / c->n_heads;
+    if (aq__hparam(g, "llama.rope.dimension_count", 2, c->head_dim, c->head_dim, &c->n_rot, err, err_len)) goto fail;
+    if (c->n_rot % 2) { aq__err(err, err_len, "%s: llama.rope.dimension_count %d is odd", path, c->n_rot); goto fail; }
+
+    m->vocab = aq_vocab_load(g, err, err_len);
+    if (!m->vocab) goto fail;
+    c->n_vocab = m->vocab->n;
+    if (aq__hparam(g, "llama.vocab_size", 1, 1 << 24, c->n_vocab, &vocab_key, err, err_len)) goto fail;
+    if (vocab_key != c->n_vocab) {
+        aq__err(err, err_len, "%s: llama.vocab_size is %d but the vocabulary has %d tokens", path, vocab_key, c->n_vocab);
+        goto fail;
+    }
+
+    if (aq__model_weight(m, "token_embd.weight", c->n_embd, c->n_vocab, &m->tok_embd, err, err_len)) goto fail;
+    if (!(m->output_norm = aq__model_norm(m, "output_norm.weight", c->n_embd, err, err_len))) goto fail;
+    c->tied_output = aq_gguf_find_tensor(g, "output.weight") == NULL;
+    if (c->tied_output) m->output = m->tok_embd;
+    else if (aq__model_weight(m, "output.weight", c->n_embd, c->n_vocab, &m->output, err, err_len)) goto fail;
+
+    m->layers = (aq__layer *)aq__calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) { aq__err(err, err_len, "%s: out of memory", path); goto fail; }
+    for (l = 0; l < c->n_layers; l++) {
+        aq__layer *L = &m->layers[l];
+        int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+#define AQ__W(field, suffix, cols, rows) \
+        (snprintf(name, sizeof name, "blk.%d." suffix ".weight", l), aq__model_weight(m, name, cols, rows, &L->field, err, err_len))
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        if (!(L->attn_norm = aq__model_norm(m, name, c->n_embd, err, err_len))) goto fail;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if (!(L->ffn_norm = aq__model_norm(m, name, c->n_embd, err, err_len))) goto fail;
+        if (AQ__W(wq, "attn_q", c->n_embd, q_dim) || AQ__W(wk, "attn_k", c->n_embd, kv_dim) ||
+            AQ__W(wv, "attn_v", c->n_embd, kv_dim) || AQ__W(wo, "attn_output", q_dim, c->n_embd) ||
+            AQ__W(w_gate, "ffn_gate", c->n_embd, c->n_ff) || AQ__W(w_up, "ffn_up", c->n_embd, c->n_ff) ||
+            AQ__W(w_down, "ffn_down", c->n_ff, c->n_embd))
+            goto fail;
+#undef AQ__W
+        m->weight_bytes += (uint64_t)(L->wq.row_bytes * L->wq.rows + L->wk.row_bytes * L->wk.rows + L->wv.row_bytes * L->wv.rows +
+                                      L->wo.row_bytes * L->wo.rows + L->w_gate.row_bytes * L->w_gate.rows +
+                                      L->w_up.row_bytes * L->w_up.rows + L->w_down.row_bytes * L->w_down.rows);
+    }
+    m->weight_bytes += (uint64_t)(m->output.row_bytes * m->output.rows);
+    return m;
+fail:
+    aq_model_free(m);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------
+   Session: KV cache and forward pass.  The cache is paged: page p of layer l holds positions
+   [p*page_size, (p+1)*page_size) as K[n_kv_heads][page_size][head_dim] followed by V in the same
+   layout, so attention for one KV head walks contiguous memory within a page.  Pages are
+   allocated when the first position in them is written.
+   --------------------------------------------------------------------------------------- */
+struct aq_session {
+    const aq_model *m;
+    aq__pool *pool;
+    int n_threads, n_ctx, page_size, n_batch, pos, max_pages;
+    float **pages;             /* [n_layers * max_pages], NULL until used */
+    size_t page_half;          /* floats of K (or V) in one page */
+    /* scratch for up to n_batch tokens */
+    float *x, *xb, *q, *k, *v, *att_out, *hb, *hb2;
+    float *rope;               /* [n_batch][n_rot / 2] (cos, sin) pairs */
+    float *att;                /* [n_threads][n_ctx] attention weights */
+    float *tile;               /* [n_threads][AQ__TILE_ROWS * tile_cols] GEMM weight tiles */
+    int64_t tile_cols;
+};
+
+aq_session_params aq_session_default_params(void) {
+    aq_session_params p;
+    p.n_threads = 0;
+    p.n_ctx = 0;
+    p.page_size = 16;
+    p.n_batch = 256;
+    return p;
+}
+
+void aq_session_free(aq_session *s) {
+    int i;
+    if (!s) return;
+    aq__pool_free(s->pool);
+    if (s->pages)
+        for (i = 0; i < s->m->cfg.n_layers * s->max_pages; i++) AQ_FREE(s->pages[i]);
+    AQ_FREE(s->pages);
+    AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
+    AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->tile);
+    AQ_FREE(s);
+}
+
+aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, char *err, size_t err_len) {
+    aq_session_params p = params ? *params : aq_session_default_params();
+    const aq_config *c = &m->cfg;
+    aq_session *s;
+    size_t nb, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    if (p.n_threads < 0 || p.n_threads > 512) { aq__err(err, err_len, "n_threads %d is out of range [0, 512]", p.n_threads); return NULL; }
+    if (p.n_ctx < 0 || p.n_ctx > (1 << 24)) { aq__err(err, err_len, "n_ctx %d is out of range [0, 16777216]", p.n_ctx); return NULL; }
+    if (p.page_size < 0 || p.page_size > 4096) { aq__err(err, err_len, "page_size %d is out of range [1, 4096]", p.page_size); return NULL; }
+    if (p.n_batch < 0 || p.n_batch > 65536) { aq__err(err, err_len, "n_batch %d is out of range [1, 65536]", p.n_batch); return NULL; }
+    if (p.n_threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        p.n_threads = n > 0 ? (int)(n < 512 ? n : 512) : 1;
+    }
+    if (p.n_ctx == 0) p.n_ctx = c->n_ctx_train;
+    if (p.page_size == 0) p.page_size = 16;
+    if (p.n_batch == 0) p.n_batch = 256;
+#if !defined(AQ_NO_BLAS) && !defined(AQ_KEEP_BLAS_THREADS) && defined(OPENBLAS_THREAD)
+    openblas_set_num_threads(1);
+#endif
+    s = (aq_session *)aq__calloc(1, sizeof *s);
+    if (!s) goto oom;
+    s->m = m;
+    s->n_threads = p.n_threads;
+    s->n_ctx = p.n_ctx;
+    s->page_size = p.page_size;
+    s->n_batch = p.n_batch;
+    s->max_pages = (p.n_ctx + p.page_size - 1) / p.page_size;
+    s->page_half = (size_t)c->n_kv_heads * (size_t)p.page_size * (size_t)c->head_dim;
+    s->tile_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
+    if ((int64_t)q_dim > s->tile_cols) s->tile_cols = (int64_t)q_dim;
+    nb = (size_t)p.n_batch;
+    s->pages = (float **)aq__calloc((size_t)c->n_layers * (size_t)s->max_pages, sizeof(float *));
+    s->x = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
+    s->xb = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
+    s->q = (float *)aq__calloc(nb * q_dim, sizeof(float));
+    s->att_out = (float *)aq__calloc(nb * q_dim, sizeof(float));
+    s->k = (float *)aq__calloc(nb * kv_dim, sizeof(float));
+    s->v = (float *)aq__calloc(nb * kv_dim, sizeof(float));
+    s->hb = (float *)aq__calloc(nb * (size_t)c->n_ff, sizeof(float));
+    s->hb2 = (float *)aq__calloc(nb * (size_t)c->n_ff, sizeof(float));
+    s->rope = (float *)aq__calloc(nb * (size_t)c->n_rot, sizeof(float));
+    s->att = (float *)aq__calloc((size_t)p.n_threads * (size_t)p.n_ctx, sizeof(float));
+    s->tile = (float *)aq__calloc((size_t)p.n_threads * AQ__TILE_ROWS * (size_t)s->tile_cols, sizeof(float));
+    if (!s->pages || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
+        !s->att || !s->tile)
+        goto oom;
+    s->pool = aq__pool_new(p.n_threads);
+    if (!s->pool) { aq_session_free(s); aq__err(err, err_len, "cannot start %d threads", p.n_threads); return NULL; }
+    return s;
+oom:
+    aq_session_free(s);
+    aq__err(err, err_len, "out of memory creating a session with n_ctx %d, n_batch %d, %d threads", p.n_ctx, p.n_batch, p.n_threads);
+    return NULL;
+}
+
+int aq_session_pos(const aq_session *s) { return s->pos; }
+int aq_session_n_ctx(const aq_session *s) { return s->n_ctx; }
+int aq_session_n_threads(const aq_session *s) { return s->n_threads; }
+void aq_session_reset(aq_session *s) { s->pos = 0; }
+
+static float *aq__page(const aq_session *s, int layer, int pos) { return s->pages[(size_t)layer * s->max_pages + pos / s->page_size]; }
+
+/* Rotates adjacent pairs (x[2i], x[2i+1]) of each head by the angles in rope. */
+static void aq__rope(float *x, int n_heads, int head_dim, int n_rot, const float *rope) {
+    int h, i;
+    for (h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (i = 0; i < n_rot / 2; i++) {
+            float c = rope[2 * i], sn = rope[2 * i + 1], x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * c - x1 * sn;
+            v[2 * i + 1] = x0 * sn + x1 * c;
+        }
+    }
+}
+
+typedef struct {
+    aq_session *s;
+    int layer, pos0, n_tokens;
+} aq__attn_job;
+
+/* Causal softmax attention for items (token, head), over positions 0..pos0+token. */
+static void aq__attn_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__attn_job *j = (const aq__attn_job *)ctx;
+    const aq_session *s = j->s;
+    const aq_config *c = &s->m->cfg;
+    int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, ps = s->page_size, simd = s->m->simd;
+    size_t q_dim = (size_t)c->n_heads * hd;
+    float *att = s->att + (size_t)thread * s->n_ctx;
+    int64_t item;
+    for (item = begin; item < end; item++) {
+        int t = (int)(item / c->n_heads), h = (int)(item % c->n_heads), kvh = h / group, n_keys = j->pos0 + t + 1, p;
+        const float *q = s->q + t * q_dim + (size_t)h * hd;
+        float *out = s->att_out + t * q_dim + (size_t)h * hd, scale = sqrtf((float)hd);
+        for (p = 0; p < n_keys; p++) {
+            const float *key = aq__page(s, j->layer, p) + ((size_t)kvh * ps + p % ps) * hd;
+            att[p] = aq__dot(q, key, hd, simd) / scale;
+        }
+        aq__softmax(att, n_keys);
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (p = 0; p < n_keys; p++) {
+            const float *val = aq__page(s, j->layer, p) + s->page_half + ((size_t)kvh * ps + p % ps) * hd;
+            aq__axpy(att[p], val, out, hd, simd);
+        }
+    }
+}
+
+/* out[n][w.rows] = in[n][w.cols] * W^T, as GEMV for one token and GEMM for more. */
+static void aq__matmul(aq_session *s, const aq_weight *w, const float *in, int n, float *out) {
+    if (n == 1) aq__gemv(s->pool, s->m->simd, 1, &w, in, &out);
+    else aq__gemm(s->pool, s->m->simd, w, in, n, out, s->tile, s->tile_cols);
+}
+
+/* One batch of at most n_batch tokens.  logits: NULL, or rows for every token (all) or the last. */
+static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *logits, int all, char *err, size_t err_len) {
+    const aq_model *m = s->m;
+    const aq_config *c = &m->cfg;
+    const int dim = c->n_embd, hd = c->head_dim, ps = s->page_size;
+    const size_t q_dim = (size_t)c->n_heads * hd, kv_dim = (size_t)c->n_kv_heads * hd;
+    int t, l, i, pos0 = s->pos;
+    aq__attn_job aj;
+
+    for (t = 0; t < n; t++) {
+        int pos = pos0 + t;
+        for (l = 0; l < c->n_layers; l++) {
+            float **page = &s->pages[(size_t)l * s->max_pages + pos / ps];
+            if (!*page && !(*page = (float *)aq__calloc(2 * s->page_half, sizeof(float)))) {
+                aq__err(err, err_len, "out of memory growing the KV cache to %d tokens", pos + 1);
+                return -1;
+            }
+        }
+        aq__dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)ids[t] * m->tok_embd.row_bytes,
+                           s->x + (size_t)t * dim, dim, m->simd);
+        for (i = 0; i < c->n_rot / 2; i++) {
+            float angle = (float)pos * (1.0f / powf(c->rope_base, (float)(2 * i) / (float)c->n_rot));
+            s->rope[(size_t)t * c->n_rot + 2 * i] = cosf(angle);
+            s->rope[(size_t)t * c->n_rot + 2 * i + 1] = sinf(angle);
+        }
+    }
+
+    for (l = 0; l < c->n_layers; l++) {
+        const aq__layer *L = &m->layers[l];
+        /* attention block */
+        for (t = 0; t < n; t++) aq__rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->attn_norm, dim, c->rms_eps);
+        if (n == 1) {
+            const aq_weight *w[3];
+            float *out[3];
+            w[0] = &L->wq; w[1] = &L->wk; w[2] = &L->wv;
+            out[0] = s->q; out[1] = s->k; out[2] = s->v;
+            aq__gemv(s->pool, m->simd, 3, w, s->xb, out);
+        } else {
+            aq__matmul(s, &L->wq, s->xb, n, s->q);
+            aq__matmul(s, &L->wk, s->xb, n, s->k);
+            aq__matmul(s, &L->wv, s->xb, n, s->v);
+        }
+        for (t = 0; t < n; t++) {
+            int pos = pos0 + t, kvh;
+            float *page = aq__page(s, l, pos);
+            aq__rope(s->q + t * q_dim, c->n_heads, hd, c->n_rot, s->rope + (size_t)t * c->n_rot);
+            aq__rope(s->k + t * kv_dim, c->n_kv_heads, hd, c->n_rot, s->rope + (size_t)t * c->n_rot);
+            for (kvh = 0; kvh < c->n_kv_heads; kvh++) {
+                size_t slot = ((size_t)kvh * ps + pos % ps) * hd;
+                memcpy(page + slot, s->k + t * kv_dim + (size_t)kvh * hd, (size_t)hd * sizeof(float));
+                memcpy(page + s->page_half + slot, s->v + t * kv_dim + (size_t)kvh * hd, (size_t)hd * sizeof(float));
+            }
+        }
+        aj.s = s; aj.layer = l; aj.pos0 = pos0; aj.n_tokens = n;
+        aq__pool_run(s->pool, (int64_t)n * c->n_heads, 1, aq__attn_task, &aj);
+        aq__matmul(s, &L->wo, s->att_out, n, s->xb);
+        for (i = 0; i < n * dim; i++) s->x[i] += s->xb[i];
+
+        /* feed-forward block: down(silu(gate(x)) * up(x)) */
+        for (t = 0; t < n; t++) aq__rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, L->ffn_norm, dim, c->rms_eps);
+        if (n == 1) {
+            const aq_weight *w[2];
+            float *out[2];
+            w[0] = &L->w_gate; w[1] = &L->w_up;
+            out[0] = s->hb; out[1] = s->hb2;
+            aq__gemv(s->pool, m->simd, 2, w, s->xb, out);
+        } else {
+            aq__matmul(s, &L->w_gate, s->xb, n, s->hb);
+            aq__matmul(s, &L->w_up, s->xb, n, s->hb2);
+        }
+        for (i = 0; i < n * c->n_ff; i++) s->hb[i] = s->hb[i] / (1.0f + expf(-s->hb[i])) * s->hb2[i];
+        aq__matmul(s, &L->w_down, s->hb, n, s->xb);
+        for (i = 0; i < n * dim; i++) s->x[i] += s->xb[i];
+    }
+    s->pos += n;
+
+    if (logits) {
+        int first = all ? 0 : n - 1;
+        for (t = first; t < n; t++) aq__rmsnorm(s->xb + (size_t)t * dim, s->x + (size_t)t * dim, m->output_norm, dim, c->rms_eps);
+        aq__matmul(s, &m->output, s->xb + (size_t)first * dim, n - first, logits);
+    }
+    return 0;
+}
+
+static int aq__eval(aq_session *s, const int32_t *ids, int n, float *logits, int all, char *err, size_t err_len) {
+    int done, i;
+    if (n <= 0 || !ids) { aq__err(err, err_len, "aq_eval: no tokens given"); return -1; }
+    for (i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= s->m->cfg.n_vocab) {
+            aq__err(err, err_len, "token id %d (input %d) is out of range [0, %d)", ids[i], i, s->m->cfg.n_vocab);
+            return -1;
+        }
+    if (n > s->n_ctx - s->pos) {
+        aq__err(err, err_len, "context full: %d tokens at position %d exceed n_ctx %d", n, s->pos, s->n_ctx);
+        return -1;
+    }
+    for (done = 0; done < n; done += s->n_batch) {
+        int nb = n - done < s->n_batch ? n - done : s->n_batch, last = done + nb == n;
+        float *out = all ? (logits ? logits + (size_t)done * s->m->cfg.n_vocab : NULL) : (last ? logits : NULL);
+        if (aq__forward_batch(s, ids + done, nb, out, all, err, err_len)) return -1;
+    }
+    return 0;
+}
+
+int aq_eval(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len) {
+    return aq__eval(s, ids, n, logits, 0, err, err_len);
+}
+
+int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len) {
+    return aq__eval(s, ids, n, logits, 1, err, err_len);
+}
+
+/* ---------------------------------------------------------------------------------------
+   Sampler.  Owns the parameters, the RNG state (xorshift64*, seeded through splitmix64 so that
+   any seed, 0 included, is good) and the recent tokens the repetition penalty looks at.
+   --------------------------------------------------------------------------------------- */
+typedef struct { float logit; int32_t id; } aq__cand;
+
+struct aq_sampler {
+    aq_sampler_params p;
+    int32_t n_vocab;
+    uint64_t rng;
+    int32_t *recent;         /* ring of the last repeat_last_n tokens */
+    int n_recent, recent_next;
+    aq__cand *cand;
+};
+
+aq_sampler_params aq_sampler_default_params(void) {
+    aq_sampler_params p;
+    p.temperature = 0.8f;
+    p.top_k = 40;
+    p.top_p = 0.95f;
+    p.min_p = 0.05f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;
+    p.seed = 42;
+    return p;
+}
+
+void aq_sampler_reset(aq_sampler *s) {
+    uint64_t z = s->p.seed + 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    s->rng = (z ^ (z >> 31)) | 1;
+    s->n_recent = 0;
+    s->recent_next = 0;
+}
+
+aq_sampler *aq_sampler_new(const aq_sampler_params *p, int32_t n_vocab) {
+    aq_sampler *s;
+    if (n_vocab <= 0) return NULL;
+    s = (aq_sampler *)aq__calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->p = p ? *p : aq_sampler_default_params();
+    if (s->p.repeat_last_n < 0) s->p.repeat_last_n = 0;
+    s->n_vocab = n_vocab;
+    s->recent = (int32_t *)aq__calloc((size_t)s->p.repeat_last_n + 1, sizeof(int32_t));
+    s->cand = (aq__cand *)aq__calloc((size_t)n_vocab, sizeof(aq__cand));
+    if (!s->recent || !s->cand) { aq_sampler_free(s); return NULL; }
+    aq_sampler_reset(s);
+    return s;
+}
+
+void aq_sampler_free(aq_sampler *s) {
+    if (!s) return;
+    AQ_FREE(s->recent);
+    AQ_FREE(s->cand);
+    AQ_FREE(s);
+}
+
+void aq_sampler_accept(aq_sampler *s, int32_t token) {
+    if (s->p.repeat_last_n == 0) return;
+    s->recent[s->recent_next] = token;
+    s->recent_next = (s->recent_next + 1) % s->p.repeat_last_n;
+    if (s->n_recent < s->p.repeat_last_n) s->n_recent++;
+}
+
+static float aq__rand01(aq_sampler *s) {
+    s->rng ^= s->rng >> 12;
+    s->rng ^= s->rng << 25;
+    s->rng ^= s->rng >> 27;
+    return (float)((s->rng * 0x2545f4914f6cdd1dull) >> 40) * (1.0f / 16777216.0f);
+}
+
+static int aq__cand_desc(const void *a, const void *b) {
+    const aq__cand *x = (const aq__cand *)a, *y = (const aq__cand *)b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Moves the k largest candidates to the front (unordered): quickselect, O(n) on average. */
+static void aq__select_top(aq__cand *c, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        aq__cand pivot = c[lo + (hi - lo) / 2], t;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (aq__cand_desc(&c[i], &pivot) < 0) i++;
+            while (aq__cand_desc(&c[j], &pivot) > 0) j--;
+            if (i <= j) { t = c[i]; c[i] = c[j]; c[j] = t; i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {
+    aq__cand *c = s->cand;
+    int n = s->n_vocab, i, j;
+    float max, sum, r;
+    for (i = 0; i < n; i++) { c[i].logit = logits[i]; c[i].id = i; }
+    if (s->p.repeat_penalty != 1.0f && s->p.repeat_penalty > 0.0f) {
+        for (i = 0; i < s->n_recent; i++) {
+            int32_t id = s->recent[i];
+            int seen = 0;
+            for (j = 0; j < i; j++) seen |= s->recent[j] == id;
+            if (seen || id < 0 || id >= n) continue;
+            c[id].logit = c[id].logit > 0 ? c[id].logit / s->p.repeat_penalty : c[id].logit * s->p.repeat_penalty;
+        }
+    }
+    if (s->p.temperature <= 0.0f) {
+        int best = 0;
+        for (i = 1; i < n; i++) if (c[i].logit > c[best].logit) best = i;
+        return c[best].id;
+    }
+    for (i = 0; i < n; i++) c[i].logit /= s->p.temperature;
+    if (s->p.top_k > 0 && s->p.top_k < n) {
+        aq__select_top(c, n, s->p.top_k);
+        n = s->p.top_k;
+    }
+    qsort(c, (size_t)n, sizeof *c, aq__cand_desc);
+    /* probabilities (reusing logit) */
+    max = c[0].logit;
+    sum = 0.0f;
+    for (i = 0; i < n; i++) { c[i].logit = expf(c[i].logit - max); sum += c[i].logit; }
+    for (i = 0; i < n; i++) c[i].logit /= sum;
+    if (s->p.top_p < 1.0f) {
+        float cum = 0.0f;
+        for (i = 0; i < n; i++) {
+            cum += c[i].logit;
+            if (cum >= s->p.top_p) { n = i + 1; break; }
+        }
+    }
+    if (s->p.min_p > 0.0f) {
+        float floor_p = s->p.min_p * c[0].logit;
+        for (i = 1; i < n; i++) if (c[i].logit < floor_p) { n = i; break; }
+    }
+    sum = 0.0f;
+    for (i = 0; i < n; i++) sum += c[i].logit;
+    r = aq__rand01(s) * sum;
+    for (i = 0; i < n - 1; i++) {
+        r -= c[i].logit;
+        if (r < 0.0f) break;
+    }
+    return c[i].id;
+}
+
+/* ---------------------------------------------------------------------------------------
+   Generate: the prompt-to-text loop every front end needs, on top of eval and the sampler.
+   --------------------------------------------------------------------------------------- */
+static int aq__emit(const aq_vocab *v, int32_t prev, int32_t id, aq_piece_fn fn, void *user) {
+    char buf[512];
+    int n = aq_token_to_piece(v, id, buf, (int)sizeof buf), skip = 0;
+    if (n > (int)sizeof buf) n = (int)sizeof buf;
+    if (prev == v->bos && n > 0 && buf[0] == ' ') skip = 1; /* SentencePiece's space prefix */
+    return fn && n - skip > 0 ? fn(buf + skip, (size_t)(n - skip), user) : 0;
+}
+
+int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predict, aq_piece_fn on_piece, void *user,
+                aq_generate_stats *stats, char *err, size_t err_len) {
+    const aq_vocab *v = s->m->vocab;
+    size_t len = prompt ? strlen(prompt) : 0;
+    int n_ids, i, stop = 0;
+    int32_t *ids = NULL, prev = -1, tok;
+    float *logits = NULL;
+    aq_generate_stats st;
+    double t0;
+    memset(&st, 0, sizeof st);
+    n_ids = aq_tokenize(v, prompt ? prompt : "", len, v->add_bos, NULL, 0);
+    if (n_ids <= 0) {
+        aq__err(err, err_len, n_ids < 0 ? "out of memory tokenizing the prompt" : "empty prompt, and the vocabulary adds no BOS token");
+        return -1;
+    }
+    ids = (int32_t *)aq__calloc((size_t)n_ids, sizeof *ids);
+    logits = (float *)aq__calloc((size_t)s->m->cfg.n_vocab, sizeof *logits);
+    if (!ids || !logits) { aq__err(err, err_len, "out of memory"); goto fail; }
+    aq_tokenize(v, prompt ? prompt : "", len, v->add_bos, ids, n_ids);
+    st.n_prompt = n_ids;
+
+    t0 = aq_time_seconds();
+    if (aq_eval(s, ids, n_ids, logits, err, err_len)) goto fail;
+    st.prefill_seconds = aq_time_seconds() - t0;
+    for (i = 0; i < n_ids && !stop; i++) {
+        stop = aq__emit(v, prev, ids[i], on_piece, user);
+        aq_sampler_accept(smp, ids[i]);
+        prev = ids[i];
+    }
+
+    t0 = aq_time_seconds();
+    for (i = 0; i < n_predict && !stop; i++) {
+        tok = aq_sampler_sample(smp, logits);
+        if (tok == v->eos || tok == v->bos) break;    /* end of text, or the start of another */
+        aq_sampler_accept(smp, tok);
+        stop = aq__emit(v, prev, tok, on_piece, user);
+        prev = tok;
+        st.n_generated++;
+        if (aq_session_pos(s) >= aq_session_n_ctx(s)) break;
+        if (aq_eval(s, &tok, 1, logits, err, err_len)) goto fail;
+    }
+    st.decode_seconds = aq_time_seconds() - t0;
+    if (stats) *stats = st;
+    AQ_FREE(ids);
+    AQ_FREE(logits);
+    return 0;
+fail:
+    AQ_FREE(ids);
+    AQ_FREE(logits);
+    return -1;
+}
+
+#endif /* AQ__IMPLEMENTED */
+#endif /* AWQ_QUEST_IMPLEMENTATION */
