@@ -1631,7 +1631,8 @@ static void aq__pool_run(aq__pool *p, int64_t n, int64_t grain, aq__task_fn fn, 
    Kernels.  Every matrix product goes through one dispatch on the weight type, with two entry
    points: GEMV (one token: a dot product per weight row, threads split the rows) and GEMM (a
    batch of tokens: weight tiles expanded to f32, then sgemm).  Each row-dot kernel has a scalar
-   reference right next to its AVX2 twin; the tests hold them to each other.
+   reference right next to its AVX2 (and, for f16/f32, AVX-512) twins; the tests hold every SIMD
+   level the CPU has to the reference.
    --------------------------------------------------------------------------------------- */
 typedef float (*aq__row_dot_fn)(const void *row, const float *x, int64_t n);
 

@@ -85,6 +85,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("\n");
+    fflush(stdout); /* the text, then the timings on their own line */
     fprintf(stderr, "prefill: %d tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f tok/s); %d threads\n",
             st.n_prompt, st.prefill_seconds, st.n_prompt / (st.prefill_seconds > 0 ? st.prefill_seconds : 1e-9),
             st.n_generated, st.decode_seconds, st.n_generated / (st.decode_seconds > 0 ? st.decode_seconds : 1e-9),
