@@ -28,9 +28,9 @@ LDLIBS  = $(BLAS_LIBS) -lm -pthread
 ALL_CFLAGS = $(WARN) $(CFLAGS) $(DEFS) -I. -I$(STB_INCLUDE) -pthread -DAQ_BIN_DIR='"$(OUT)"' -DAQ_SHARED_DIR='"$(SHARED)"'
 
 EXAMPLES = $(P)examples/generate $(P)examples/minimal
-TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench
+TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench $(P)tools/aq-perplexity $(P)tools/aq-quantize
 TESTS    = $(P)tests/run_tests
-TEST_SRC = $(wildcard tests/*.c tests/*.h)
+TEST_SRC = $(wildcard tests/*.c tests/*.h) tools/tool_util.h
 
 .PHONY: all test test-asan demo bench clean FORCE
 

@@ -67,17 +67,29 @@ typedef enum {
     AQ_TYPE_IQ2_S = 22, AQ_TYPE_IQ4_XS = 23, AQ_TYPE_I8 = 24, AQ_TYPE_I16 = 25,
     AQ_TYPE_I32 = 26, AQ_TYPE_I64 = 27, AQ_TYPE_F64 = 28, AQ_TYPE_IQ1_M = 29,
     AQ_TYPE_BF16 = 30, AQ_TYPE_TQ1_0 = 34, AQ_TYPE_TQ2_0 = 35, AQ_TYPE_MXFP4 = 39,
-    AQ_TYPE_COUNT = 40
+    AQ_TYPE_COUNT = 40,
+    /* The project's own int4 packing ("AQ4"), for group sizes ggml has no type for and for rows
+       whose width is not a multiple of the group.  A row is ceil(cols / G) groups, each
+       {f16 scale d, f16 offset m, G/2 bytes of 4-bit codes q}, w = q*d + m; the codes come in
+       32-value sub-blocks in Q4_1's nibble order (byte j: value j in the low nibble, j+16 in the
+       high one), so a group of 32 is byte for byte a Q4_1 block.  The last group is zero-padded.
+       In a GGUF file such a tensor is stored as I8 bytes, ne = {row bytes, rows}, and described
+       by the keys aq.quantization.format = "aq4" and aq.quantization.group_size = G. */
+    AQ_TYPE_AQ4_G32 = 1032, AQ_TYPE_AQ4_G64 = 1064, AQ_TYPE_AQ4_G128 = 1128
 } aq_type;
 
 const char *aq_type_name(uint32_t type);          /* "Q4_1"; "unknown" for ids ggml never used */
 int64_t     aq_type_block_size(uint32_t type);    /* elements per block; 0 if unknown */
 int64_t     aq_type_block_bytes(uint32_t type);   /* bytes per block; 0 if unknown */
-int64_t     aq_type_row_bytes(uint32_t type, int64_t n); /* bytes of n elements; -1 if not whole blocks */
+int64_t     aq_type_row_bytes(uint32_t type, int64_t n); /* bytes of n elements; -1 if not whole blocks
+                                                            (AQ4 types pad the last group instead) */
 int         aq_type_cpu_supported(uint32_t type); /* usable as a weight by the CPU kernels */
+uint32_t    aq_type_aq4(int64_t group);           /* AQ_TYPE_AQ4_G<group>, or 0 if there is none */
 
 /* Conversions and row codecs.  quantize/dequantize work on the CPU-supported types; n must be a
-   multiple of the type's block size.  They return 0, or -1 for an unsupported type or bad n. */
+   multiple of the type's block size (any n for AQ4).  They return 0, or -1 for an unsupported type
+   or bad n.  Q4_1 and AQ4 use AWQ's asymmetric quantizer: per group, delta = (max - min) / 15,
+   zero = round(-min / delta), q = clamp(round(w / delta) + zero, 0, 15), m = -zero * delta. */
 float    aq_f16_to_f32(uint16_t h);
 uint16_t aq_f32_to_f16(float f);                  /* round to nearest even */
 float    aq_bf16_to_f32(uint16_t h);
@@ -346,7 +358,7 @@ double aq_time_seconds(void); /* monotonic clock, for the tools' timings */
 #define AQ__X86 1
 #include <immintrin.h>
 #define AQ__AVX2 __attribute__((target("avx2,fma,f16c")))
-#define AQ__AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define AQ__AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #else
 #define AQ__X86 0
 #endif
@@ -427,7 +439,9 @@ static int aq__detect_simd(void) {
 #if AQ__X86
     __builtin_cpu_init();
 #ifndef AQ_NO_AVX512
-    if (__builtin_cpu_supports("avx512f")) return AQ__SIMD_AVX512;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return AQ__SIMD_AVX512;
 #endif
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return AQ__SIMD_AVX2;
 #endif
@@ -453,20 +467,40 @@ static const aq__type_info aq__types[AQ_TYPE_COUNT] = {
     {"IQ4_NL_4_8(removed)", 0, 0}, {"IQ4_NL_8_8(removed)", 0, 0}, {"MXFP4", 32, 17},
 };
 
-const char *aq_type_name(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].name : "unknown"; }
-int64_t aq_type_block_size(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].block_size : 0; }
-int64_t aq_type_block_bytes(uint32_t type) { return type < AQ_TYPE_COUNT ? aq__types[type].block_bytes : 0; }
+/* Group size of an AQ4 type, 0 for any other type. */
+static int64_t aq__aq4_group(uint32_t type) {
+    return type == AQ_TYPE_AQ4_G32 || type == AQ_TYPE_AQ4_G64 || type == AQ_TYPE_AQ4_G128 ? (int64_t)type - 1000 : 0;
+}
+
+uint32_t aq_type_aq4(int64_t group) {
+    return group == 32 ? AQ_TYPE_AQ4_G32 : group == 64 ? AQ_TYPE_AQ4_G64 : group == 128 ? AQ_TYPE_AQ4_G128 : 0;
+}
+
+const char *aq_type_name(uint32_t type) {
+    if (aq__aq4_group(type)) return type == AQ_TYPE_AQ4_G32 ? "AQ4_G32" : type == AQ_TYPE_AQ4_G64 ? "AQ4_G64" : "AQ4_G128";
+    return type < AQ_TYPE_COUNT ? aq__types[type].name : "unknown";
+}
+int64_t aq_type_block_size(uint32_t type) {
+    return aq__aq4_group(type) ? aq__aq4_group(type) : type < AQ_TYPE_COUNT ? aq__types[type].block_size : 0;
+}
+int64_t aq_type_block_bytes(uint32_t type) {
+    return aq__aq4_group(type) ? 4 + aq__aq4_group(type) / 2 : type < AQ_TYPE_COUNT ? aq__types[type].block_bytes : 0;
+}
 
 int64_t aq_type_row_bytes(uint32_t type, int64_t n) {
     int64_t bs = aq_type_block_size(type), bb = aq_type_block_bytes(type);
+    if (aq__aq4_group(type) && n >= 0) n = (n + bs - 1) / bs * bs;
     if (bs <= 0 || n < 0 || n % bs != 0 || n / bs > INT64_MAX / bb) return -1;
     return n / bs * bb;
 }
 
 int aq_type_cpu_supported(uint32_t type) {
     return type == AQ_TYPE_F32 || type == AQ_TYPE_F16 || type == AQ_TYPE_BF16 || type == AQ_TYPE_Q8_0 ||
-           type == AQ_TYPE_Q4_0 || type == AQ_TYPE_Q4_1;
+           type == AQ_TYPE_Q4_0 || type == AQ_TYPE_Q4_1 || aq__aq4_group(type);
 }
+
+/* The int4 types with an offset: Q4_1 is AQ4 with groups of 32. */
+static int64_t aq__int4_group(uint32_t type) { return type == AQ_TYPE_Q4_1 ? 32 : aq__aq4_group(type); }
 
 static float aq__bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 static uint32_t aq__f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
@@ -1373,15 +1407,19 @@ static int aq__dequantize_row(uint32_t type, const void *src, float *dst, int64_
             }
         }
         break;
-    case AQ_TYPE_Q4_1:
-        for (i = 0; i < n / 32; i++, b += 20) {
+    default: { /* Q4_1 and AQ4: groups of G, 32-value sub-blocks */
+        int64_t G = aq__int4_group(type), g, k;
+        for (g = 0; g * G < n; g++, b += 4 + G / 2) {
             float d = aq_f16_to_f32(aq__rd16(b)), m = aq_f16_to_f32(aq__rd16(b + 2));
-            for (j = 0; j < 16; j++) {
-                dst[i * 32 + j] = (float)(b[4 + j] & 15) * d + m;
-                dst[i * 32 + j + 16] = (float)(b[4 + j] >> 4) * d + m;
-            }
+            for (k = 0; k < G / 32; k++)
+                for (j = 0; j < 16; j++) {
+                    int64_t at = g * G + k * 32 + j;
+                    if (at < n) dst[at] = (float)(b[4 + 16 * k + j] & 15) * d + m;
+                    if (at + 16 < n) dst[at + 16] = (float)(b[4 + 16 * k + j] >> 4) * d + m;
+                }
         }
         break;
+    }
     }
     return 0;
 }
@@ -1429,22 +1467,29 @@ int aq_quantize_row(uint32_t type, const float *src, void *dst, int64_t n) {
             }
         }
         break;
-    case AQ_TYPE_Q4_1:
-        for (i = 0; i < n / 32; i++, b += 20) {
-            const float *x = src + i * 32;
-            float mn = x[0], mx = x[0], d, id;
+    default: { /* Q4_1 and AQ4: AWQ's asymmetric quantizer per group of G */
+        int64_t G = aq__int4_group(type), g, k;
+        for (g = 0; g * G < n; g++, b += 4 + G / 2) {
+            const float *x = src + g * G;
+            int64_t len = n - g * G < G ? n - g * G : G;
+            float mn = x[0], mx = x[0], delta, zero;
             uint16_t dh, mh;
-            for (j = 1; j < 32; j++) { mn = x[j] < mn ? x[j] : mn; mx = x[j] > mx ? x[j] : mx; }
-            d = (mx - mn) / 15.0f; id = d != 0.0f ? 1.0f / d : 0.0f;
-            dh = aq_f32_to_f16(d); mh = aq_f32_to_f16(mn);
+            for (j = 1; j < len; j++) { mn = x[j] < mn ? x[j] : mn; mx = x[j] > mx ? x[j] : mx; }
+            delta = (mx - mn > 1e-5f ? mx - mn : 1e-5f) / 15.0f;
+            zero = roundf(-mn / delta);
+            zero = zero < 0 ? 0 : zero > 15 ? 15 : zero;
+            dh = aq_f32_to_f16(delta); mh = aq_f32_to_f16(-zero * delta);
             memcpy(b, &dh, 2); memcpy(b + 2, &mh, 2);
-            for (j = 0; j < 16; j++) {
-                int lo = (int)((x[j] - mn) * id + 0.5f), hi = (int)((x[j + 16] - mn) * id + 0.5f);
-                lo = lo > 15 ? 15 : lo; hi = hi > 15 ? 15 : hi;
-                b[4 + j] = (uint8_t)(lo | (hi << 4));
-            }
+            memset(b + 4, 0, (size_t)G / 2);   /* padding past n stays code 0 */
+            for (k = 0; k < G / 32; k++)
+                for (j = 0; j < 32 && k * 32 + j < len; j++) {
+                    float q = roundf(x[k * 32 + j] / delta) + zero;
+                    int qi = q < 0 ? 0 : q > 15 ? 15 : (int)q;
+                    b[4 + 16 * k + (j & 15)] |= (uint8_t)(j < 16 ? qi : qi << 4);
+                }
         }
         break;
+    }
     }
     return 0;
 }
@@ -1579,6 +1624,9 @@ static aq__pool *aq__pool_new(int n_threads) {
     int i;
     aq__pool *p = (aq__pool *)aq__calloc(1, sizeof *p);
     if (!p) return NULL;
+#if !defined(AQ_NO_BLAS) && !defined(AQ_KEEP_BLAS_THREADS) && defined(OPENBLAS_THREAD)
+    openblas_set_num_threads(1); /* each pool thread runs its own sgemm tiles */
+#endif
     p->threads = (pthread_t *)aq__calloc((size_t)n_threads, sizeof *p->threads);
     p->args = (aq__worker_arg *)aq__calloc((size_t)n_threads, sizeof *p->args);
     if (!p->threads || !p->args) { AQ_FREE(p->threads); AQ_FREE(p->args); AQ_FREE(p); return NULL; }
@@ -1680,21 +1728,6 @@ static float aq__dot_q4_0_ref(const void *row, const float *x, int64_t n) {
         float s = 0.0f;
         for (j = 0; j < 16; j++) s += (float)((b[2 + j] & 15) - 8) * x[j] + (float)((b[2 + j] >> 4) - 8) * x[j + 16];
         sum += s * aq_f16_to_f32(aq__rd16(b));
-    }
-    return sum;
-}
-
-static float aq__dot_q4_1_ref(const void *row, const float *x, int64_t n) {
-    const uint8_t *b = (const uint8_t *)row;
-    float sum = 0.0f;
-    int64_t i, j;
-    for (i = 0; i < n / 32; i++, b += 20, x += 32) {
-        float sq = 0.0f, sx = 0.0f;
-        for (j = 0; j < 16; j++) {
-            sq += (float)(b[4 + j] & 15) * x[j] + (float)(b[4 + j] >> 4) * x[j + 16];
-            sx += x[j] + x[j + 16];
-        }
-        sum += sq * aq_f16_to_f32(aq__rd16(b)) + sx * aq_f16_to_f32(aq__rd16(b + 2));
     }
     return sum;
 }
@@ -1819,24 +1852,6 @@ AQ__AVX2 static float aq__dot_q4_0_avx2(const void *row, const float *x, int64_t
     return aq__hsum_avx2(acc);
 }
 
-AQ__AVX2 static float aq__dot_q4_1_avx2(const void *row, const float *x, int64_t n) {
-    const uint8_t *b = (const uint8_t *)row;
-    __m256 acc = _mm256_setzero_ps(), q[4], sq, sx, xv;
-    int64_t i, k;
-    for (i = 0; i < n / 32; i++, b += 20, x += 32) {
-        aq__nibbles_avx2(b + 4, q);
-        sq = _mm256_setzero_ps(); sx = _mm256_setzero_ps();
-        for (k = 0; k < 4; k++) {
-            xv = _mm256_loadu_ps(x + 8 * k);
-            sq = _mm256_fmadd_ps(q[k], xv, sq);
-            sx = _mm256_add_ps(sx, xv);
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), sq, acc);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b + 2))), sx, acc);
-    }
-    return aq__hsum_avx2(acc);
-}
-
 AQ__AVX2 static void aq__axpy_avx2(float a, const float *x, float *y, int64_t n) {
     __m256 av = _mm256_set1_ps(a);
     int64_t i = 0;
@@ -1857,7 +1872,6 @@ static aq__row_dot_fn aq__row_dot_for(uint32_t type, int simd) {
         case AQ_TYPE_BF16: return aq__dot_bf16_avx2;
         case AQ_TYPE_Q8_0: return aq__dot_q8_0_avx2;
         case AQ_TYPE_Q4_0: return aq__dot_q4_0_avx2;
-        case AQ_TYPE_Q4_1: return aq__dot_q4_1_avx2;
         }
 #endif
     (void)simd;
@@ -1867,9 +1881,121 @@ static aq__row_dot_fn aq__row_dot_for(uint32_t type, int simd) {
     case AQ_TYPE_BF16: return aq__dot_bf16_ref;
     case AQ_TYPE_Q8_0: return aq__dot_q8_0_ref;
     case AQ_TYPE_Q4_0: return aq__dot_q4_0_ref;
-    case AQ_TYPE_Q4_1: return aq__dot_q4_1_ref;
     }
     return NULL;
+}
+
+/* int4 rows (Q4_1, AQ4) against int8 activations.  x is quantized once per matrix-vector
+   product, per group of the weight's group size (scale = max|x| / 127, zero-padded to whole
+   groups), so that a row's dot product is integer arithmetic on the 4-bit codes:
+       dot(w, x) = sum_g d_g * sx_g * <q_g, xq_g> + m_g * sum(x_g)
+   with sum(x_g) taken from the unquantized x.  The int8 rounding of x costs far less accuracy
+   than the 4-bit weights themselves, and it lets the inner loop run on integer dot-product
+   instructions (maddubs on AVX2, VNNI's dpbusd on AVX-512) instead of a float per weight. */
+typedef struct {
+    int64_t group, n_groups;
+    int8_t *q;       /* n_groups * group */
+    float *scale;    /* per group */
+    float *sum;      /* per group */
+} aq__x8;
+
+/* Memory for an aq__x8 of up to n values at any group size >= 32. */
+static size_t aq__x8_bytes(int64_t n) { return (size_t)(n + 128) + 2 * sizeof(float) * (size_t)(n / 32 + 2); }
+
+static void aq__x8_init(aq__x8 *x8, void *mem, int64_t n) {
+    x8->q = (int8_t *)mem;
+    x8->scale = (float *)((char *)mem + ((n + 128 + 15) / 16) * 16);
+    x8->sum = x8->scale + n / 32 + 2;
+    x8->group = x8->n_groups = 0;
+}
+
+static void aq__x8_quantize(const float *x, int64_t n, int64_t group, aq__x8 *x8) {
+    int64_t g, i;
+    x8->group = group;
+    x8->n_groups = (n + group - 1) / group;
+    for (g = 0; g < x8->n_groups; g++) {
+        const float *xg = x + g * group;
+        int64_t len = n - g * group < group ? n - g * group : group;
+        float amax = 0.0f, sum = 0.0f, inv;
+        for (i = 0; i < len; i++) { amax = fabsf(xg[i]) > amax ? fabsf(xg[i]) : amax; sum += xg[i]; }
+        x8->scale[g] = amax / 127.0f;
+        x8->sum[g] = sum;
+        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        for (i = 0; i < group; i++) x8->q[g * group + i] = i < len ? (int8_t)lrintf(xg[i] * inv) : 0;
+    }
+}
+
+typedef float (*aq__row_dot_x8_fn)(const void *row, const aq__x8 *x);
+
+static float aq__dot_int4_x8_ref(const void *row, const aq__x8 *x) {
+    const uint8_t *b = (const uint8_t *)row;
+    const int8_t *xq = x->q;
+    int64_t G = x->group, g, k, j;
+    float sum = 0.0f;
+    for (g = 0; g < x->n_groups; g++, b += 4 + G / 2) {
+        int32_t isum = 0;
+        for (k = 0; k < G / 32; k++, xq += 32)
+            for (j = 0; j < 16; j++) isum += (b[4 + 16 * k + j] & 15) * xq[j] + (b[4 + 16 * k + j] >> 4) * xq[j + 16];
+        sum += aq_f16_to_f32(aq__rd16(b)) * x->scale[g] * (float)isum + aq_f16_to_f32(aq__rd16(b + 2)) * x->sum[g];
+    }
+    return sum;
+}
+
+#if AQ__X86
+AQ__AVX2 static float aq__dot_int4_x8_avx2(const void *row, const aq__x8 *x) {
+    const uint8_t *b = (const uint8_t *)row;
+    const int8_t *xq = x->q;
+    const __m128i mask = _mm_set1_epi8(15);
+    const __m256i ones = _mm256_set1_epi16(1);
+    int64_t G = x->group, g, k;
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0.0f;
+    for (g = 0; g < x->n_groups; g++, b += 4 + G / 2) {
+        __m256i isum = _mm256_setzero_si256();
+        for (k = 0; k < G / 32; k++, xq += 32) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(b + 4 + 16 * k));
+            __m256i q = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask));
+            __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)xq)); /* at most 2*15*127 */
+            isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(aq_f16_to_f32(aq__rd16(b)) * x->scale[g]), acc);
+        offset += aq_f16_to_f32(aq__rd16(b + 2)) * x->sum[g];
+    }
+    return aq__hsum_avx2(acc) + offset;
+}
+
+/* Groups of 64 or more: 64 codes per step; the two sub-blocks' low nibbles (values 0-15 and
+   32-47) and high nibbles (16-31, 48-63) fill one register, matched by reordering x's lanes. */
+AQ__AVX512 static float aq__dot_int4_x8_avx512(const void *row, const aq__x8 *x) {
+    const uint8_t *b = (const uint8_t *)row;
+    const int8_t *xq = x->q;
+    const __m256i mask = _mm256_set1_epi8(15);
+    int64_t G = x->group, g, k;
+    __m512 acc = _mm512_setzero_ps();
+    float offset = 0.0f;
+    for (g = 0; g < x->n_groups; g++, b += 4 + G / 2) {
+        __m512i isum = _mm512_setzero_si512();
+        for (k = 0; k < G; k += 64, xq += 64) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 4 + k / 2));
+            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
+                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
+            __m512i xv = _mm512_loadu_si512((const void *)xq);
+            isum = _mm512_dpbusd_epi32(isum, q, _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0)));
+        }
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(aq_f16_to_f32(aq__rd16(b)) * x->scale[g]), acc);
+        offset += aq_f16_to_f32(aq__rd16(b + 2)) * x->sum[g];
+    }
+    return _mm512_reduce_add_ps(acc) + offset;
+}
+#endif
+
+static aq__row_dot_x8_fn aq__row_dot_x8_for(int64_t group, int simd) {
+#if AQ__X86
+    if (simd >= AQ__SIMD_AVX512 && group % 64 == 0) return aq__dot_int4_x8_avx512;
+    if (simd >= AQ__SIMD_AVX2) return aq__dot_int4_x8_avx2;
+#endif
+    (void)group; (void)simd;
+    return aq__dot_int4_x8_ref;
 }
 
 static float aq__dot(const float *a, const float *b, int64_t n, int simd) {
@@ -1910,6 +2036,7 @@ static void aq__softmax(float *x, int64_t n) {
 typedef struct {
     const aq_weight *w[3];
     float *out[3];
+    const aq__x8 *x8[3];   /* int4 weights: x quantized for their group size */
     int n_w;
     const float *x;
     int simd;
@@ -1923,9 +2050,14 @@ static void aq__gemv_task(void *ctx, int64_t begin, int64_t end, int thread) {
     for (k = 0; k < j->n_w; k++) {
         const aq_weight *w = j->w[k];
         int64_t lo = begin > base ? begin - base : 0, hi = end - base < w->rows ? end - base : w->rows;
-        aq__row_dot_fn dot = aq__row_dot_for(w->type, j->simd);
         const uint8_t *data = (const uint8_t *)w->data;
-        for (r = lo; r < hi; r++) j->out[k][r] = dot(data + (size_t)r * w->row_bytes, j->x, w->cols);
+        if (j->x8[k]) {
+            aq__row_dot_x8_fn dot = aq__row_dot_x8_for(j->x8[k]->group, j->simd);
+            for (r = lo; r < hi; r++) j->out[k][r] = dot(data + (size_t)r * w->row_bytes, j->x8[k]);
+        } else {
+            aq__row_dot_fn dot = aq__row_dot_for(w->type, j->simd);
+            for (r = lo; r < hi; r++) j->out[k][r] = dot(data + (size_t)r * w->row_bytes, j->x, w->cols);
+        }
         base += w->rows;
     }
 }
@@ -1937,12 +2069,21 @@ static int64_t aq__grain(int64_t rows, size_t row_bytes, int n_threads) {
     return g < 1 ? 1 : g;
 }
 
-static void aq__gemv(aq__pool *pool, int simd, int n_w, const aq_weight *const *w, const float *x, float *const *out) {
+/* x8 supplies one aq__x8 per weight (used only by int4 weights, which all take the same x). */
+static void aq__gemv(aq__pool *pool, int simd, int n_w, const aq_weight *const *w, const float *x, float *const *out,
+                     aq__x8 *x8) {
     aq__gemv_job j;
     int64_t rows = 0;
-    int k;
+    int k, prev;
     memset(&j, 0, sizeof j);
-    for (k = 0; k < n_w; k++) { j.w[k] = w[k]; j.out[k] = out[k]; rows += w[k]->rows; }
+    for (k = 0; k < n_w; k++) {
+        int64_t group = aq__int4_group(w[k]->type);
+        j.w[k] = w[k]; j.out[k] = out[k]; rows += w[k]->rows;
+        if (!group) continue;
+        for (prev = 0; prev < k; prev++) /* q, k and v usually share one quantized x */
+            if (j.x8[prev] && j.x8[prev]->group == group) j.x8[k] = j.x8[prev];
+        if (!j.x8[k]) { aq__x8_quantize(x, w[k]->cols, group, &x8[k]); j.x8[k] = &x8[k]; }
+    }
     j.n_w = n_w; j.x = x; j.simd = simd;
     if ((uint64_t)rows * w[0]->row_bytes < (64u << 10)) { aq__gemv_task(&j, 0, rows, 0); return; } /* not worth waking threads */
     aq__pool_run(pool, rows, aq__grain(rows, w[0]->row_bytes, pool ? pool->n_threads : 1), aq__gemv_task, &j);
@@ -1951,6 +2092,20 @@ static void aq__gemv(aq__pool *pool, int simd, int n_w, const aq_weight *const *
 /* GEMM: Y[n][rows] = X[n][cols] * W^T, over tiles of weight rows.  A tile of a non-f32 type is
    expanded into the thread's scratch first; with OpenBLAS each tile is one sgemm call. */
 #define AQ__TILE_ROWS 64
+
+/* C[m][n] = A[m][k] * B[n][k]^T (row-major, leading dimensions given): OpenBLAS's sgemm, or a
+   plain loop of dot products when built with AQ_NO_BLAS.  Single-threaded: callers split work. */
+static void aq__sgemm_nt(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                         float *c, int64_t ldc, int simd) {
+#ifndef AQ_NO_BLAS
+    (void)simd;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, 0.0f, c, (int)ldc);
+#else
+    int64_t i, j;
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++) c[i * ldc + j] = aq__dot(a + i * lda, b + j * ldb, k, simd);
+#endif
+}
 
 typedef struct {
     const aq_weight *w;
@@ -1965,7 +2120,7 @@ typedef struct {
 static void aq__gemm_task(void *ctx, int64_t begin, int64_t end, int thread) {
     const aq__gemm_job *j = (const aq__gemm_job *)ctx;
     const aq_weight *w = j->w;
-    int64_t tile, r, t, K = w->cols;
+    int64_t tile, r, K = w->cols;
     for (tile = begin; tile < end; tile++) {
         int64_t r0 = tile * AQ__TILE_ROWS, nr = w->rows - r0 < AQ__TILE_ROWS ? w->rows - r0 : AQ__TILE_ROWS;
         const float *wt;
@@ -1976,14 +2131,7 @@ static void aq__gemm_task(void *ctx, int64_t begin, int64_t end, int thread) {
                 aq__dequantize_row(w->type, (const uint8_t *)w->data + (size_t)(r0 + r) * w->row_bytes, buf + r * K, K, j->simd);
             wt = buf;
         }
-#ifndef AQ_NO_BLAS
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->n, (int)nr, (int)K, 1.0f, j->x, (int)K, wt, (int)K,
-                    0.0f, j->y + r0, (int)w->rows);
-        (void)t;
-#else
-        for (t = 0; t < j->n; t++)
-            for (r = 0; r < nr; r++) j->y[t * w->rows + r0 + r] = aq__dot(wt + r * K, j->x + t * K, K, j->simd);
-#endif
+        aq__sgemm_nt(j->n, nr, K, j->x, K, wt, K, j->y + r0, w->rows, j->simd);
     }
 }
 
@@ -2348,14 +2496,35 @@ static int aq__fparam(const aq_gguf *g, const char *key, double lo, double hi, d
     return 0;
 }
 
-/* Finds a tensor and checks it is (cols) or (cols, rows) of a CPU type. */
+/* The AQ4 type this file's I8 matrices hold (aq.quantization.* keys), or 0. */
+static uint32_t aq__file_aq4_type(const aq_gguf *g) {
+    aq_str format;
+    int64_t group;
+    if (aq_gguf_get_str(g, "aq.quantization.format", &format) != 1 || !aq__str_eq(format, "aq4")) return 0;
+    if (aq_gguf_get_int(g, "aq.quantization.group_size", &group) != 1) return 0;
+    return aq_type_aq4(group);
+}
+
+/* Finds a tensor and checks it is (cols) or (cols, rows) of a CPU type; *type receives the type
+   the kernels see (an AQ4 matrix is stored as I8 bytes). */
 static const aq_gguf_tensor *aq__model_tensor(const aq_gguf *g, const char *name, int64_t cols, int64_t rows,
-                                              char *err, size_t err_len) {
+                                              uint32_t *type, char *err, size_t err_len) {
     const aq_gguf_tensor *t = aq_gguf_find_tensor(g, name);
     uint32_t want_dims = rows ? 2 : 1;
     if (!t) { aq__err(err, err_len, "%s: missing tensor '%s'", aq_gguf_path(g), name); return NULL; }
+    *type = t->type;
+    if (t->type == AQ_TYPE_I8 && rows && aq__file_aq4_type(g)) {
+        *type = aq__file_aq4_type(g);
+        if (t->n_dims != 2 || t->ne[0] != aq_type_row_bytes(*type, cols) || t->ne[1] != rows) {
+            aq__err(err, err_len, "%s: tensor '%s' holds %lld x %lld bytes, expected %lld x %lld for a [%lld, %lld] %s matrix",
+                    aq_gguf_path(g), name, (long long)t->ne[0], (long long)t->ne[1], (long long)aq_type_row_bytes(*type, cols),
+                    (long long)rows, (long long)cols, (long long)rows, aq_type_name(*type));
+            return NULL;
+        }
+        return t;
+    }
     if (!aq_type_cpu_supported(t->type)) {
-        aq__err(err, err_len, "%s: tensor '%s' has type %s, which the CPU path does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+        aq__err(err, err_len, "%s: tensor '%s' has type %s, which the CPU path does not support (F32, F16, BF16, Q8_0, Q4_0, Q4_1, AQ4)",
                 aq_gguf_path(g), name, aq_type_name(t->type));
         return NULL;
     }
@@ -2369,15 +2538,16 @@ static const aq_gguf_tensor *aq__model_tensor(const aq_gguf *g, const char *name
 }
 
 static int aq__model_weight(aq_model *m, const char *name, int64_t cols, int64_t rows, aq_weight *w, char *err, size_t err_len) {
-    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, cols, rows, err, err_len);
+    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, cols, rows, &w->type, err, err_len);
     if (!t) return -1;
-    w->type = t->type; w->rows = rows; w->cols = cols; w->data = t->data; w->name = t->name;
-    w->row_bytes = (size_t)aq_type_row_bytes(t->type, cols);
+    w->rows = rows; w->cols = cols; w->data = t->data; w->name = t->name;
+    w->row_bytes = (size_t)aq_type_row_bytes(w->type, cols);
     return 0;
 }
 
 static const float *aq__model_norm(aq_model *m, const char *name, int64_t n, char *err, size_t err_len) {
-    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, n, 0, err, err_len);
+    uint32_t type;
+    const aq_gguf_tensor *t = aq__model_tensor(m->gguf, name, n, 0, &type, err, err_len);
     float *copy;
     if (!t) return NULL;
     if (t->type == AQ_TYPE_F32) return (const float *)t->data;
@@ -2496,7 +2666,9 @@ struct aq_session {
     float *rope;               /* [n_batch][n_rot / 2] (cos, sin) pairs */
     float *att;                /* [n_threads][n_ctx] attention weights */
     float *tile;               /* [n_threads][AQ__TILE_ROWS * tile_cols] GEMM weight tiles */
-    int64_t tile_cols;
+    int64_t tile_cols;         /* the widest input of any matrix */
+    aq__x8 x8[3];              /* int8 activations for int4 weights, one per fused GEMV slot */
+    char *x8_mem;
 };
 
 aq_session_params aq_session_default_params(void) {
@@ -2516,7 +2688,7 @@ void aq_session_free(aq_session *s) {
         for (i = 0; i < s->m->cfg.n_layers * s->max_pages; i++) AQ_FREE(s->pages[i]);
     AQ_FREE(s->pages);
     AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
-    AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->tile);
+    AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->tile); AQ_FREE(s->x8_mem);
     AQ_FREE(s);
 }
 
@@ -2525,6 +2697,7 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     const aq_config *c = &m->cfg;
     aq_session *s;
     size_t nb, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
+    int i;
     if (p.n_threads < 0 || p.n_threads > 512) { aq__err(err, err_len, "n_threads %d is out of range [0, 512]", p.n_threads); return NULL; }
     if (p.n_ctx < 0 || p.n_ctx > (1 << 24)) { aq__err(err, err_len, "n_ctx %d is out of range [0, 16777216]", p.n_ctx); return NULL; }
     if (p.page_size < 0 || p.page_size > 4096) { aq__err(err, err_len, "page_size %d is out of range [1, 4096]", p.page_size); return NULL; }
@@ -2536,9 +2709,6 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     if (p.n_ctx == 0) p.n_ctx = c->n_ctx_train;
     if (p.page_size == 0) p.page_size = 16;
     if (p.n_batch == 0) p.n_batch = 256;
-#if !defined(AQ_NO_BLAS) && !defined(AQ_KEEP_BLAS_THREADS) && defined(OPENBLAS_THREAD)
-    openblas_set_num_threads(1);
-#endif
     s = (aq_session *)aq__calloc(1, sizeof *s);
     if (!s) goto oom;
     s->m = m;
@@ -2563,9 +2733,11 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->rope = (float *)aq__calloc(nb * (size_t)c->n_rot, sizeof(float));
     s->att = (float *)aq__calloc((size_t)p.n_threads * (size_t)p.n_ctx, sizeof(float));
     s->tile = (float *)aq__calloc((size_t)p.n_threads * AQ__TILE_ROWS * (size_t)s->tile_cols, sizeof(float));
+    s->x8_mem = (char *)aq__calloc(3, aq__x8_bytes(s->tile_cols));
     if (!s->pages || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
-        !s->att || !s->tile)
+        !s->att || !s->tile || !s->x8_mem)
         goto oom;
+    for (i = 0; i < 3; i++) aq__x8_init(&s->x8[i], s->x8_mem + (size_t)i * aq__x8_bytes(s->tile_cols), s->tile_cols);
     s->pool = aq__pool_new(p.n_threads);
     if (!s->pool) { aq_session_free(s); aq__err(err, err_len, "cannot start %d threads", p.n_threads); return NULL; }
     return s;
@@ -2628,7 +2800,7 @@ static void aq__attn_task(void *ctx, int64_t begin, int64_t end, int thread) {
 
 /* out[n][w.rows] = in[n][w.cols] * W^T, as GEMV for one token and GEMM for more. */
 static void aq__matmul(aq_session *s, const aq_weight *w, const float *in, int n, float *out) {
-    if (n == 1) aq__gemv(s->pool, s->m->simd, 1, &w, in, &out);
+    if (n == 1) aq__gemv(s->pool, s->m->simd, 1, &w, in, &out, s->x8);
     else aq__gemm(s->pool, s->m->simd, w, in, n, out, s->tile, s->tile_cols);
 }
 
@@ -2668,7 +2840,7 @@ static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *lo
             float *out[3];
             w[0] = &L->wq; w[1] = &L->wk; w[2] = &L->wv;
             out[0] = s->q; out[1] = s->k; out[2] = s->v;
-            aq__gemv(s->pool, m->simd, 3, w, s->xb, out);
+            aq__gemv(s->pool, m->simd, 3, w, s->xb, out, s->x8);
         } else {
             aq__matmul(s, &L->wq, s->xb, n, s->q);
             aq__matmul(s, &L->wk, s->xb, n, s->k);
@@ -2697,7 +2869,7 @@ static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *lo
             float *out[2];
             w[0] = &L->w_gate; w[1] = &L->w_up;
             out[0] = s->hb; out[1] = s->hb2;
-            aq__gemv(s->pool, m->simd, 2, w, s->xb, out);
+            aq__gemv(s->pool, m->simd, 2, w, s->xb, out, s->x8);
         } else {
             aq__matmul(s, &L->w_gate, s->xb, n, s->hb);
             aq__matmul(s, &L->w_up, s->xb, n, s->hb2);

@@ -4,6 +4,7 @@
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../awq_quest.h"
 #include "test.h"
+#include "../tools/tool_util.h"
 
 #include "test_kernels.c"
 #include "test_gguf.c"
@@ -11,6 +12,7 @@
 #include "test_model.c"
 #include "test_sampler.c"
 #include "test_tools.c"
+#include "test_quantize.c"
 
 int main(int argc, char **argv) {
     char cmd[128];
@@ -31,6 +33,7 @@ int main(int argc, char **argv) {
     model_tests();
     sampler_tests();
     tool_tests();
+    quantize_tests();
     snprintf(cmd, sizeof cmd, "rm -rf %s", T.tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", T.tmpdir);
     printf("%d passed, %d failed\n", T.passed, T.failed);

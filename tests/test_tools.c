@@ -1,10 +1,11 @@
 /* The command-line programs: help, argument errors, inspection, and the synthetic model writer. */
 
 static void test_tools_help_and_bad_arguments(void) {
-    static const char *progs[] = {"examples/generate", "tools/aq-inspect", "tools/aq-synth", "tools/aq-bench"};
+    static const char *progs[] = {"examples/generate", "tools/aq-inspect", "tools/aq-synth", "tools/aq-bench",
+                                  "tools/aq-perplexity", "tools/aq-quantize"};
     char cmd[1024], out[8192];
     size_t i;
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < sizeof progs / sizeof *progs; i++) {
         snprintf(cmd, sizeof cmd, "%s/%s --help", AQ_BIN_DIR, progs[i]);
         CHECKF(run_cmd(cmd, out, sizeof out) == 0 && strstr(out, "usage"), "%s --help", progs[i]);
         snprintf(cmd, sizeof cmd, "%s/%s --no-such-option 2>&1", AQ_BIN_DIR, progs[i]);
