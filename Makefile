@@ -4,7 +4,7 @@
 #   make test            build and run the test suite (last line: "N passed, N failed")
 #   make test-asan       the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo            build and run the demo (MODEL=path/to/model.gguf to choose another model)
-#   make bench           speed report on a TinyLlama-1.1B-shape random model (written on first use)
+#   make bench           speed report on TinyLlama-1.1B-shape random models, int4 / F16 / F32 (written on first use)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb
@@ -60,11 +60,12 @@ test-asan:
 demo: $(P)examples/generate
 	$(P)examples/generate -m $(MODEL) -p "Once upon a time" -n 200 --temp 0.8 --seed 42
 
-bench: $(P)tools/aq-bench $(P)tools/aq-synth
+bench: $(P)tools/aq-bench $(P)tools/aq-synth $(P)tools/aq-quantize
 	@mkdir -p $(BENCH_DIR)
 	@test -f $(BENCH_DIR)/tinyllama-f16.gguf || $(P)tools/aq-synth --preset tinyllama --type f16 -o $(BENCH_DIR)/tinyllama-f16.gguf
 	@test -f $(BENCH_DIR)/tinyllama-f32.gguf || $(P)tools/aq-synth --preset tinyllama --type f32 -o $(BENCH_DIR)/tinyllama-f32.gguf
-	$(P)tools/aq-bench -m $(BENCH_DIR)/tinyllama-f16.gguf -m $(BENCH_DIR)/tinyllama-f32.gguf -t 2 -p 256 -n 32
+	@test -f $(BENCH_DIR)/tinyllama-rtn-g128.gguf || $(P)tools/aq-quantize --method rtn --group 128 $(BENCH_DIR)/tinyllama-f16.gguf $(BENCH_DIR)/tinyllama-rtn-g128.gguf
+	$(P)tools/aq-bench -m $(BENCH_DIR)/tinyllama-rtn-g128.gguf -m $(BENCH_DIR)/tinyllama-f16.gguf -m $(BENCH_DIR)/tinyllama-f32.gguf -t 2 -p 256 -n 32
 
 clean:
 	rm -rf build .build-flags $(EXAMPLES) $(TOOLS) $(TESTS)

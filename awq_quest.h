@@ -1809,6 +1809,8 @@ AQ__AVX2 static float aq__dot_bf16_avx2(const void *row, const float *x, int64_t
     return aq__hsum_avx2(_mm256_add_ps(a0, a1)) + aq__dot_bf16_ref(w + 2 * i, x + i, n - i);
 }
 
+AQ__AVX2 static float aq__f16_avx2(const uint8_t *p) { return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(aq__rd16(p)))); }
+
 /* 8 int8 at p as floats */
 AQ__AVX2 static __m256 aq__i8x8(const uint8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
@@ -1823,7 +1825,7 @@ AQ__AVX2 static float aq__dot_q8_0_avx2(const void *row, const float *x, int64_t
         s = _mm256_fmadd_ps(aq__i8x8(b + 10), _mm256_loadu_ps(x + 8), s);
         s = _mm256_fmadd_ps(aq__i8x8(b + 18), _mm256_loadu_ps(x + 16), s);
         s = _mm256_fmadd_ps(aq__i8x8(b + 26), _mm256_loadu_ps(x + 24), s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq__f16_avx2(b)), s, acc);
     }
     return aq__hsum_avx2(acc);
 }
@@ -1847,7 +1849,7 @@ AQ__AVX2 static float aq__dot_q4_0_avx2(const void *row, const float *x, int64_t
         aq__nibbles_avx2(b + 2, q);
         s = _mm256_setzero_ps();
         for (k = 0; k < 4; k++) s = _mm256_fmadd_ps(_mm256_sub_ps(q[k], eight), _mm256_loadu_ps(x + 8 * k), s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq_f16_to_f32(aq__rd16(b))), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(aq__f16_avx2(b)), s, acc);
     }
     return aq__hsum_avx2(acc);
 }
@@ -1942,6 +1944,12 @@ static float aq__dot_int4_x8_ref(const void *row, const aq__x8 *x) {
 }
 
 #if AQ__X86
+/* A group's (d, m) header as two floats, with F16C (the scalar conversion is a function call
+   with branches, which at one group per 128 weights was a quarter of the decode time). */
+AQ__AVX2 static __m128 aq__group_header(const uint8_t *b) {
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)aq__rd32(b)));
+}
+
 AQ__AVX2 static float aq__dot_int4_x8_avx2(const void *row, const aq__x8 *x) {
     const uint8_t *b = (const uint8_t *)row;
     const int8_t *xq = x->q;
@@ -1958,34 +1966,43 @@ AQ__AVX2 static float aq__dot_int4_x8_avx2(const void *row, const aq__x8 *x) {
             __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)xq)); /* at most 2*15*127 */
             isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
         }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(aq_f16_to_f32(aq__rd16(b)) * x->scale[g]), acc);
-        offset += aq_f16_to_f32(aq__rd16(b + 2)) * x->sum[g];
+        {
+            __m128 dm = aq__group_header(b);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(_mm_cvtss_f32(dm) * x->scale[g]), acc);
+            offset += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x->sum[g];
+        }
     }
     return aq__hsum_avx2(acc) + offset;
 }
 
 /* Groups of 64 or more: 64 codes per step; the two sub-blocks' low nibbles (values 0-15 and
-   32-47) and high nibbles (16-31, 48-63) fill one register, matched by reordering x's lanes. */
+   32-47) and high nibbles (16-31, 48-63) fill one register, matched by reordering x's lanes.
+   Each step's dpbusd starts from zero and even and odd groups use separate accumulators, so no
+   long chain of dependent instructions keeps the loads of the next rows waiting. */
+AQ__AVX512 static __m512i aq__int4_step_avx512(const uint8_t *codes, const int8_t *xq) {
+    const __m256i mask = _mm256_set1_epi8(15);
+    __m256i v = _mm256_loadu_si256((const __m256i *)codes);
+    __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
+                                   _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
+    __m512i xv = _mm512_loadu_si512((const void *)xq);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
 AQ__AVX512 static float aq__dot_int4_x8_avx512(const void *row, const aq__x8 *x) {
     const uint8_t *b = (const uint8_t *)row;
     const int8_t *xq = x->q;
-    const __m256i mask = _mm256_set1_epi8(15);
     int64_t G = x->group, g, k;
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[2];
     float offset = 0.0f;
-    for (g = 0; g < x->n_groups; g++, b += 4 + G / 2) {
-        __m512i isum = _mm512_setzero_si512();
-        for (k = 0; k < G; k += 64, xq += 64) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 4 + k / 2));
-            __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, mask)),
-                                           _mm256_and_si256(_mm256_srli_epi16(v, 4), mask), 1);
-            __m512i xv = _mm512_loadu_si512((const void *)xq);
-            isum = _mm512_dpbusd_epi32(isum, q, _mm512_shuffle_i64x2(xv, xv, _MM_SHUFFLE(3, 1, 2, 0)));
-        }
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(aq_f16_to_f32(aq__rd16(b)) * x->scale[g]), acc);
-        offset += aq_f16_to_f32(aq__rd16(b + 2)) * x->sum[g];
+    acc[0] = acc[1] = _mm512_setzero_ps();
+    for (g = 0; g < x->n_groups; g++, b += 4 + G / 2, xq += G) {
+        __m512i isum = aq__int4_step_avx512(b + 4, xq);
+        __m128 dm = aq__group_header(b);
+        for (k = 64; k < G; k += 64) isum = _mm512_add_epi32(isum, aq__int4_step_avx512(b + 4 + k / 2, xq + k));
+        acc[g & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(_mm_cvtss_f32(dm) * x->scale[g]), acc[g & 1]);
+        offset += _mm_cvtss_f32(_mm_movehdup_ps(dm)) * x->sum[g];
     }
-    return _mm512_reduce_add_ps(acc) + offset;
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1])) + offset;
 }
 #endif
 
@@ -2141,6 +2158,134 @@ static void aq__gemm(aq__pool *pool, int simd, const aq_weight *w, const float *
     int64_t tiles = (w->rows + AQ__TILE_ROWS - 1) / AQ__TILE_ROWS;
     j.w = w; j.x = x; j.y = y; j.n = n; j.scratch = scratch; j.scratch_cols = scratch_cols; j.simd = simd;
     aq__pool_run(pool, tiles, 1, aq__gemm_task, &j);
+}
+
+/* Prompt GEMM for int4 weights with int8 activations (AVX-512 VNNI, groups of 64 or 128): the
+   faster alternative to expanding int4 tiles to f32 for sgemm.  Each token's x is quantized once
+   per matrix, like GEMV's, and every 64 of its values are stored in the lane order of an
+   unpacked 64-code step, [0-15, 32-47, 16-31, 48-63].  A task unpacks 4 weight rows into bytes
+   once, then walks the tokens 4 at a time: 16 float accumulators, each group adding
+   d * sx * dpbusd(codes, x) to them; the offset terms m * sum(x) are added at the end. */
+typedef struct {
+    const aq_weight *w;
+    int64_t group, n, kp, n_groups;     /* kp = n_groups * group */
+    const float *x;                     /* [n][cols] */
+    int8_t *xq;                         /* [n][kp] */
+    float *xs, *xsum;                   /* [n][n_groups] */
+    float *y;                           /* [n][rows] */
+    char *scratch;                      /* per thread: 4 * (kp + 2 * n_groups * 4) bytes at least */
+    size_t scratch_bytes;
+} aq__gemm8_job;
+
+static void aq__gemm8_quantize_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__gemm8_job *j = (const aq__gemm8_job *)ctx;
+    int64_t t, c, i;
+    int8_t tmp[64];
+    (void)thread;
+    for (t = begin; t < end; t++) {
+        aq__x8 x8;
+        x8.q = j->xq + t * j->kp; x8.scale = j->xs + t * j->n_groups; x8.sum = j->xsum + t * j->n_groups;
+        aq__x8_quantize(j->x + t * j->w->cols, j->w->cols, j->group, &x8);
+        for (c = 0; c < j->kp; c += 64) {
+            memcpy(tmp, x8.q + c, 64);
+            for (i = 0; i < 16; i++) {
+                x8.q[c + 16 + i] = tmp[32 + i];
+                x8.q[c + 32 + i] = tmp[16 + i];
+            }
+        }
+    }
+}
+
+#if AQ__X86
+AQ__AVX512 __attribute__((always_inline)) static inline void aq__gemm8_rows(const aq__gemm8_job *j, int64_t r0, uint8_t *q, float *d, float *m, const int64_t G) {
+    const aq_weight *w = j->w;
+    const int64_t ng = j->n_groups, kp = j->kp;
+    const __m256i mask = _mm256_set1_epi8(15);
+    int64_t r, t, t0, g, k;
+    for (r = 0; r < 4; r++) { /* unpack: rows past the end repeat the last one and are not stored */
+        const uint8_t *b = (const uint8_t *)w->data + (size_t)(r0 + r < w->rows ? r0 + r : w->rows - 1) * w->row_bytes;
+        for (g = 0; g < ng; g++, b += 4 + G / 2) {
+            __m128 dm = aq__group_header(b);
+            d[r * ng + g] = _mm_cvtss_f32(dm);
+            m[r * ng + g] = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+            for (k = 0; k < G; k += 64) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(b + 4 + k / 2));
+                _mm256_storeu_si256((__m256i *)(q + r * kp + g * G + k), _mm256_and_si256(v, mask));
+                _mm256_storeu_si256((__m256i *)(q + r * kp + g * G + k + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), mask));
+            }
+        }
+    }
+    for (t0 = 0; t0 < j->n; t0 += 4) {
+        const int8_t *xt[4];
+        const float *st[4];
+        __m512 acc[4][4];
+#pragma GCC unroll 4
+        for (t = 0; t < 4; t++) {
+            int64_t tt = t0 + t < j->n ? t0 + t : j->n - 1;
+            xt[t] = j->xq + tt * kp;
+            st[t] = j->xs + tt * ng;
+            for (r = 0; r < 4; r++) acc[r][t] = _mm512_setzero_ps();
+        }
+        for (g = 0; g < ng; g++) {
+            __m512i w0[4], w1[4];
+#pragma GCC unroll 4
+            for (r = 0; r < 4; r++) {
+                w0[r] = _mm512_loadu_si512((const void *)(q + r * kp + g * G));
+                w1[r] = G == 128 ? _mm512_loadu_si512((const void *)(q + r * kp + g * G + 64)) : w0[r];
+            }
+#pragma GCC unroll 4
+            for (t = 0; t < 4; t++) {
+                __m512i x0 = _mm512_loadu_si512((const void *)(xt[t] + g * G));
+                __m512i x1 = G == 128 ? _mm512_loadu_si512((const void *)(xt[t] + g * G + 64)) : x0;
+#pragma GCC unroll 4
+                for (r = 0; r < 4; r++) {
+                    __m512i i = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0[r], x0);
+                    if (G == 128) i = _mm512_dpbusd_epi32(i, w1[r], x1);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_set1_ps(d[r * ng + g] * st[t][g]), acc[r][t]);
+                }
+            }
+        }
+        for (r = 0; r < 4 && r0 + r < w->rows; r++)
+            for (t = 0; t < 4 && t0 + t < j->n; t++) j->y[(t0 + t) * w->rows + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+    }
+    /* the offsets: y[t][r] += sum_g m[r][g] * sum(x_t, g), one small product for all tokens */
+    for (t0 = 0; t0 < j->n; t0 += 64) {
+        int64_t nt = j->n - t0 < 64 ? j->n - t0 : 64, nr = w->rows - r0 < 4 ? w->rows - r0 : 4;
+        float off[64 * 4];
+        aq__sgemm_nt(nt, nr, ng, j->xsum + t0 * ng, ng, m, ng, off, nr, AQ__SIMD_AVX512);
+        for (t = 0; t < nt; t++)
+            for (r = 0; r < nr; r++) j->y[(t0 + t) * w->rows + r0 + r] += off[t * nr + r];
+    }
+}
+
+AQ__AVX512 static void aq__gemm8_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__gemm8_job *j = (const aq__gemm8_job *)ctx;
+    uint8_t *q = (uint8_t *)j->scratch + (size_t)thread * j->scratch_bytes;
+    float *d = (float *)(q + 4 * j->kp), *m = d + 4 * j->n_groups;
+    int64_t blk;
+    for (blk = begin; blk < end; blk++) {
+        if (j->group == 128) aq__gemm8_rows(j, blk * 4, q, d, m, 128);
+        else aq__gemm8_rows(j, blk * 4, q, d, m, 64);
+    }
+}
+#endif
+
+/* Returns 0 when it ran, -1 when this CPU or weight needs the f32 path instead. */
+static int aq__gemm8(aq__pool *pool, int simd, const aq_weight *w, const float *x, int64_t n, float *y, int8_t *xq, float *xs,
+                     float *xsum, char *scratch, size_t scratch_bytes) {
+    aq__gemm8_job j;
+    int64_t G = aq__int4_group(w->type);
+    if (simd < AQ__SIMD_AVX512 || G == 0 || G % 64 != 0 || !xq) return -1;
+#if AQ__X86
+    j.w = w; j.group = G; j.n = n; j.n_groups = (w->cols + G - 1) / G; j.kp = j.n_groups * G;
+    j.x = x; j.xq = xq; j.xs = xs; j.xsum = xsum; j.y = y; j.scratch = scratch; j.scratch_bytes = scratch_bytes;
+    aq__pool_run(pool, n, 4, aq__gemm8_quantize_task, &j);
+    aq__pool_run(pool, (w->rows + 3) / 4, 4, aq__gemm8_task, &j);
+    return 0;
+#else
+    (void)pool; (void)x; (void)y; (void)xs; (void)xsum; (void)scratch; (void)scratch_bytes;
+    return -1;
+#endif
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -2669,6 +2814,8 @@ struct aq_session {
     int64_t tile_cols;         /* the widest input of any matrix */
     aq__x8 x8[3];              /* int8 activations for int4 weights, one per fused GEMV slot */
     char *x8_mem;
+    int8_t *xq;                /* int4 prompt GEMM: [n_batch][tile_cols + 128] quantized inputs */
+    float *xs, *xsum;          /* and their [n_batch][tile_cols / 32 + 2] group scales and sums */
 };
 
 aq_session_params aq_session_default_params(void) {
@@ -2689,6 +2836,7 @@ void aq_session_free(aq_session *s) {
     AQ_FREE(s->pages);
     AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
     AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->tile); AQ_FREE(s->x8_mem);
+    AQ_FREE(s->xq); AQ_FREE(s->xs); AQ_FREE(s->xsum);
     AQ_FREE(s);
 }
 
@@ -2734,8 +2882,11 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->att = (float *)aq__calloc((size_t)p.n_threads * (size_t)p.n_ctx, sizeof(float));
     s->tile = (float *)aq__calloc((size_t)p.n_threads * AQ__TILE_ROWS * (size_t)s->tile_cols, sizeof(float));
     s->x8_mem = (char *)aq__calloc(3, aq__x8_bytes(s->tile_cols));
+    s->xq = (int8_t *)aq__calloc(nb, (size_t)s->tile_cols + 128);
+    s->xs = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
+    s->xsum = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
     if (!s->pages || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
-        !s->att || !s->tile || !s->x8_mem)
+        !s->att || !s->tile || !s->x8_mem || !s->xq || !s->xs || !s->xsum)
         goto oom;
     for (i = 0; i < 3; i++) aq__x8_init(&s->x8[i], s->x8_mem + (size_t)i * aq__x8_bytes(s->tile_cols), s->tile_cols);
     s->pool = aq__pool_new(p.n_threads);
@@ -2801,7 +2952,9 @@ static void aq__attn_task(void *ctx, int64_t begin, int64_t end, int thread) {
 /* out[n][w.rows] = in[n][w.cols] * W^T, as GEMV for one token and GEMM for more. */
 static void aq__matmul(aq_session *s, const aq_weight *w, const float *in, int n, float *out) {
     if (n == 1) aq__gemv(s->pool, s->m->simd, 1, &w, in, &out, s->x8);
-    else aq__gemm(s->pool, s->m->simd, w, in, n, out, s->tile, s->tile_cols);
+    else if (aq__gemm8(s->pool, s->m->simd, w, in, n, out, s->xq, s->xs, s->xsum, (char *)s->tile,
+                       (size_t)AQ__TILE_ROWS * (size_t)s->tile_cols * sizeof(float)))
+        aq__gemm(s->pool, s->m->simd, w, in, n, out, s->tile, s->tile_cols);
 }
 
 /* One batch of at most n_batch tokens.  logits: NULL, or rows for every token (all) or the last. */

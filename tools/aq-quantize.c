@@ -31,7 +31,7 @@ static void usage(FILE *f) {
             "  --calib-tokens N     calibration tokens (default 8192)\n"
             "  --calib-seq L        calibration sequence length (default 512, at most the trained context)\n"
             "  --loss-tokens N      tokens (whole sequences) the scale search's loss is measured on\n"
-            "                       (default: all calibration tokens)\n"
+            "                       (default 2048; the channel statistics use all calibration tokens)\n"
             "  --quantize-output    also quantize token_embd and output (kept as they are by default)\n"
             "  -t N                 threads (default: all cores)\n"
             "  -h, --help           this text\n");
@@ -350,7 +350,7 @@ int main(int argc, char **argv) {
     attn_buf ab;
 
     memset(&o, 0, sizeof o);
-    o.awq = 1; o.group = 128; o.calib_tokens = 8192; o.calib_seq = 512;
+    o.awq = 1; o.group = 128; o.calib_tokens = 8192; o.calib_seq = 512; o.loss_tokens = 2048;
     for (i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) { usage(stdout); return 0; }
