@@ -26,6 +26,7 @@
    OPTIONS (define before the implementation)
      AQ_MALLOC(n) / AQ_REALLOC(p,n) / AQ_FREE(p)   allocator (default: libc)
      AQ_NO_BLAS                                    no OpenBLAS: plain C GEMM for prompts
+     AQ_NO_AVX512                                  use at most the AVX2 kernels
      AQ_KEEP_BLAS_THREADS                          do not set OpenBLAS to one thread (see aq_session_new)
      AQ_STB_DS_ALREADY_IMPLEMENTED                 your program compiles stb_ds's implementation itself
 
