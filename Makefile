@@ -5,6 +5,7 @@
 #   make test-asan       the whole suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo            build and run the demo (MODEL=path/to/model.gguf to choose another model)
 #   make bench           speed report on TinyLlama-1.1B-shape random models, int4 / F16 / F32 (written on first use)
+#   make bench-quest     long-context decode, dense vs Quest budgets (table, build/quest.csv, and a PNG with gnuplot)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb
@@ -32,7 +33,7 @@ TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench $(P)tools/
 TESTS    = $(P)tests/run_tests
 TEST_SRC = $(wildcard tests/*.c tests/*.h) tools/tool_util.h
 
-.PHONY: all test test-asan demo bench clean FORCE
+.PHONY: all test test-asan demo bench bench-models bench-quest clean FORCE
 
 all: $(EXAMPLES) $(TOOLS)
 
@@ -60,12 +61,19 @@ test-asan:
 demo: $(P)examples/generate
 	$(P)examples/generate -m $(MODEL) -p "Once upon a time" -n 200 --temp 0.8 --seed 42
 
-bench: $(P)tools/aq-bench $(P)tools/aq-synth $(P)tools/aq-quantize
+bench-models: $(P)tools/aq-bench $(P)tools/aq-synth $(P)tools/aq-quantize
 	@mkdir -p $(BENCH_DIR)
 	@test -f $(BENCH_DIR)/tinyllama-f16.gguf || $(P)tools/aq-synth --preset tinyllama --type f16 -o $(BENCH_DIR)/tinyllama-f16.gguf
 	@test -f $(BENCH_DIR)/tinyllama-f32.gguf || $(P)tools/aq-synth --preset tinyllama --type f32 -o $(BENCH_DIR)/tinyllama-f32.gguf
 	@test -f $(BENCH_DIR)/tinyllama-rtn-g128.gguf || $(P)tools/aq-quantize --method rtn --group 128 $(BENCH_DIR)/tinyllama-f16.gguf $(BENCH_DIR)/tinyllama-rtn-g128.gguf
+
+bench: bench-models
 	$(P)tools/aq-bench -m $(BENCH_DIR)/tinyllama-rtn-g128.gguf -m $(BENCH_DIR)/tinyllama-f16.gguf -m $(BENCH_DIR)/tinyllama-f32.gguf -t 2 -p 256 -n 32
+
+bench-quest: bench-models
+	$(P)tools/aq-bench -m $(BENCH_DIR)/tinyllama-rtn-g128.gguf --quest -t 2 -n 8 --csv build/quest.csv
+	@if command -v gnuplot >/dev/null; then gnuplot -e "csv='build/quest.csv'; png='build/quest-speedup.png'" tools/quest-plot.gp && echo "wrote build/quest-speedup.png"; \
+	 else echo "gnuplot is not installed: no plot (the numbers are in build/quest.csv)"; fi
 
 clean:
 	rm -rf build .build-flags $(EXAMPLES) $(TOOLS) $(TESTS)

@@ -259,12 +259,31 @@ uint64_t  aq_model_weight_bytes(const aq_model *m);   /* bytes of all weights on
    page, pages allocated as the context grows), the scratch buffers and a small thread pool whose
    workers spin briefly and then sleep, so that it does not collapse when the machine is busy.
    ====================================================================================== */
+enum { AQ_KV_F32 = 0, AQ_KV_F16 = 1 };
+
 typedef struct {
-    int n_threads;   /* 0 = number of online CPUs */
-    int n_ctx;       /* tokens the session can hold; 0 = the model's trained context */
-    int page_size;   /* KV cache page, tokens; 0 = 16 */
-    int n_batch;     /* prompt tokens evaluated per batch; 0 = 256 */
+    int n_threads;          /* 0 = number of online CPUs */
+    int n_ctx;              /* tokens the session can hold (may exceed the trained context);
+                               0 = the model's trained context.  KV memory grows page by page. */
+    int page_size;          /* KV cache page, tokens; 0 = 16 */
+    int n_batch;            /* prompt tokens evaluated per batch; 0 = 256 */
+    int kv_type;            /* AQ_KV_F32 (default) or AQ_KV_F16 (half the bytes a long decode reads) */
+    /* Quest: each decode step reads, per KV head, only the quest_budget / page_size pages whose
+       keys can score highest for the current query (the current page always).  Prompts and the
+       first quest_dense_layers layers stay dense, as does any step whose context fits the budget. */
+    int quest_budget;       /* tokens; 0 = dense attention (default) */
+    int quest_dense_layers; /* default 2 */
+    int quest_per_head;     /* 1: every query head selects its own pages (reads more); 0: one
+                               selection per KV head, bounds summed over its query heads */
+    int window;             /* baseline instead of Quest: attend only the last `window` positions,
+                               in the same layers Quest would select in; 0 = off */
 } aq_session_params;
+
+/* Decode counters, for benchmarks: time in attention (selection included) and in selection. */
+typedef struct {
+    int64_t decode_steps, pages_scored, pages_read;
+    double attention_seconds, selection_seconds;
+} aq_session_stats;
 
 typedef struct aq_session aq_session;
 
@@ -278,6 +297,9 @@ int         aq_session_pos(const aq_session *s);     /* tokens in the KV cache *
 int         aq_session_n_ctx(const aq_session *s);
 int         aq_session_n_threads(const aq_session *s);
 void        aq_session_reset(aq_session *s);         /* forget the context (keeps the memory) */
+void        aq_session_get_stats(const aq_session *s, aq_session_stats *out);
+void        aq_session_reset_stats(aq_session *s);
+uint64_t    aq_session_kv_bytes(const aq_session *s);  /* KV cache memory allocated so far */
 /* Appends n tokens at the current position and runs the model over them: one batched pass
    (matrix-matrix products) when n > 1, a matrix-vector pass when n == 1.  logits, if not NULL,
    receives n_vocab floats for the last token.  Returns 0, or -1 with a message. */
@@ -354,6 +376,19 @@ double aq_time_seconds(void); /* monotonic clock, for the tools' timings */
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define AQ__PREFETCH(p) __builtin_prefetch(p)
+#else
+#define AQ__PREFETCH(p) ((void)(p))
+#endif
+
+/* Helpers some programs use and others do not (the tools share the library's kernels). */
+#if defined(__GNUC__) || defined(__clang__)
+#define AQ__MAYBE_UNUSED __attribute__((unused))
+#else
+#define AQ__MAYBE_UNUSED
+#endif
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define AQ__X86 1
@@ -2016,7 +2051,7 @@ static aq__row_dot_x8_fn aq__row_dot_x8_for(int64_t group, int simd) {
     return aq__dot_int4_x8_ref;
 }
 
-static float aq__dot(const float *a, const float *b, int64_t n, int simd) {
+AQ__MAYBE_UNUSED static float aq__dot(const float *a, const float *b, int64_t n, int simd) {
 #if AQ__X86
     if (simd >= AQ__SIMD_AVX2) return aq__dot_f32_avx2(a, b, n);
 #endif
@@ -2025,7 +2060,7 @@ static float aq__dot(const float *a, const float *b, int64_t n, int simd) {
 }
 
 /* y += a * x */
-static void aq__axpy(float a, const float *x, float *y, int64_t n, int simd) {
+AQ__MAYBE_UNUSED static void aq__axpy(float a, const float *x, float *y, int64_t n, int simd) {
     int64_t i;
 #if AQ__X86
     if (simd >= AQ__SIMD_AVX2) { aq__axpy_avx2(a, x, y, n); return; }
@@ -2042,7 +2077,7 @@ static void aq__rmsnorm(float *out, const float *x, const float *w, int64_t n, f
     for (i = 0; i < n; i++) out[i] = w[i] * (ss * x[i]);
 }
 
-static void aq__softmax(float *x, int64_t n) {
+AQ__MAYBE_UNUSED static void aq__softmax(float *x, int64_t n) {
     float max = x[0], sum = 0.0f;
     int64_t i;
     for (i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
@@ -2287,6 +2322,32 @@ static int aq__gemm8(aq__pool *pool, int simd, const aq_weight *w, const float *
     (void)pool; (void)x; (void)y; (void)xs; (void)xsum; (void)scratch; (void)scratch_bytes;
     return -1;
 #endif
+}
+
+/* Candidates ranked by value, then by id: the sampler's tokens, Quest's pages. */
+typedef struct { float logit; int32_t id; } aq__cand;
+
+static int aq__cand_desc(const void *a, const void *b) {
+    const aq__cand *x = (const aq__cand *)a, *y = (const aq__cand *)b;
+    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Moves the k largest candidates to the front (unordered): quickselect, O(n) on average. */
+static void aq__select_top(aq__cand *c, int n, int k) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        aq__cand pivot = c[lo + (hi - lo) / 2], t;
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (aq__cand_desc(&c[i], &pivot) < 0) i++;
+            while (aq__cand_desc(&c[j], &pivot) > 0) j--;
+            if (i <= j) { t = c[i]; c[i] = c[j]; c[j] = t; i++; j--; }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -2796,35 +2857,69 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------
-   Session: KV cache and forward pass.  The cache is paged: page p of layer l holds positions
-   [p*page_size, (p+1)*page_size) as K[n_kv_heads][page_size][head_dim] followed by V in the same
-   layout, so attention for one KV head walks contiguous memory within a page.  Pages are
-   allocated when the first position in them is written.
+   Session: KV cache, Quest page selection and the forward pass.
+
+   KV cache.  Paged: page p of a layer holds positions [p*P, (p+1)*P), allocated when its first
+   position is written.  One page is, per KV head:
+     K    [head_dim][P]  the keys transposed, so one channel of all P keys is contiguous and a
+                         page's scores are P-wide vector multiply-adds
+     V    [P][head_dim]
+   K and V are f32 or f16 (kv_type).  Quest's bounds - per page, KV head and channel, the
+   smallest and largest key value as stored, updated on every append - live apart, in chunks of
+   AQ__META_PAGES pages laid out [KV head][page][min, max][head_dim]: the selection scans one KV
+   head's bounds of consecutive pages as one stream instead of touching every page.  They are
+   f16 rounded outwards (min down, max up), so they stay bounds and cost 1/P of the page's K+V
+   bytes, as in Quest's cost model.
+
+   Attention.  Every query reads a list of spans (page, first slot, end slot).  Dense attention
+   lists all pages up to the query's position.  With Quest (decode only, from layer
+   quest_dense_layers on, once the context holds more than the budget), a selection job first
+   scores every complete page per KV head with the upper bound
+       U = sum over the KV head's query heads h, over channels i, of max(q_h[i] kmin[i], q_h[i] kmax[i])
+   (U >= q.k for every key of the page; computed as two dot products, see aq__bound_coeffs), keeps the budget/P - 1 best (quickselect, not a sort)
+   and adds the current page; the query heads of that KV head then read only those pages, each
+   page once for all of them.  The window baseline lists the last `window` positions instead.
+   Long lists are split across threads and the partial softmaxes merged.
    --------------------------------------------------------------------------------------- */
+typedef struct { int32_t page, begin, end; } aq__span;   /* slots [begin, end) of a page */
+
+#define AQ__META_PAGES 64
+
 struct aq_session {
     const aq_model *m;
     aq__pool *pool;
+    aq_session_params p;       /* as given, with defaults filled in */
     int n_threads, n_ctx, page_size, n_batch, pos, max_pages;
-    float **pages;             /* [n_layers * max_pages], NULL until used */
-    size_t page_half;          /* floats of K (or V) in one page */
+    char **pages;              /* [n_layers * max_pages], NULL until used */
+    size_t kv_elem;            /* 4 (f32) or 2 (f16) */
+    size_t page_bytes, v_offset;   /* per page, then per KV head inside */
+    uint16_t **meta;           /* [n_layers * meta_chunks] bounds chunks (f16), NULL until used */
+    int meta_chunks;
     /* scratch for up to n_batch tokens */
     float *x, *xb, *q, *k, *v, *att_out, *hb, *hb2;
     float *rope;               /* [n_batch][n_rot / 2] (cos, sin) pairs */
-    float *att;                /* [n_threads][n_ctx] attention weights */
+    float *att;                /* [n_threads][att_floats] scores and page buffers */
+    size_t att_floats;
+    float *part;               /* [n_heads * max_splits][head_dim + 2] partial softmax results */
+    int max_splits;
+    aq__span *spans;           /* [selection lists][max_pages]: per KV head (or query head) */
+    aq__cand *cands;           /* [selection lists][max_pages]: page scores */
     float *tile;               /* [n_threads][AQ__TILE_ROWS * tile_cols] GEMM weight tiles */
     int64_t tile_cols;         /* the widest input of any matrix */
     aq__x8 x8[3];              /* int8 activations for int4 weights, one per fused GEMV slot */
     char *x8_mem;
     int8_t *xq;                /* int4 prompt GEMM: [n_batch][tile_cols + 128] quantized inputs */
     float *xs, *xsum;          /* and their [n_batch][tile_cols / 32 + 2] group scales and sums */
+    aq_session_stats stats;
 };
 
 aq_session_params aq_session_default_params(void) {
     aq_session_params p;
-    p.n_threads = 0;
-    p.n_ctx = 0;
+    memset(&p, 0, sizeof p);
     p.page_size = 16;
     p.n_batch = 256;
+    p.kv_type = AQ_KV_F32;
+    p.quest_dense_layers = 2;
     return p;
 }
 
@@ -2834,10 +2929,13 @@ void aq_session_free(aq_session *s) {
     aq__pool_free(s->pool);
     if (s->pages)
         for (i = 0; i < s->m->cfg.n_layers * s->max_pages; i++) AQ_FREE(s->pages[i]);
+    if (s->meta)
+        for (i = 0; i < s->m->cfg.n_layers * s->meta_chunks; i++) AQ_FREE(s->meta[i]);
     AQ_FREE(s->pages);
+    AQ_FREE(s->meta);
     AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
-    AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->tile); AQ_FREE(s->x8_mem);
-    AQ_FREE(s->xq); AQ_FREE(s->xs); AQ_FREE(s->xsum);
+    AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->part); AQ_FREE(s->spans);
+    AQ_FREE(s->cands); AQ_FREE(s->tile); AQ_FREE(s->x8_mem); AQ_FREE(s->xq); AQ_FREE(s->xs); AQ_FREE(s->xsum);
     AQ_FREE(s);
 }
 
@@ -2845,12 +2943,18 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     aq_session_params p = params ? *params : aq_session_default_params();
     const aq_config *c = &m->cfg;
     aq_session *s;
-    size_t nb, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim;
-    int i;
+    size_t nb, q_dim = (size_t)c->n_heads * c->head_dim, kv_dim = (size_t)c->n_kv_heads * c->head_dim, kvh_bytes;
+    int i, group = c->n_heads / c->n_kv_heads;
     if (p.n_threads < 0 || p.n_threads > 512) { aq__err(err, err_len, "n_threads %d is out of range [0, 512]", p.n_threads); return NULL; }
     if (p.n_ctx < 0 || p.n_ctx > (1 << 24)) { aq__err(err, err_len, "n_ctx %d is out of range [0, 16777216]", p.n_ctx); return NULL; }
     if (p.page_size < 0 || p.page_size > 4096) { aq__err(err, err_len, "page_size %d is out of range [1, 4096]", p.page_size); return NULL; }
     if (p.n_batch < 0 || p.n_batch > 65536) { aq__err(err, err_len, "n_batch %d is out of range [1, 65536]", p.n_batch); return NULL; }
+    if (p.kv_type != AQ_KV_F32 && p.kv_type != AQ_KV_F16) { aq__err(err, err_len, "kv_type %d is neither AQ_KV_F32 nor AQ_KV_F16", p.kv_type); return NULL; }
+    if (p.quest_budget < 0 || p.window < 0 || p.quest_dense_layers < 0) {
+        aq__err(err, err_len, "quest_budget, window and quest_dense_layers must not be negative");
+        return NULL;
+    }
+    if (p.quest_budget && p.window) { aq__err(err, err_len, "quest_budget and window are alternatives: set one"); return NULL; }
     if (p.n_threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         p.n_threads = n > 0 ? (int)(n < 512 ? n : 512) : 1;
@@ -2858,19 +2962,33 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     if (p.n_ctx == 0) p.n_ctx = c->n_ctx_train;
     if (p.page_size == 0) p.page_size = 16;
     if (p.n_batch == 0) p.n_batch = 256;
+    if (p.quest_budget && p.quest_budget < 2 * p.page_size) {
+        aq__err(err, err_len, "quest_budget %d is less than two pages of %d tokens", p.quest_budget, p.page_size);
+        return NULL;
+    }
     s = (aq_session *)aq__calloc(1, sizeof *s);
     if (!s) goto oom;
     s->m = m;
+    s->p = p;
     s->n_threads = p.n_threads;
     s->n_ctx = p.n_ctx;
     s->page_size = p.page_size;
     s->n_batch = p.n_batch;
     s->max_pages = (p.n_ctx + p.page_size - 1) / p.page_size;
-    s->page_half = (size_t)c->n_kv_heads * (size_t)p.page_size * (size_t)c->head_dim;
+    s->kv_elem = p.kv_type == AQ_KV_F16 ? 2 : 4;
+    kvh_bytes = (size_t)c->head_dim * (size_t)p.page_size * s->kv_elem;
+    s->v_offset = (size_t)c->n_kv_heads * kvh_bytes;
+    s->page_bytes = 2 * s->v_offset;
+    s->meta_chunks = (s->max_pages + AQ__META_PAGES - 1) / AQ__META_PAGES;
     s->tile_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
     if ((int64_t)q_dim > s->tile_cols) s->tile_cols = (int64_t)q_dim;
+    s->max_splits = 2 * p.n_threads < 64 ? 2 * p.n_threads : 64;
+    /* a thread's attention scratch: one page's scores for `group` heads, their outputs, maxima
+       and sums, and a span list */
+    s->att_floats = (size_t)group * ((size_t)p.page_size + (size_t)c->head_dim + 2) + 3 * (size_t)s->max_pages + 64;
     nb = (size_t)p.n_batch;
-    s->pages = (float **)aq__calloc((size_t)c->n_layers * (size_t)s->max_pages, sizeof(float *));
+    s->pages = (char **)aq__calloc((size_t)c->n_layers * (size_t)s->max_pages, sizeof(char *));
+    s->meta = (uint16_t **)aq__calloc((size_t)c->n_layers * (size_t)s->meta_chunks, sizeof(uint16_t *));
     s->x = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
     s->xb = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
     s->q = (float *)aq__calloc(nb * q_dim, sizeof(float));
@@ -2880,14 +2998,17 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->hb = (float *)aq__calloc(nb * (size_t)c->n_ff, sizeof(float));
     s->hb2 = (float *)aq__calloc(nb * (size_t)c->n_ff, sizeof(float));
     s->rope = (float *)aq__calloc(nb * (size_t)c->n_rot, sizeof(float));
-    s->att = (float *)aq__calloc((size_t)p.n_threads * (size_t)p.n_ctx, sizeof(float));
+    s->att = (float *)aq__calloc((size_t)p.n_threads * s->att_floats, sizeof(float));
+    s->part = (float *)aq__calloc((size_t)c->n_heads * (size_t)s->max_splits * (size_t)(c->head_dim + 2), sizeof(float));
+    s->spans = (aq__span *)aq__calloc((size_t)c->n_heads * (size_t)s->max_pages, sizeof(aq__span));
+    s->cands = (aq__cand *)aq__calloc((size_t)c->n_heads * (size_t)s->max_pages, sizeof(aq__cand));
     s->tile = (float *)aq__calloc((size_t)p.n_threads * AQ__TILE_ROWS * (size_t)s->tile_cols, sizeof(float));
     s->x8_mem = (char *)aq__calloc(3, aq__x8_bytes(s->tile_cols));
     s->xq = (int8_t *)aq__calloc(nb, (size_t)s->tile_cols + 128);
     s->xs = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
     s->xsum = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
-    if (!s->pages || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
-        !s->att || !s->tile || !s->x8_mem || !s->xq || !s->xs || !s->xsum)
+    if (!s->pages || !s->meta || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
+        !s->att || !s->part || !s->spans || !s->cands || !s->tile || !s->x8_mem || !s->xq || !s->xs || !s->xsum)
         goto oom;
     for (i = 0; i < 3; i++) aq__x8_init(&s->x8[i], s->x8_mem + (size_t)i * aq__x8_bytes(s->tile_cols), s->tile_cols);
     s->pool = aq__pool_new(p.n_threads);
@@ -2903,8 +3024,17 @@ int aq_session_pos(const aq_session *s) { return s->pos; }
 int aq_session_n_ctx(const aq_session *s) { return s->n_ctx; }
 int aq_session_n_threads(const aq_session *s) { return s->n_threads; }
 void aq_session_reset(aq_session *s) { s->pos = 0; }
+void aq_session_get_stats(const aq_session *s, aq_session_stats *out) { *out = s->stats; }
+void aq_session_reset_stats(aq_session *s) { memset(&s->stats, 0, sizeof s->stats); }
 
-static float *aq__page(const aq_session *s, int layer, int pos) { return s->pages[(size_t)layer * s->max_pages + pos / s->page_size]; }
+uint64_t aq_session_kv_bytes(const aq_session *s) {
+    uint64_t n = 0;
+    int64_t i;
+    for (i = 0; i < (int64_t)s->m->cfg.n_layers * s->max_pages; i++) n += s->pages[i] ? s->page_bytes : 0;
+    for (i = 0; i < (int64_t)s->m->cfg.n_layers * s->meta_chunks; i++)
+        n += s->meta[i] ? sizeof(uint16_t) * 2 * AQ__META_PAGES * (uint64_t)s->m->cfg.n_kv_heads * s->m->cfg.head_dim : 0;
+    return n;
+}
 
 /* Rotates adjacent pairs (x[2i], x[2i+1]) of each head by the angles in rope. */
 static void aq__rope(float *x, int n_heads, int head_dim, int n_rot, const float *rope) {
@@ -2919,35 +3049,515 @@ static void aq__rope(float *x, int n_heads, int head_dim, int n_rot, const float
     }
 }
 
+/* ---- pages ---- */
+
+static char *aq__page(const aq_session *s, int layer, int page) { return s->pages[(size_t)layer * s->max_pages + page]; }
+
+/* The bounds of a page for a KV head: kmin[head_dim], then kmax[head_dim], f16. */
+static uint16_t *aq__bounds(const aq_session *s, int layer, int page, int kvh) {
+    const uint16_t *chunk = s->meta[(size_t)layer * s->meta_chunks + page / AQ__META_PAGES];
+    return (uint16_t *)chunk + ((size_t)kvh * AQ__META_PAGES + page % AQ__META_PAGES) * 2 * (size_t)s->m->cfg.head_dim;
+}
+
+/* x as f16, rounded towards -inf (down) or +inf (up): the neighbour of the nearest half when
+   that one lies on the wrong side of x. */
+static uint16_t aq__f16_directed(float x, int up) {
+    uint16_t h = aq_f32_to_f16(x);
+    float back = aq_f16_to_f32(h);
+    if (up ? back >= x : back <= x) return h;
+    if (up) return h == 0x8000 ? 0x0001 : (h & 0x8000) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
+    return h == 0x0000 ? 0x8001 : (h & 0x8000) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
+}
+
+static int aq__page_alloc(aq_session *s, int pos, char *err, size_t err_len) {
+    const size_t meta_floats = 2 * AQ__META_PAGES * (size_t)s->m->cfg.n_kv_heads * (size_t)s->m->cfg.head_dim;
+    int l, page = pos / s->page_size;
+    for (l = 0; l < s->m->cfg.n_layers; l++) {
+        char **data = &s->pages[(size_t)l * s->max_pages + page];
+        uint16_t **meta = &s->meta[(size_t)l * s->meta_chunks + page / AQ__META_PAGES];
+        if ((!*data && !(*data = (char *)aq__calloc(1, s->page_bytes))) ||
+            (!*meta && !(*meta = (uint16_t *)aq__calloc(meta_floats, sizeof(uint16_t))))) {
+            aq__err(err, err_len, "out of memory growing the KV cache to %d tokens", pos + 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Stores one position's keys and values (all KV heads) and updates the page's bounds. */
+static void aq__kv_append(aq_session *s, int layer, int pos, const float *k, const float *v) {
+    const aq_config *c = &s->m->cfg;
+    int P = s->page_size, slot = pos % P, hd = c->head_dim, kvh, i;
+    char *page = aq__page(s, layer, pos / P);
+    for (kvh = 0; kvh < c->n_kv_heads; kvh++) {
+        const float *kk = k + (size_t)kvh * hd, *vv = v + (size_t)kvh * hd;
+        uint16_t *kmin = aq__bounds(s, layer, pos / P, kvh), *kmax = kmin + hd;
+        size_t kbase = (size_t)kvh * hd * P, vbase = ((size_t)kvh * P + slot) * hd;
+        for (i = 0; i < hd; i++) {
+            float key = kk[i];
+            if (s->kv_elem == 2) {
+                uint16_t kh = aq_f32_to_f16(kk[i]), vh = aq_f32_to_f16(vv[i]);
+                memcpy(page + (kbase + (size_t)i * P + slot) * 2, &kh, 2);
+                memcpy(page + s->v_offset + (vbase + i) * 2, &vh, 2);
+                key = aq_f16_to_f32(kh);   /* bounds of the keys as attention will read them */
+            } else {
+                ((float *)page)[kbase + (size_t)i * P + slot] = kk[i];
+                ((float *)(page + s->v_offset))[vbase + i] = vv[i];
+            }
+            if (slot == 0 || key < aq_f16_to_f32(kmin[i])) kmin[i] = aq__f16_directed(key, 0);
+            if (slot == 0 || key > aq_f16_to_f32(kmax[i])) kmax[i] = aq__f16_directed(key, 1);
+        }
+    }
+}
+
+/* ---- page kernels: scalar references and AVX2 twins ---- */
+
+/* scores[h][j] = scale * q_h . key_j for the P keys of a page (Kt: [hd][P], f32 or f16). */
+static void aq__page_scores_ref(const void *kt, size_t elem, const float *q, int nh, int hd, int P, float scale, float *scores) {
+    int h, i, j;
+    for (h = 0; h < nh; h++)
+        for (j = 0; j < P; j++) {
+            float sum = 0.0f;
+            for (i = 0; i < hd; i++) {
+                size_t at = (size_t)i * P + j;
+                sum += q[h * hd + i] * (elem == 2 ? aq_f16_to_f32(aq__rd16((const uint8_t *)kt + 2 * at)) : ((const float *)kt)[at]);
+            }
+            scores[h * P + j] = sum * scale;
+        }
+}
+
+/* out_h += sum_j w[h][j] * V[j] over slots [begin, end) (V: [P][hd], f32 or f16). */
+static void aq__page_values_ref(const void *v, size_t elem, const float *w, int nh, int hd, int P, int begin, int end, float *out) {
+    int h, i, j;
+    for (j = begin; j < end; j++)
+        for (i = 0; i < hd; i++) {
+            size_t at = (size_t)j * hd + i;
+            float val = elem == 2 ? aq_f16_to_f32(aq__rd16((const uint8_t *)v + 2 * at)) : ((const float *)v)[at];
+            for (h = 0; h < nh; h++) out[h * hd + i] += w[h * P + j] * val;
+        }
+}
+
+/* Quest's bound of a page for nh query heads, as defined (the tests' reference for the faster
+   form below): sum_h sum_i max(q_h[i] kmin[i], q_h[i] kmax[i]). */
+AQ__MAYBE_UNUSED static float aq__page_bound_ref(const float *kmin, const float *kmax, const float *q, int nh, int hd) {
+    float sum = 0.0f;
+    int h, i;
+    for (h = 0; h < nh; h++)
+        for (i = 0; i < hd; i++) {
+            float a = q[h * hd + i] * kmin[i], b = q[h * hd + i] * kmax[i];
+            sum += a > b ? a : b;
+        }
+    return sum;
+}
+
+/* The same bound in two dot products: with c = (kmin + kmax) / 2 and r = (kmax - kmin) / 2 >= 0,
+   max(q kmin, q kmax) = q c + |q| r, so summed over the heads U = A . kmax + B . kmin with
+   A = (sum_h q_h + sum_h |q_h|) / 2 and B = (sum_h q_h - sum_h |q_h|) / 2, computed once per step:
+   a page costs 2 * hd multiply-adds whatever the number of heads sharing it. */
+static void aq__bound_coeffs(const float *q, int nh, int hd, float *A, float *B) {
+    int h, i;
+    for (i = 0; i < hd; i++) {
+        float sum = 0.0f, abs_sum = 0.0f;
+        for (h = 0; h < nh; h++) { sum += q[h * hd + i]; abs_sum += fabsf(q[h * hd + i]); }
+        A[i] = 0.5f * (sum + abs_sum);
+        B[i] = 0.5f * (sum - abs_sum);
+    }
+}
+
+/* x[i] = exp(x[i] - max), returns the sum */
+static float aq__exp_sum_ref(float *x, int n, float max) {
+    float sum = 0.0f;
+    int i;
+    for (i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    return sum;
+}
+
+#if AQ__X86
+AQ__AVX2 static __m256 aq__load8_kv(const void *p, size_t elem, size_t at) {
+    return elem == 2 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint8_t *)p + 2 * at)))
+                     : _mm256_loadu_ps((const float *)p + at);
+}
+
+/* P a multiple of 8: each channel of the page is P/8 vectors of keys, one FMA per query head.
+   Heads go 4 at a time with named accumulators, so they stay in registers. */
+AQ__AVX2 static void aq__page_scores_avx2(const void *kt, size_t elem, const float *q, int nh, int hd, int P, float scale, float *scores) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    int h, i, j;
+    for (j = 0; j < P; j += 8) {
+        for (h = 0; h + 4 <= nh; h += 4) {
+            const float *q0 = q + h * hd, *q1 = q0 + hd, *q2 = q1 + hd, *q3 = q2 + hd;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+            for (i = 0; i < hd; i++) {
+                __m256 k = aq__load8_kv(kt, elem, (size_t)i * P + j);
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(q0[i]), k, a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(q1[i]), k, a1);
+                a2 = _mm256_fmadd_ps(_mm256_set1_ps(q2[i]), k, a2);
+                a3 = _mm256_fmadd_ps(_mm256_set1_ps(q3[i]), k, a3);
+            }
+            _mm256_storeu_ps(scores + h * P + j, _mm256_mul_ps(a0, sc));
+            _mm256_storeu_ps(scores + (h + 1) * P + j, _mm256_mul_ps(a1, sc));
+            _mm256_storeu_ps(scores + (h + 2) * P + j, _mm256_mul_ps(a2, sc));
+            _mm256_storeu_ps(scores + (h + 3) * P + j, _mm256_mul_ps(a3, sc));
+        }
+        for (; h < nh; h++) {
+            __m256 a0 = _mm256_setzero_ps();
+            for (i = 0; i < hd; i++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(q[h * hd + i]), aq__load8_kv(kt, elem, (size_t)i * P + j), a0);
+            _mm256_storeu_ps(scores + h * P + j, _mm256_mul_ps(a0, sc));
+        }
+    }
+}
+
+/* hd a multiple of 8: 8 channels at a time, every slot's value vector feeding 4 heads. */
+AQ__AVX2 static void aq__page_values_avx2(const void *v, size_t elem, const float *w, int nh, int hd, int P, int begin, int end, float *out) {
+    int h, i, j;
+    for (i = 0; i < hd; i += 8) {
+        for (h = 0; h + 4 <= nh; h += 4) {
+            float *o0 = out + h * hd + i, *o1 = o0 + hd, *o2 = o1 + hd, *o3 = o2 + hd;
+            const float *w0 = w + h * P, *w1 = w0 + P, *w2 = w1 + P, *w3 = w2 + P;
+            __m256 a0 = _mm256_loadu_ps(o0), a1 = _mm256_loadu_ps(o1), a2 = _mm256_loadu_ps(o2), a3 = _mm256_loadu_ps(o3);
+            for (j = begin; j < end; j++) {
+                __m256 val = aq__load8_kv(v, elem, (size_t)j * hd + i);
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(w0[j]), val, a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(w1[j]), val, a1);
+                a2 = _mm256_fmadd_ps(_mm256_set1_ps(w2[j]), val, a2);
+                a3 = _mm256_fmadd_ps(_mm256_set1_ps(w3[j]), val, a3);
+            }
+            _mm256_storeu_ps(o0, a0); _mm256_storeu_ps(o1, a1); _mm256_storeu_ps(o2, a2); _mm256_storeu_ps(o3, a3);
+        }
+        for (; h < nh; h++) {
+            __m256 a0 = _mm256_loadu_ps(out + h * hd + i);
+            for (j = begin; j < end; j++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[h * P + j]), aq__load8_kv(v, elem, (size_t)j * hd + i), a0);
+            _mm256_storeu_ps(out + h * hd + i, a0);
+        }
+    }
+}
+
+/* AVX-512 twins for P == 16 (one register holds a page's scores) and hd a multiple of 16; the
+   broadcasts of q and of the weights fold into the multiply-adds. */
+AQ__AVX512 static __m512 aq__load16_kv(const void *p, size_t elem, size_t at) {
+    return elem == 2 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint8_t *)p + 2 * at)))
+                     : _mm512_loadu_ps((const float *)p + at);
+}
+
+/* Multiply-adds take 4 cycles and two can start per cycle, so 8 independent accumulators are
+   needed to keep the units busy: 4 heads x 2 halves of the channels (scores), 4 heads x 2
+   blocks of 16 channels (values). */
+AQ__AVX512 static void aq__page_scores_avx512(const void *kt, size_t elem, const float *q, int nh, int hd, int P, float scale, float *scores) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    int h, i, half = hd / 2;
+    (void)P;
+    for (h = 0; h + 4 <= nh; h += 4) {
+        const float *q0 = q + h * hd, *q1 = q0 + hd, *q2 = q1 + hd, *q3 = q2 + hd;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps(), b2 = _mm512_setzero_ps(), b3 = _mm512_setzero_ps();
+        for (i = 0; i < half; i++) {
+            __m512 k = aq__load16_kv(kt, elem, (size_t)i * 16), l = aq__load16_kv(kt, elem, (size_t)(i + half) * 16);
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[i]), k, a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[i]), k, a1);
+            a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[i]), k, a2);
+            a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[i]), k, a3);
+            b0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[i + half]), l, b0);
+            b1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[i + half]), l, b1);
+            b2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[i + half]), l, b2);
+            b3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[i + half]), l, b3);
+        }
+        _mm512_storeu_ps(scores + h * 16, _mm512_mul_ps(_mm512_add_ps(a0, b0), sc));
+        _mm512_storeu_ps(scores + (h + 1) * 16, _mm512_mul_ps(_mm512_add_ps(a1, b1), sc));
+        _mm512_storeu_ps(scores + (h + 2) * 16, _mm512_mul_ps(_mm512_add_ps(a2, b2), sc));
+        _mm512_storeu_ps(scores + (h + 3) * 16, _mm512_mul_ps(_mm512_add_ps(a3, b3), sc));
+    }
+    for (; h < nh; h++) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        for (i = 0; i < half; i++) {
+            a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + i]), aq__load16_kv(kt, elem, (size_t)i * 16), a0);
+            a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + i + half]), aq__load16_kv(kt, elem, (size_t)(i + half) * 16), a1);
+        }
+        if (hd % 2) a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[h * hd + hd - 1]), aq__load16_kv(kt, elem, (size_t)(hd - 1) * 16), a0);
+        _mm512_storeu_ps(scores + h * 16, _mm512_mul_ps(_mm512_add_ps(a0, a1), sc));
+    }
+}
+
+AQ__AVX512 static void aq__page_values_avx512(const void *v, size_t elem, const float *w, int nh, int hd, int P, int begin, int end, float *out) {
+    int h, i, j;
+    for (i = 0; i + 32 <= hd; i += 32) {
+        for (h = 0; h + 4 <= nh; h += 4) {
+            float *o0 = out + h * hd + i, *o1 = o0 + hd, *o2 = o1 + hd, *o3 = o2 + hd;
+            const float *w0 = w + h * P, *w1 = w0 + P, *w2 = w1 + P, *w3 = w2 + P;
+            __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_loadu_ps(o1), a2 = _mm512_loadu_ps(o2), a3 = _mm512_loadu_ps(o3);
+            __m512 b0 = _mm512_loadu_ps(o0 + 16), b1 = _mm512_loadu_ps(o1 + 16), b2 = _mm512_loadu_ps(o2 + 16), b3 = _mm512_loadu_ps(o3 + 16);
+            for (j = begin; j < end; j++) {
+                __m512 x = aq__load16_kv(v, elem, (size_t)j * hd + i), y = aq__load16_kv(v, elem, (size_t)j * hd + i + 16);
+                __m512 c0 = _mm512_set1_ps(w0[j]), c1 = _mm512_set1_ps(w1[j]), c2 = _mm512_set1_ps(w2[j]), c3 = _mm512_set1_ps(w3[j]);
+                a0 = _mm512_fmadd_ps(c0, x, a0); b0 = _mm512_fmadd_ps(c0, y, b0);
+                a1 = _mm512_fmadd_ps(c1, x, a1); b1 = _mm512_fmadd_ps(c1, y, b1);
+                a2 = _mm512_fmadd_ps(c2, x, a2); b2 = _mm512_fmadd_ps(c2, y, b2);
+                a3 = _mm512_fmadd_ps(c3, x, a3); b3 = _mm512_fmadd_ps(c3, y, b3);
+            }
+            _mm512_storeu_ps(o0, a0); _mm512_storeu_ps(o1, a1); _mm512_storeu_ps(o2, a2); _mm512_storeu_ps(o3, a3);
+            _mm512_storeu_ps(o0 + 16, b0); _mm512_storeu_ps(o1 + 16, b1); _mm512_storeu_ps(o2 + 16, b2); _mm512_storeu_ps(o3 + 16, b3);
+        }
+        for (; h < nh; h++) {
+            __m512 a0 = _mm512_loadu_ps(out + h * hd + i), b0 = _mm512_loadu_ps(out + h * hd + i + 16);
+            for (j = begin; j < end; j++) {
+                __m512 c = _mm512_set1_ps(w[h * P + j]);
+                a0 = _mm512_fmadd_ps(c, aq__load16_kv(v, elem, (size_t)j * hd + i), a0);
+                b0 = _mm512_fmadd_ps(c, aq__load16_kv(v, elem, (size_t)j * hd + i + 16), b0);
+            }
+            _mm512_storeu_ps(out + h * hd + i, a0);
+            _mm512_storeu_ps(out + h * hd + i + 16, b0);
+        }
+    }
+    for (; i < hd; i += 16)   /* a last block of 16 channels */
+        for (h = 0; h < nh; h++) {
+            __m512 a0 = _mm512_loadu_ps(out + h * hd + i);
+            for (j = begin; j < end; j++) a0 = _mm512_fmadd_ps(_mm512_set1_ps(w[h * P + j]), aq__load16_kv(v, elem, (size_t)j * hd + i), a0);
+            _mm512_storeu_ps(out + h * hd + i, a0);
+        }
+}
+
+/* exp(x) for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2/2, exp(r) by its Taylor
+   series to degree 7 (relative error below 1e-7), times 2^n through the exponent bits. */
+AQ__AVX2 static __m256 aq__exp_avx2(__m256 x) {
+    const __m256 ln2 = _mm256_set1_ps(0.69314718056f), log2e = _mm256_set1_ps(1.44269504089f);
+    __m256 n, r, p;
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    n = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_fnmadd_ps(n, ln2, x);
+    p = _mm256_set1_ps(1.0f / 5040.0f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23)));
+}
+
+AQ__AVX2 static float aq__exp_sum_avx2(float *x, int n, float max) {
+    __m256 acc = _mm256_setzero_ps(), m = _mm256_set1_ps(max);
+    float sum;
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = aq__exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    sum = aq__hsum_avx2(acc);
+    return sum + aq__exp_sum_ref(x + i, n - i, max);
+}
+#endif
+
+/* ---- attention over spans ---- */
+
+typedef struct {
+    void (*scores)(const void *kt, size_t elem, const float *q, int nh, int hd, int P, float scale, float *scores);
+    void (*values)(const void *v, size_t elem, const float *w, int nh, int hd, int P, int begin, int end, float *out);
+    float (*exp_sum)(float *x, int n, float max);
+} aq__attn_kernels;
+
+static aq__attn_kernels aq__attn_kernels_for(int simd, int P, int hd) {
+    aq__attn_kernels k;
+    k.scores = aq__page_scores_ref; k.values = aq__page_values_ref; k.exp_sum = aq__exp_sum_ref;
+#if AQ__X86
+    if (simd >= AQ__SIMD_AVX2) {
+        if (P % 8 == 0) k.scores = aq__page_scores_avx2;
+        if (hd % 8 == 0) k.values = aq__page_values_avx2;
+        k.exp_sum = aq__exp_sum_avx2;
+    }
+    if (simd >= AQ__SIMD_AVX512) {
+        if (P == 16) k.scores = aq__page_scores_avx512;
+        if (hd % 16 == 0) k.values = aq__page_values_avx512;
+    }
+#endif
+    (void)simd; (void)P; (void)hd;
+    return k;
+}
+
+/* Softmax attention of nh query heads (sharing one KV head) over spans, as a partial result:
+   res[h] = {max score m, sum of exp(score - m) l, sum of exp(score - m) * v (hd floats)}.
+   One pass, page by page (online softmax): a page's scores, then the running maxima, sums and
+   outputs rescaled when a maximum grows, then the page's values; the next page is prefetched
+   while this one is computed, since pages are separate allocations. */
+static void aq__attend(const aq_session *s, const aq__attn_kernels *kn, int layer, int kvh, const float *q, int nh,
+                       const aq__span *sp, int n_sp, float *scratch, float *res) {
+    const aq_config *c = &s->m->cfg;
+    const int P = s->page_size, hd = c->head_dim;
+    const size_t kbytes = (size_t)hd * P * s->kv_elem;
+    const float scale = 1.0f / sqrtf((float)hd);
+    float *sc = scratch, *o = scratch + (size_t)nh * P, *m = o + (size_t)nh * hd, *l = m + nh;
+    int i, h, j;
+    size_t off;
+    memset(o, 0, sizeof(float) * (size_t)nh * hd);
+    for (h = 0; h < nh; h++) { m[h] = -FLT_MAX; l[h] = 0.0f; }
+    for (i = 0; i < n_sp; i++) {
+        const char *page = aq__page(s, layer, sp[i].page);
+        if (i + 1 < n_sp) {
+            const char *next = aq__page(s, layer, sp[i + 1].page);
+            for (off = 0; off < kbytes; off += 64) {
+                AQ__PREFETCH(next + (size_t)kvh * kbytes + off);
+                AQ__PREFETCH(next + s->v_offset + (size_t)kvh * kbytes + off);
+            }
+        }
+        kn->scores(page + (size_t)kvh * kbytes, s->kv_elem, q, nh, hd, P, scale, sc);
+        for (h = 0; h < nh; h++) {
+            float *row = sc + (size_t)h * P, max = m[h];
+            for (j = sp[i].begin; j < sp[i].end; j++) max = row[j] > max ? row[j] : max;
+            if (max > m[h]) {   /* a larger maximum: rescale what was summed so far */
+                float f = expf(m[h] - max);
+                l[h] *= f;
+                for (j = 0; j < hd; j++) o[(size_t)h * hd + j] *= f;
+                m[h] = max;
+            }
+            l[h] += kn->exp_sum(row + sp[i].begin, sp[i].end - sp[i].begin, m[h]);
+        }
+        kn->values(page + s->v_offset + (size_t)kvh * kbytes, s->kv_elem, sc, nh, hd, P, sp[i].begin, sp[i].end, o);
+    }
+    for (h = 0; h < nh; h++) {
+        float *r = res + (size_t)h * (hd + 2);
+        r[0] = m[h];
+        r[1] = l[h];
+        memcpy(r + 2, o + (size_t)h * hd, sizeof(float) * (size_t)hd);
+    }
+}
+
+/* Combines n partial results (stride apart) into out = sum / l. */
+static void aq__attend_merge(const float *parts, size_t stride, int n, int hd, float *out) {
+    float max = -FLT_MAX, l = 0.0f;
+    int i, k;
+    for (i = 0; i < n; i++) max = parts[i * stride] > max ? parts[i * stride] : max;
+    memset(out, 0, sizeof(float) * (size_t)hd);
+    for (i = 0; i < n; i++) {
+        const float *p = parts + i * stride;
+        float f = expf(p[0] - max);
+        l += p[1] * f;
+        for (k = 0; k < hd; k++) out[k] += p[2 + k] * f;
+    }
+    for (k = 0; k < hd; k++) out[k] /= l;
+}
+
+/* The spans of dense attention for a query at position pos: pages 0..pos/P, the last partial. */
+static int aq__dense_spans(const aq_session *s, int first_pos, int pos, aq__span *sp) {
+    int P = s->page_size, p, n = 0;
+    for (p = first_pos / P; p <= pos / P; p++, n++) {
+        sp[n].page = p;
+        sp[n].begin = p == first_pos / P ? first_pos % P : 0;
+        sp[n].end = p == pos / P ? pos % P + 1 : P;
+    }
+    return n;
+}
+
 typedef struct {
     aq_session *s;
-    int layer, pos0, n_tokens;
+    int layer, pos0, n_tokens, mode;
+    int n_spans;      /* decode: spans per list */
+    int shared;       /* decode: every list reads s->spans (dense, window) rather than its own (Quest) */
+    int splits;       /* decode: pieces per list */
+    aq__attn_kernels kn;
 } aq__attn_job;
 
-/* Causal softmax attention for items (token, head), over positions 0..pos0+token. */
+enum { AQ__ATTN_DENSE, AQ__ATTN_QUEST, AQ__ATTN_WINDOW };
+
+/* Quest selection, one list per item (a KV head, or a query head with quest_per_head). */
+static void aq__select_task(void *ctx, int64_t begin, int64_t end, int thread) {
+    const aq__attn_job *j = (const aq__attn_job *)ctx;
+    aq_session *s = j->s;
+    const aq_config *c = &s->m->cfg;
+    const int P = s->page_size, hd = c->head_dim, group = c->n_heads / c->n_kv_heads, pos = j->pos0;
+    const int last = pos / P, keep = s->p.quest_budget / P - 1;
+    int64_t item;
+    for (item = begin; item < end; item++) {
+        int kvh = s->p.quest_per_head ? (int)item / group : (int)item, nh = s->p.quest_per_head ? 1 : group, p;
+        const float *q = s->q + (size_t)(s->p.quest_per_head ? item : item * group) * hd;
+        aq__cand *cand = s->cands + item * s->max_pages;
+        aq__span *sp = s->spans + item * s->max_pages;
+        float *BA = s->att + (size_t)thread * s->att_floats;   /* [B | A], matching [kmin | kmax] */
+        aq__row_dot_fn dot = aq__row_dot_for(AQ_TYPE_F16, s->m->simd);
+        aq__bound_coeffs(q, nh, hd, BA + hd, BA);
+        for (p = 0; p < last; p++) {   /* every complete page; the current one is always read */
+            cand[p].id = p;
+            cand[p].logit = dot(aq__bounds(s, j->layer, p, kvh), BA, 2 * hd);
+        }
+        aq__select_top(cand, last, keep);
+        for (p = 0; p < keep; p++) sp[p].page = cand[p].id;
+        /* ascending page order: the reads walk memory forwards */
+        for (p = 1; p < keep; p++) {
+            aq__span t = sp[p];
+            int k = p;
+            for (; k > 0 && sp[k - 1].page > t.page; k--) sp[k] = sp[k - 1];
+            sp[k] = t;
+        }
+        for (p = 0; p < keep; p++) { sp[p].begin = 0; sp[p].end = P; }
+        sp[keep].page = last; sp[keep].begin = 0; sp[keep].end = pos % P + 1;
+    }
+}
+
+/* Items: (token, KV head) for prompts; (list, split) for a decode step, where a list is a KV
+   head's span list (or a query head's, with quest_per_head) cut into `splits` pieces. */
 static void aq__attn_task(void *ctx, int64_t begin, int64_t end, int thread) {
     const aq__attn_job *j = (const aq__attn_job *)ctx;
     const aq_session *s = j->s;
     const aq_config *c = &s->m->cfg;
-    int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, ps = s->page_size, simd = s->m->simd;
-    size_t q_dim = (size_t)c->n_heads * hd;
-    float *att = s->att + (size_t)thread * s->n_ctx;
+    const int hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    const size_t q_dim = (size_t)c->n_heads * hd;
+    float *scratch = s->att + (size_t)thread * s->att_floats;
     int64_t item;
     for (item = begin; item < end; item++) {
-        int t = (int)(item / c->n_heads), h = (int)(item % c->n_heads), kvh = h / group, n_keys = j->pos0 + t + 1, p;
-        const float *q = s->q + t * q_dim + (size_t)h * hd;
-        float *out = s->att_out + t * q_dim + (size_t)h * hd, scale = sqrtf((float)hd);
-        for (p = 0; p < n_keys; p++) {
-            const float *key = aq__page(s, j->layer, p) + ((size_t)kvh * ps + p % ps) * hd;
-            att[p] = aq__dot(q, key, hd, simd) / scale;
-        }
-        aq__softmax(att, n_keys);
-        memset(out, 0, (size_t)hd * sizeof(float));
-        for (p = 0; p < n_keys; p++) {
-            const float *val = aq__page(s, j->layer, p) + s->page_half + ((size_t)kvh * ps + p % ps) * hd;
-            aq__axpy(att[p], val, out, hd, simd);
+        if (j->n_tokens > 1) {   /* prompt: dense and causal, one token's group of heads */
+            int t = (int)(item / c->n_kv_heads), kvh = (int)(item % c->n_kv_heads), h;
+            aq__span *sp = (aq__span *)(scratch + s->att_floats - 3 * (size_t)s->max_pages - 8);
+            int n_sp = aq__dense_spans(s, 0, j->pos0 + t, sp);
+            float *res = s->part + (size_t)thread * (size_t)group * (hd + 2);
+            aq__attend(s, &j->kn, j->layer, kvh, s->q + t * q_dim + (size_t)kvh * group * hd, group, sp, n_sp, scratch, res);
+            for (h = 0; h < group; h++)
+                aq__attend_merge(res + (size_t)h * (hd + 2), 0, 1, hd, s->att_out + t * q_dim + ((size_t)kvh * group + h) * hd);
+        } else {
+            int list = (int)(item / j->splits), split = (int)(item % j->splits);
+            int per_head = j->mode == AQ__ATTN_QUEST && s->p.quest_per_head;
+            int kvh = per_head ? list / group : list, nh = per_head ? 1 : group;
+            int s0 = (int)((int64_t)j->n_spans * split / j->splits), s1 = (int)((int64_t)j->n_spans * (split + 1) / j->splits);
+            const aq__span *sp = j->shared ? s->spans : s->spans + (size_t)list * s->max_pages;
+            aq__attend(s, &j->kn, j->layer, kvh, s->q + (size_t)list * nh * hd, nh, sp + s0, s1 - s0, scratch,
+                       s->part + (size_t)item * nh * (hd + 2));
         }
     }
+}
+
+/* Attention for a decode step at position pos (keys already appended). */
+static void aq__attention_decode(aq_session *s, int layer, int pos) {
+    const aq_config *c = &s->m->cfg;
+    const int P = s->page_size, hd = c->head_dim, group = c->n_heads / c->n_kv_heads;
+    aq__attn_job j;
+    int lists, nh, list, h;
+    double t0 = aq_time_seconds();
+    memset(&j, 0, sizeof j);
+    j.s = s; j.layer = layer; j.pos0 = pos; j.n_tokens = 1;
+    j.kn = aq__attn_kernels_for(s->m->simd, P, hd);
+    j.mode = AQ__ATTN_DENSE;
+    if (layer >= s->p.quest_dense_layers && s->p.quest_budget && pos + 1 > s->p.quest_budget) j.mode = AQ__ATTN_QUEST;
+    if (layer >= s->p.quest_dense_layers && s->p.window && pos + 1 > s->p.window) j.mode = AQ__ATTN_WINDOW;
+    if (j.mode == AQ__ATTN_QUEST) {
+        lists = s->p.quest_per_head ? c->n_heads : c->n_kv_heads;
+        aq__pool_run(s->pool, lists, 1, aq__select_task, &j);
+        s->stats.selection_seconds += aq_time_seconds() - t0;
+        s->stats.pages_scored += (int64_t)lists * (pos / P);
+        j.n_spans = s->p.quest_budget / P;
+    } else {
+        lists = c->n_kv_heads;
+        j.shared = 1;
+        j.n_spans = aq__dense_spans(s, j.mode == AQ__ATTN_WINDOW ? pos + 1 - s->p.window : 0, pos, s->spans);
+    }
+    nh = j.mode == AQ__ATTN_QUEST && s->p.quest_per_head ? 1 : group;
+    s->stats.pages_read += (int64_t)lists * j.n_spans;
+    /* split long lists so that every thread has work (few KV heads, long context) */
+    j.splits = 1;
+    while (j.splits * 2 <= s->max_splits && lists * j.splits < 2 * s->n_threads && j.n_spans / (j.splits * 2) >= 8) j.splits *= 2;
+    aq__pool_run(s->pool, (int64_t)lists * j.splits, 1, aq__attn_task, &j);
+    for (list = 0; list < lists; list++)
+        for (h = 0; h < nh; h++)
+            aq__attend_merge(s->part + ((size_t)list * j.splits * nh + h) * (hd + 2), (size_t)nh * (hd + 2), j.splits, hd,
+                             s->att_out + ((size_t)list * nh + h) * hd);
+    s->stats.attention_seconds += aq_time_seconds() - t0;
 }
 
 /* out[n][w.rows] = in[n][w.cols] * W^T, as GEMV for one token and GEMM for more. */
@@ -2962,20 +3572,13 @@ static void aq__matmul(aq_session *s, const aq_weight *w, const float *in, int n
 static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *logits, int all, char *err, size_t err_len) {
     const aq_model *m = s->m;
     const aq_config *c = &m->cfg;
-    const int dim = c->n_embd, hd = c->head_dim, ps = s->page_size;
+    const int dim = c->n_embd, hd = c->head_dim;
     const size_t q_dim = (size_t)c->n_heads * hd, kv_dim = (size_t)c->n_kv_heads * hd;
     int t, l, i, pos0 = s->pos;
-    aq__attn_job aj;
 
     for (t = 0; t < n; t++) {
         int pos = pos0 + t;
-        for (l = 0; l < c->n_layers; l++) {
-            float **page = &s->pages[(size_t)l * s->max_pages + pos / ps];
-            if (!*page && !(*page = (float *)aq__calloc(2 * s->page_half, sizeof(float)))) {
-                aq__err(err, err_len, "out of memory growing the KV cache to %d tokens", pos + 1);
-                return -1;
-            }
-        }
+        if (aq__page_alloc(s, pos, err, err_len)) return -1;
         aq__dequantize_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)ids[t] * m->tok_embd.row_bytes,
                            s->x + (size_t)t * dim, dim, m->simd);
         for (i = 0; i < c->n_rot / 2; i++) {
@@ -3001,18 +3604,18 @@ static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *lo
             aq__matmul(s, &L->wv, s->xb, n, s->v);
         }
         for (t = 0; t < n; t++) {
-            int pos = pos0 + t, kvh;
-            float *page = aq__page(s, l, pos);
             aq__rope(s->q + t * q_dim, c->n_heads, hd, c->n_rot, s->rope + (size_t)t * c->n_rot);
             aq__rope(s->k + t * kv_dim, c->n_kv_heads, hd, c->n_rot, s->rope + (size_t)t * c->n_rot);
-            for (kvh = 0; kvh < c->n_kv_heads; kvh++) {
-                size_t slot = ((size_t)kvh * ps + pos % ps) * hd;
-                memcpy(page + slot, s->k + t * kv_dim + (size_t)kvh * hd, (size_t)hd * sizeof(float));
-                memcpy(page + s->page_half + slot, s->v + t * kv_dim + (size_t)kvh * hd, (size_t)hd * sizeof(float));
-            }
+            aq__kv_append(s, l, pos0 + t, s->k + t * kv_dim, s->v + t * kv_dim);
         }
-        aj.s = s; aj.layer = l; aj.pos0 = pos0; aj.n_tokens = n;
-        aq__pool_run(s->pool, (int64_t)n * c->n_heads, 1, aq__attn_task, &aj);
+        if (n == 1) aq__attention_decode(s, l, pos0);
+        else {
+            aq__attn_job aj;
+            memset(&aj, 0, sizeof aj);
+            aj.s = s; aj.layer = l; aj.pos0 = pos0; aj.n_tokens = n;
+            aj.kn = aq__attn_kernels_for(m->simd, s->page_size, hd);
+            aq__pool_run(s->pool, (int64_t)n * c->n_kv_heads, 1, aq__attn_task, &aj);
+        }
         aq__matmul(s, &L->wo, s->att_out, n, s->xb);
         for (i = 0; i < n * dim; i++) s->x[i] += s->xb[i];
 
@@ -3033,6 +3636,7 @@ static int aq__forward_batch(aq_session *s, const int32_t *ids, int n, float *lo
         for (i = 0; i < n * dim; i++) s->x[i] += s->xb[i];
     }
     s->pos += n;
+    if (n == 1) s->stats.decode_steps++;
 
     if (logits) {
         int first = all ? 0 : n - 1;
@@ -3070,12 +3674,36 @@ int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *e
     return aq__eval(s, ids, n, logits, 1, err, err_len);
 }
 
+/* Benchmarks: fills the KV cache of every layer up to n tokens with random keys and values (and
+   their bounds) as if a prompt had been evaluated, without paying for the prompt.  The memory
+   layout is the real one, so attention costs what it would; the selected pages are arbitrary. */
+AQ__MAYBE_UNUSED static int aq__session_fill_random(aq_session *s, int n, uint64_t seed, char *err, size_t err_len) {
+    const aq_config *c = &s->m->cfg;
+    size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, i;
+    float *k = (float *)aq__calloc(kv_dim, sizeof(float)), *v = (float *)aq__calloc(kv_dim, sizeof(float));
+    int pos, l;
+    if (!k || !v || n > s->n_ctx) { AQ_FREE(k); AQ_FREE(v); aq__err(err, err_len, "cannot fill %d of %d positions", n, s->n_ctx); return -1; }
+    for (pos = 0; pos < n; pos++) {
+        if (aq__page_alloc(s, pos, err, err_len)) { AQ_FREE(k); AQ_FREE(v); return -1; }
+        for (l = 0; l < c->n_layers; l++) {
+            for (i = 0; i < kv_dim; i++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                k[i] = (float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 23);
+                v[i] = (float)((int64_t)((seed >> 16) & 0xffffff) - (1 << 23)) / (float)(1 << 23);
+            }
+            aq__kv_append(s, l, pos, k, v);
+        }
+    }
+    s->pos = n;
+    AQ_FREE(k);
+    AQ_FREE(v);
+    return 0;
+}
+
 /* ---------------------------------------------------------------------------------------
    Sampler.  Owns the parameters, the RNG state (xorshift64*, seeded through splitmix64 so that
    any seed, 0 included, is good) and the recent tokens the repetition penalty looks at.
    --------------------------------------------------------------------------------------- */
-typedef struct { float logit; int32_t id; } aq__cand;
-
 struct aq_sampler {
     aq_sampler_params p;
     int32_t n_vocab;
@@ -3140,29 +3768,6 @@ static float aq__rand01(aq_sampler *s) {
     s->rng ^= s->rng << 25;
     s->rng ^= s->rng >> 27;
     return (float)((s->rng * 0x2545f4914f6cdd1dull) >> 40) * (1.0f / 16777216.0f);
-}
-
-static int aq__cand_desc(const void *a, const void *b) {
-    const aq__cand *x = (const aq__cand *)a, *y = (const aq__cand *)b;
-    if (x->logit != y->logit) return x->logit < y->logit ? 1 : -1;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
-/* Moves the k largest candidates to the front (unordered): quickselect, O(n) on average. */
-static void aq__select_top(aq__cand *c, int n, int k) {
-    int lo = 0, hi = n - 1;
-    while (lo < hi) {
-        aq__cand pivot = c[lo + (hi - lo) / 2], t;
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (aq__cand_desc(&c[i], &pivot) < 0) i++;
-            while (aq__cand_desc(&c[j], &pivot) > 0) j--;
-            if (i <= j) { t = c[i]; c[i] = c[j]; c[j] = t; i++; j--; }
-        }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
-    }
 }
 
 int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {

@@ -11,6 +11,9 @@ static void usage(FILE *f) {
             "  -n N               tokens to generate after the prompt (default 256)\n"
             "  -t N               threads (default: all cores)\n"
             "  --ctx N            context length of the session (default: the model's)\n"
+            "  --quest-budget N   Quest: each decode step reads only the KV pages of N tokens that\n"
+            "                     can score highest for the query (0 = dense, the default)\n"
+            "  --kv f32|f16       KV cache type (default f32)\n"
             "  --temp X           temperature, 0 = greedy (default 0.8)\n"
             "  --top-k N          keep the N most likely tokens, 0 = off (default 40)\n"
             "  --top-p X          nucleus sampling, 1 = off (default 0.95)\n"
@@ -58,6 +61,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) { n_predict = (int)number(a, v, 0, 1 << 24); i++; }
         else if (!strcmp(a, "-t")) { sp.n_threads = (int)number(a, v, 1, 512); i++; }
         else if (!strcmp(a, "--ctx")) { sp.n_ctx = (int)number(a, v, 1, 1 << 24); i++; }
+        else if (!strcmp(a, "--quest-budget")) { sp.quest_budget = (int)number(a, v, 0, 1 << 24); i++; }
+        else if (!strcmp(a, "--kv") && v && (!strcmp(v, "f32") || !strcmp(v, "f16"))) { sp.kv_type = strcmp(v, "f16") ? AQ_KV_F32 : AQ_KV_F16; i++; }
         else if (!strcmp(a, "--temp")) { pp.temperature = (float)number(a, v, 0, 100); i++; }
         else if (!strcmp(a, "--top-k")) { pp.top_k = (int)number(a, v, 0, 1e9); i++; }
         else if (!strcmp(a, "--top-p")) { pp.top_p = (float)number(a, v, 0, 1); i++; }

@@ -13,6 +13,7 @@
 #include "test_sampler.c"
 #include "test_tools.c"
 #include "test_quantize.c"
+#include "test_quest.c"
 
 int main(int argc, char **argv) {
     char cmd[128];
@@ -34,6 +35,7 @@ int main(int argc, char **argv) {
     sampler_tests();
     tool_tests();
     quantize_tests();
+    quest_tests();
     snprintf(cmd, sizeof cmd, "rm -rf %s", T.tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", T.tmpdir);
     printf("%d passed, %d failed\n", T.passed, T.failed);

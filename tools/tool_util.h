@@ -37,6 +37,16 @@ TOOL_FN const char *tool_bytes(double b, char *buf, size_t n) {
     return buf;
 }
 
+/* log(sum(exp(x))), in double. */
+TOOL_FN double tool_log_sum_exp(const float *x, int n) {
+    float max = x[0];
+    double sum = 0.0;
+    int k;
+    for (k = 1; k < n; k++) max = x[k] > max ? x[k] : max;
+    for (k = 0; k < n; k++) sum += exp((double)(x[k] - max));
+    return (double)max + log(sum);
+}
+
 /* Reads a text file and tokenizes it as documents separated by "<|endoftext|>" lines: each
    document (trimmed of surrounding newlines) becomes BOS + its tokens, and the documents are
    concatenated.  Stops after max_tokens (0 = all).  Returns a malloc'd array and sets *n, or
