@@ -2999,7 +2999,10 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->hb2 = (float *)aq__calloc(nb * (size_t)c->n_ff, sizeof(float));
     s->rope = (float *)aq__calloc(nb * (size_t)c->n_rot, sizeof(float));
     s->att = (float *)aq__calloc((size_t)p.n_threads * s->att_floats, sizeof(float));
-    s->part = (float *)aq__calloc((size_t)c->n_heads * (size_t)s->max_splits * (size_t)(c->head_dim + 2), sizeof(float));
+    /* partial results: a decode step's (list, split, head), or a prompt thread's heads */
+    s->part = (float *)aq__calloc(((size_t)c->n_heads * (size_t)s->max_splits > (size_t)p.n_threads * (size_t)group
+                                       ? (size_t)c->n_heads * (size_t)s->max_splits : (size_t)p.n_threads * (size_t)group) *
+                                      (size_t)(c->head_dim + 2), sizeof(float));
     s->spans = (aq__span *)aq__calloc((size_t)c->n_heads * (size_t)s->max_pages, sizeof(aq__span));
     s->cands = (aq__cand *)aq__calloc((size_t)c->n_heads * (size_t)s->max_pages, sizeof(aq__cand));
     s->tile = (float *)aq__calloc((size_t)p.n_threads * AQ__TILE_ROWS * (size_t)s->tile_cols, sizeof(float));
