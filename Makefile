@@ -6,6 +6,9 @@
 #   make demo            build and run the demo (MODEL=path/to/model.gguf to choose another model)
 #   make bench           speed report on TinyLlama-1.1B-shape random models, int4 / F16 / F32 (written on first use)
 #   make bench-quest     long-context decode, dense vs Quest budgets (table, build/quest.csv, and a PNG with gnuplot)
+#   make cuda            the GPU build under build/cuda/: kernels/aq_cuda.cu for sm_80/86/87/89/90 plus
+#                        compute_90 PTX (CUDA_ARCH="90" narrows it), the examples, tools, aq-gpu-check and
+#                        the tests linked against it (they run on the CPU where there is no GPU)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb
@@ -14,7 +17,22 @@ SHARED      ?= ../shared
 MODEL       ?= $(SHARED)/models/stories260K.gguf
 BENCH_DIR   ?= build/models
 
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+CUDA_ARCH ?= 80 86 87 89 90
+NVCCFLAGS ?= -O3
+
 WARN   = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes
+ifeq ($(CUDA),1)
+OUT       ?= build/cuda
+CUDA_OBJ   = $(OUT)/aq_cuda.o
+CUDA_DEFS  = -DAQ_CUDA
+CUDA_LIBS  = $(CUDA_OBJ) -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+GPU_TOOLS  = $(OUT)/tools/aq-gpu-check
+# machine code for every listed architecture, and PTX of the newest so later GPUs can JIT it
+GENCODE    = $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+             -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH))
+endif
 ifeq ($(AQ_NO_BLAS),1)
 OUT      ?= build/noblas
 DEFS      = -DAQ_NO_BLAS
@@ -25,32 +43,41 @@ DEFS      =
 BLAS_LIBS = -lopenblas
 endif
 P       = $(patsubst ./%,%,$(OUT)/)
-LDLIBS  = $(BLAS_LIBS) -lm -pthread
-ALL_CFLAGS = $(WARN) $(CFLAGS) $(DEFS) -I. -I$(STB_INCLUDE) -pthread -DAQ_BIN_DIR='"$(OUT)"' -DAQ_SHARED_DIR='"$(SHARED)"'
+LDLIBS  = $(CUDA_LIBS) $(BLAS_LIBS) -lm -pthread
+ALL_CFLAGS = $(WARN) $(CFLAGS) $(DEFS) $(CUDA_DEFS) -I. -I$(STB_INCLUDE) -pthread -DAQ_BIN_DIR='"$(OUT)"' -DAQ_SHARED_DIR='"$(SHARED)"'
 
 EXAMPLES = $(P)examples/generate $(P)examples/minimal
 TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench $(P)tools/aq-perplexity $(P)tools/aq-quantize
 TESTS    = $(P)tests/run_tests
 TEST_SRC = $(wildcard tests/*.c tests/*.h) tools/tool_util.h
 
-.PHONY: all test test-asan demo bench bench-models bench-quest clean FORCE
+.PHONY: all test test-asan demo bench bench-models bench-quest cuda clean FORCE
 
-all: $(EXAMPLES) $(TOOLS)
+all: $(EXAMPLES) $(TOOLS) $(GPU_TOOLS)
 
 # Rebuild everything when the compiler or its flags change.
+BUILD_FLAGS = $(CC) $(ALL_CFLAGS) $(LDLIBS) $(if $(CUDA_OBJ),$(NVCC) $(NVCCFLAGS) $(GENCODE))
 $(P).build-flags: FORCE
 	@mkdir -p $(OUT)
-	@echo '$(CC) $(ALL_CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(ALL_CFLAGS) $(LDLIBS)' > $@
+	@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@
 
-$(P)examples/%: examples/%.c awq_quest.h $(P).build-flags
+ifeq ($(CUDA),1)
+$(CUDA_OBJ): kernels/aq_cuda.cu kernels/aq_cuda.h $(P).build-flags
+	$(NVCC) $(NVCCFLAGS) $(GENCODE) -c $< -o $@
+endif
+
+$(P)examples/%: examples/%.c awq_quest.h $(P).build-flags $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
-$(P)tools/%: tools/%.c tools/tool_util.h awq_quest.h $(P).build-flags
+$(P)tools/%: tools/%.c tools/tool_util.h awq_quest.h $(P).build-flags $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
-$(TESTS): $(TEST_SRC) awq_quest.h $(P).build-flags
+$(TESTS): $(TEST_SRC) awq_quest.h $(P).build-flags $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) tests/run_tests.c -o $@ $(LDLIBS)
+
+cuda:
+	$(MAKE) CUDA=1 all build/cuda/tests/run_tests
 
 test: $(EXAMPLES) $(TOOLS) $(TESTS)
 	$(TESTS)

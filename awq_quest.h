@@ -29,6 +29,8 @@
      AQ_NO_AVX512                                  use at most the AVX2 kernels
      AQ_KEEP_BLAS_THREADS                          do not set OpenBLAS to one thread (see aq_session_new)
      AQ_STB_DS_ALREADY_IMPLEMENTED                 your program compiles stb_ds's implementation itself
+     AQ_CUDA                                       the GPU backend: link build/cuda/aq_cuda.o (make cuda),
+                                                   -lcudart -lcublas and -lstdc++
 
    CONVENTIONS
      Every call that can fail takes (char *err, size_t err_len); on failure it returns NULL or a
@@ -260,6 +262,7 @@ uint64_t  aq_model_weight_bytes(const aq_model *m);   /* bytes of all weights on
    workers spin briefly and then sleep, so that it does not collapse when the machine is busy.
    ====================================================================================== */
 enum { AQ_KV_F32 = 0, AQ_KV_F16 = 1 };
+enum { AQ_BACKEND_CPU = 0, AQ_BACKEND_CUDA = 1 };
 
 typedef struct {
     int n_threads;          /* 0 = number of online CPUs */
@@ -277,6 +280,13 @@ typedef struct {
                                selection per KV head, bounds summed over its query heads */
     int window;             /* baseline instead of Quest: attend only the last `window` positions,
                                in the same layers Quest would select in; 0 = off */
+    /* AQ_BACKEND_CUDA runs the session on the GPU (build with AQ_CUDA and link kernels/aq_cuda.o; see
+       README).  The model's weights are uploaded on the first such session (int4 kept as int4,
+       everything else as f16) and the KV cache is f16 there whatever kv_type says.  When there
+       is no usable GPU, or an option the GPU path lacks (window, quest_per_head) is set, the
+       session runs on the CPU and aq_session_backend_note says why. */
+    int backend;
+    int no_cuda_graph;      /* GPU: launch the decode step kernel by kernel, not as a CUDA graph */
 } aq_session_params;
 
 /* Decode counters, for benchmarks: time in attention (selection included) and in selection. */
@@ -300,12 +310,18 @@ void        aq_session_reset(aq_session *s);         /* forget the context (keep
 void        aq_session_get_stats(const aq_session *s, aq_session_stats *out);
 void        aq_session_reset_stats(aq_session *s);
 uint64_t    aq_session_kv_bytes(const aq_session *s);  /* KV cache memory allocated so far */
+int         aq_session_backend(const aq_session *s);   /* the backend in use: AQ_BACKEND_* */
+const char *aq_session_backend_note(const aq_session *s); /* the GPU's name, or why the CPU runs */
 /* Appends n tokens at the current position and runs the model over them: one batched pass
    (matrix-matrix products) when n > 1, a matrix-vector pass when n == 1.  logits, if not NULL,
    receives n_vocab floats for the last token.  Returns 0, or -1 with a message. */
 int aq_eval(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len);
 /* Same, but logits receives n * n_vocab floats: the next-token logits after every input token. */
 int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *err, size_t err_len);
+/* One decode step of greedy generation: evaluates token and stores the most likely next token
+   (the lowest id among equal logits) in *next.  On the GPU the logits stay on the device and the
+   token is the only thing copied back.  Returns 0, or -1 with a message. */
+int aq_eval_greedy(aq_session *s, int32_t token, int32_t *next, char *err, size_t err_len);
 
 /* ======================================================================================
    Sampler.  Order: repetition penalty over the last repeat_last_n accepted tokens, then greedy
@@ -419,6 +435,10 @@ double aq_time_seconds(void); /* monotonic clock, for the tools' timings */
 #define STB_DS_IMPLEMENTATION
 #endif
 #include "stb_ds.h"
+
+#ifdef AQ_CUDA
+#include "kernels/aq_cuda.h"
+#endif
 
 /* ---------------------------------------------------------------------------------------
    Utilities: error messages, allocation that cannot overflow, time.
@@ -2645,11 +2665,21 @@ struct aq_model {
     float **owned;          /* stb_ds array of converted norm vectors */
     uint64_t weight_bytes;
     int simd;
+#ifdef AQ_CUDA
+    aqc_model *cuda;        /* the weights on the GPU, uploaded by the first CUDA session */
+    int cuda_failed;        /* that upload failed; cuda_err says why */
+    char cuda_err[256];
+    pthread_mutex_t cuda_lock;
+#endif
 };
 
 void aq_model_free(aq_model *m) {
     ptrdiff_t i;
     if (!m) return;
+#ifdef AQ_CUDA
+    aqc_model_free(m->cuda);
+    pthread_mutex_destroy(&m->cuda_lock);
+#endif
     for (i = 0; i < stbds_arrlen(m->owned); i++) AQ_FREE(m->owned[i]);
     stbds_arrfree(m->owned);
     AQ_FREE(m->layers);
@@ -2783,6 +2813,9 @@ aq_model *aq_model_load(const char *path, char *err, size_t err_len) {
     if (!m) { aq_gguf_close(g); aq__err(err, err_len, "%s: out of memory", path); return NULL; }
     m->gguf = g;
     m->simd = aq__detect_simd();
+#ifdef AQ_CUDA
+    pthread_mutex_init(&m->cuda_lock, NULL);
+#endif
     c = &m->cfg;
     if (aq_gguf_get_str(g, "general.architecture", &arch) != 1) {
         aq__err(err, err_len, "%s: missing string key general.architecture", path);
@@ -2857,6 +2890,160 @@ fail:
 }
 
 /* ---------------------------------------------------------------------------------------
+   GPU upload.  The CUDA kernels read int4 codes in AWQ's interleaved nibble order with the
+   scales and offsets apart, and every other weight as f16 (kernels/aq_cuda.h has the layout);
+   this builds that from the file's tensors, once per model, when the first CUDA session asks.
+   The packing is plain C, so the tests check it on machines without a GPU.
+   --------------------------------------------------------------------------------------- */
+
+/* Row r of a Q4_1 / AQ4 weight as ceil(cols / group) * group / 8 words (element 8i + order[n] in
+   nibble n of word i) and its per-group f16 scales and offsets.  In the file a 32-value
+   sub-block is 16 bytes, values 0-15 in the low nibbles and 16-31 in the high ones, so word i of
+   a sub-block gathers one nibble half of bytes 0-7 or 8-15. */
+AQ__MAYBE_UNUSED static void aq__gpu_pack_int4_row(const aq_weight *w, int64_t r, int64_t group, uint32_t *codes, uint16_t *scales,
+                                                   uint16_t *mins) {
+    static const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+    int64_t n_groups = (w->cols + group - 1) / group, gi, sb;
+    int i, n;
+    for (gi = 0; gi < n_groups; gi++) {
+        const uint8_t *b = row + gi * (4 + group / 2);
+        scales[gi] = aq__rd16(b);
+        mins[gi] = aq__rd16(b + 2);
+        for (sb = 0; sb < group / 32; sb++) {
+            const uint8_t *q = b + 4 + sb * 16;
+            for (i = 0; i < 4; i++) {
+                const uint8_t *half = q + (i % 2) * 8;
+                int shift = (i / 2) * 4;
+                uint32_t word = 0;
+                for (n = 0; n < 8; n++) word |= (uint32_t)((half[order[n]] >> shift) & 15) << (4 * n);
+                codes[(gi * group + sb * 32) / 8 + i] = word;
+            }
+        }
+    }
+}
+
+#ifdef AQ_CUDA
+static void aq__gpu_weight_free(aqc_weight *d) {
+    AQ_FREE((void *)d->data);
+    AQ_FREE((void *)d->scales);
+    AQ_FREE((void *)d->mins);
+    memset(d, 0, sizeof *d);
+}
+
+/* n weights that read the same input, stacked by rows, in the GPU layout (host memory, freed with
+   aq__gpu_weight_free): int4 when all are int4 with one group size and f16 is not forced, else f16. */
+static int aq__gpu_pack(const aq_weight *const *w, int n, int force_f16, int simd, aqc_weight *d, char *err, size_t err_len) {
+    int64_t group = force_f16 ? 0 : aq__int4_group(w[0]->type), rows = 0, cols = w[0]->cols, kp, r, c, done = 0;
+    uint16_t *scales = NULL, *mins = NULL;
+    float *tmp = NULL;
+    void *data;
+    int i;
+    for (i = 0; i < n; i++) {
+        if (aq__int4_group(w[i]->type) != group) group = 0;
+        rows += w[i]->rows;
+    }
+    kp = group ? (cols + group - 1) / group * group : (cols + 31) / 32 * 32;
+    if (group) {
+        data = aq__calloc((size_t)(rows * kp / 8), 4);
+        scales = (uint16_t *)aq__calloc((size_t)(rows * kp / group), 2);
+        mins = (uint16_t *)aq__calloc((size_t)(rows * kp / group), 2);
+    } else {
+        data = aq__calloc((size_t)(rows * kp), 2);
+        tmp = (float *)aq__calloc((size_t)cols, sizeof(float));
+    }
+    memset(d, 0, sizeof *d);
+    d->format = group ? AQC_INT4 : AQC_F16;
+    d->rows = rows;
+    d->cols = cols;
+    d->cols_padded = kp;
+    d->group = group;
+    d->data = data;
+    d->scales = scales;
+    d->mins = mins;
+    if (!data || (group && (!scales || !mins)) || (!group && !tmp)) {
+        AQ_FREE(tmp);
+        aq__gpu_weight_free(d);
+        aq__err(err, err_len, "out of memory packing %s for the GPU", w[0]->name);
+        return -1;
+    }
+    for (i = 0; i < n; i++)
+        for (r = 0; r < w[i]->rows; r++, done++) {
+            if (group) {
+                aq__gpu_pack_int4_row(w[i], r, group, (uint32_t *)data + done * kp / 8, scales + done * kp / group,
+                                      mins + done * kp / group);
+            } else {
+                uint16_t *out = (uint16_t *)data + done * kp;
+                aq__dequantize_row(w[i]->type, (const uint8_t *)w[i]->data + (size_t)r * w[i]->row_bytes, tmp, cols, simd);
+                for (c = 0; c < cols; c++) out[c] = aq_f32_to_f16(tmp[c]);
+            }
+        }
+    AQ_FREE(tmp);
+    return 0;
+}
+
+/* Packs and uploads into one GPU slot (see aq__gpu_pack). */
+static int aq__cuda_upload(const aq_model *m, aqc_model *g, int layer, int slot, const aq_weight *const *w, int n, int force_f16,
+                           char *err, size_t err_len) {
+    aqc_weight d;
+    int rc;
+    if (aq__gpu_pack(w, n, force_f16, m->simd, &d, err, err_len)) return -1;
+    rc = aqc_model_set_weight(g, layer, slot, &d, err, err_len);
+    if (rc) {
+        size_t len = err ? strlen(err) : 0;
+        if (err && len + 1 < err_len) snprintf(err + len, err_len - len, " (%s)", w[0]->name);
+    }
+    aq__gpu_weight_free(&d);
+    return rc;
+}
+
+/* The model's GPU copy, built on first use.  The model is otherwise read-only and shared between
+   threads, hence the lock. */
+static aqc_model *aq__cuda_model(const aq_model *model, char *err, size_t err_len) {
+    aq_model *m = (aq_model *)model;
+    pthread_mutex_lock(&m->cuda_lock);
+    if (!m->cuda && !m->cuda_failed) {
+        const aq_config *c = &m->cfg;
+        char *e = m->cuda_err;
+        size_t el = sizeof m->cuda_err;
+        aqc_config gc;
+        aqc_model *g;
+        int l, ok;
+        gc.n_vocab = c->n_vocab; gc.n_embd = c->n_embd; gc.n_layers = c->n_layers; gc.n_heads = c->n_heads;
+        gc.n_kv_heads = c->n_kv_heads; gc.head_dim = c->head_dim; gc.n_rot = c->n_rot; gc.n_ff = c->n_ff;
+        gc.rms_eps = c->rms_eps; gc.rope_base = c->rope_base;
+        g = aqc_model_new(&gc, e, el);
+        ok = g != NULL;
+        for (l = 0; ok && l < c->n_layers; l++) {
+            const aq__layer *L = &m->layers[l];
+            const aq_weight *qkv[3], *gate_up[2], *wo = &L->wo, *down = &L->w_down;
+            qkv[0] = &L->wq; qkv[1] = &L->wk; qkv[2] = &L->wv;
+            gate_up[0] = &L->w_gate; gate_up[1] = &L->w_up;
+            ok = !aq__cuda_upload(m, g, l, AQC_QKV, qkv, 3, 0, e, el) && !aq__cuda_upload(m, g, l, AQC_WO, &wo, 1, 0, e, el) &&
+                 !aq__cuda_upload(m, g, l, AQC_GATE_UP, gate_up, 2, 0, e, el) &&
+                 !aq__cuda_upload(m, g, l, AQC_DOWN, &down, 1, 0, e, el) &&
+                 !aqc_model_set_norm(g, l, AQC_ATTN_NORM, L->attn_norm, e, el) &&
+                 !aqc_model_set_norm(g, l, AQC_FFN_NORM, L->ffn_norm, e, el);
+        }
+        if (ok) {
+            const aq_weight *embd = &m->tok_embd, *out = &m->output;
+            ok = !aq__cuda_upload(m, g, -1, AQC_TOK_EMBD, &embd, 1, 1, e, el) &&
+                 !(c->tied_output ? aqc_model_tie_output(g, e, el) : aq__cuda_upload(m, g, -1, AQC_OUTPUT, &out, 1, 0, e, el)) &&
+                 !aqc_model_set_norm(g, -1, AQC_OUTPUT_NORM, m->output_norm, e, el);
+        }
+        if (ok) m->cuda = g;
+        else {
+            aqc_model_free(g);
+            m->cuda_failed = 1;
+        }
+    }
+    pthread_mutex_unlock(&m->cuda_lock);
+    if (!m->cuda) aq__err(err, err_len, "%s", m->cuda_err);
+    return m->cuda;
+}
+#endif
+
+/* ---------------------------------------------------------------------------------------
    Session: KV cache, Quest page selection and the forward pass.
 
    KV cache.  Paged: page p of a layer holds positions [p*P, (p+1)*P), allocated when its first
@@ -2911,6 +3098,12 @@ struct aq_session {
     int8_t *xq;                /* int4 prompt GEMM: [n_batch][tile_cols + 128] quantized inputs */
     float *xs, *xsum;          /* and their [n_batch][tile_cols / 32 + 2] group scales and sums */
     aq_session_stats stats;
+    int backend;               /* AQ_BACKEND_* in use */
+    char backend_note[512];
+    float *greedy_logits;      /* aq_eval_greedy on the CPU */
+#ifdef AQ_CUDA
+    aqc_session *cuda;         /* when backend is AQ_BACKEND_CUDA: the forward pass runs there */
+#endif
 };
 
 aq_session_params aq_session_default_params(void) {
@@ -2926,6 +3119,10 @@ aq_session_params aq_session_default_params(void) {
 void aq_session_free(aq_session *s) {
     int i;
     if (!s) return;
+#ifdef AQ_CUDA
+    aqc_session_free(s->cuda);
+#endif
+    AQ_FREE(s->greedy_logits);
     aq__pool_free(s->pool);
     if (s->pages)
         for (i = 0; i < s->m->cfg.n_layers * s->max_pages; i++) AQ_FREE(s->pages[i]);
@@ -2937,6 +3134,47 @@ void aq_session_free(aq_session *s) {
     AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->part); AQ_FREE(s->spans);
     AQ_FREE(s->cands); AQ_FREE(s->tile); AQ_FREE(s->x8_mem); AQ_FREE(s->xq); AQ_FREE(s->xs); AQ_FREE(s->xsum);
     AQ_FREE(s);
+}
+
+/* Moves the session to the GPU when asked and possible; otherwise notes why it stays. */
+static void aq__session_pick_backend(aq_session *s) {
+    const aq_session_params *p = &s->p;
+    s->backend = AQ_BACKEND_CPU;
+    if (p->backend != AQ_BACKEND_CUDA) { snprintf(s->backend_note, sizeof s->backend_note, "CPU"); return; }
+#ifdef AQ_CUDA
+    {
+        char name[128], why[200];
+        aqc_model *g;
+        aqc_session_config gc;
+        if (p->window || p->quest_per_head) {
+            snprintf(s->backend_note, sizeof s->backend_note, "CPU: the GPU path has no %s",
+                     p->window ? "window baseline" : "per-head Quest selection");
+            return;
+        }
+        if (aqc_device_name(name, sizeof name, why, sizeof why)) {
+            snprintf(s->backend_note, sizeof s->backend_note, "CPU: %s", why);
+            return;
+        }
+        if (!(g = aq__cuda_model(s->m, why, sizeof why))) {
+            snprintf(s->backend_note, sizeof s->backend_note, "CPU: uploading the model to %s failed: %s", name, why);
+            return;
+        }
+        gc.n_ctx = s->n_ctx;
+        gc.page_size = s->page_size;
+        gc.n_batch = s->n_batch < 512 ? s->n_batch : 512;   /* aqc_eval splits longer inputs */
+        gc.quest_budget = p->quest_budget;
+        gc.quest_dense_layers = p->quest_dense_layers;
+        gc.use_graph = !p->no_cuda_graph;
+        if (!(s->cuda = aqc_session_new(g, &gc, why, sizeof why))) {
+            snprintf(s->backend_note, sizeof s->backend_note, "CPU: %s: %s", name, why);
+            return;
+        }
+        s->backend = AQ_BACKEND_CUDA;
+        snprintf(s->backend_note, sizeof s->backend_note, "CUDA: %s", name);
+    }
+#else
+    snprintf(s->backend_note, sizeof s->backend_note, "CPU: this program was built without AQ_CUDA");
+#endif
 }
 
 aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, char *err, size_t err_len) {
@@ -3016,6 +3254,7 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     for (i = 0; i < 3; i++) aq__x8_init(&s->x8[i], s->x8_mem + (size_t)i * aq__x8_bytes(s->tile_cols), s->tile_cols);
     s->pool = aq__pool_new(p.n_threads);
     if (!s->pool) { aq_session_free(s); aq__err(err, err_len, "cannot start %d threads", p.n_threads); return NULL; }
+    aq__session_pick_backend(s);
     return s;
 oom:
     aq_session_free(s);
@@ -3024,6 +3263,8 @@ oom:
 }
 
 int aq_session_pos(const aq_session *s) { return s->pos; }
+int aq_session_backend(const aq_session *s) { return s->backend; }
+const char *aq_session_backend_note(const aq_session *s) { return s->backend_note; }
 int aq_session_n_ctx(const aq_session *s) { return s->n_ctx; }
 int aq_session_n_threads(const aq_session *s) { return s->n_threads; }
 void aq_session_reset(aq_session *s) { s->pos = 0; }
@@ -3031,6 +3272,9 @@ void aq_session_get_stats(const aq_session *s, aq_session_stats *out) { *out = s
 void aq_session_reset_stats(aq_session *s) { memset(&s->stats, 0, sizeof s->stats); }
 
 uint64_t aq_session_kv_bytes(const aq_session *s) {
+#ifdef AQ_CUDA
+    if (s->cuda) return aqc_session_kv_bytes(s->cuda);
+#endif
     uint64_t n = 0;
     int64_t i;
     for (i = 0; i < (int64_t)s->m->cfg.n_layers * s->max_pages; i++) n += s->pages[i] ? s->page_bytes : 0;
@@ -3664,6 +3908,14 @@ static int aq__eval(aq_session *s, const int32_t *ids, int n, float *logits, int
     for (done = 0; done < n; done += s->n_batch) {
         int nb = n - done < s->n_batch ? n - done : s->n_batch, last = done + nb == n;
         float *out = all ? (logits ? logits + (size_t)done * s->m->cfg.n_vocab : NULL) : (last ? logits : NULL);
+#ifdef AQ_CUDA
+        if (s->cuda) {
+            if (aqc_eval(s->cuda, ids + done, nb, s->pos, out, all, err, err_len)) return -1;
+            s->pos += nb;
+            if (nb == 1) s->stats.decode_steps++;
+            continue;
+        }
+#endif
         if (aq__forward_batch(s, ids + done, nb, out, all, err, err_len)) return -1;
     }
     return 0;
@@ -3677,6 +3929,29 @@ int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *e
     return aq__eval(s, ids, n, logits, 1, err, err_len);
 }
 
+int aq_eval_greedy(aq_session *s, int32_t token, int32_t *next, char *err, size_t err_len) {
+    int32_t i, best = 0, n_vocab = s->m->cfg.n_vocab;
+#ifdef AQ_CUDA
+    if (s->cuda) {
+        if (token < 0 || token >= n_vocab) { aq__err(err, err_len, "token id %d is out of range [0, %d)", token, n_vocab); return -1; }
+        if (s->pos >= s->n_ctx) { aq__err(err, err_len, "context full: position %d, n_ctx %d", s->pos, s->n_ctx); return -1; }
+        if (aqc_step_greedy(s->cuda, token, s->pos, next, err, err_len)) return -1;
+        s->pos++;
+        s->stats.decode_steps++;
+        return 0;
+    }
+#endif
+    if (!s->greedy_logits && !(s->greedy_logits = (float *)aq__calloc((size_t)n_vocab, sizeof(float)))) {
+        aq__err(err, err_len, "out of memory");
+        return -1;
+    }
+    if (aq__eval(s, &token, 1, s->greedy_logits, 0, err, err_len)) return -1;
+    for (i = 1; i < n_vocab; i++)
+        if (s->greedy_logits[i] > s->greedy_logits[best]) best = i;
+    *next = best;
+    return 0;
+}
+
 /* Benchmarks: fills the KV cache of every layer up to n tokens with random keys and values (and
    their bounds) as if a prompt had been evaluated, without paying for the prompt.  The memory
    layout is the real one, so attention costs what it would; the selected pages are arbitrary. */
@@ -3685,6 +3960,15 @@ AQ__MAYBE_UNUSED static int aq__session_fill_random(aq_session *s, int n, uint64
     size_t kv_dim = (size_t)c->n_kv_heads * c->head_dim, i;
     float *k = (float *)aq__calloc(kv_dim, sizeof(float)), *v = (float *)aq__calloc(kv_dim, sizeof(float));
     int pos, l;
+#ifdef AQ_CUDA
+    if (s->cuda) {
+        AQ_FREE(k);
+        AQ_FREE(v);
+        if (aqc_session_fill_random(s->cuda, n, seed, err, err_len)) return -1;
+        s->pos = n;
+        return 0;
+    }
+#endif
     if (!k || !v || n > s->n_ctx) { AQ_FREE(k); AQ_FREE(v); aq__err(err, err_len, "cannot fill %d of %d positions", n, s->n_ctx); return -1; }
     for (pos = 0; pos < n; pos++) {
         if (aq__page_alloc(s, pos, err, err_len)) { AQ_FREE(k); AQ_FREE(v); return -1; }
@@ -3839,7 +4123,7 @@ int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predic
                 aq_generate_stats *stats, char *err, size_t err_len) {
     const aq_vocab *v = s->m->vocab;
     size_t len = prompt ? strlen(prompt) : 0;
-    int n_ids, i, stop = 0;
+    int n_ids, i, stop = 0, greedy;
     int32_t *ids = NULL, prev = -1, tok;
     float *logits = NULL;
     aq_generate_stats st;
@@ -3866,15 +4150,19 @@ int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predic
     }
 
     t0 = aq_time_seconds();
+    /* greedy with no repetition penalty needs only the argmax: on the GPU that keeps the logits
+       on the device (aq_eval_greedy); the first token comes from the prompt's logits */
+    greedy = smp->p.temperature <= 0.0f && (smp->p.repeat_penalty == 1.0f || smp->p.repeat_penalty <= 0.0f);
+    tok = aq_sampler_sample(smp, logits);
     for (i = 0; i < n_predict && !stop; i++) {
-        tok = aq_sampler_sample(smp, logits);
+        if (i > 0 && !greedy) tok = aq_sampler_sample(smp, logits);
         if (tok == v->eos || tok == v->bos) break;    /* end of text, or the start of another */
         aq_sampler_accept(smp, tok);
         stop = aq__emit(v, prev, tok, on_piece, user);
         prev = tok;
         st.n_generated++;
         if (aq_session_pos(s) >= aq_session_n_ctx(s)) break;
-        if (aq_eval(s, &tok, 1, logits, err, err_len)) goto fail;
+        if (greedy ? aq_eval_greedy(s, tok, &tok, err, err_len) : aq_eval(s, &tok, 1, logits, err, err_len)) goto fail;
     }
     st.decode_seconds = aq_time_seconds() - t0;
     if (stats) *stats = st;

@@ -14,6 +14,7 @@ static void usage(FILE *f) {
             "  --quest-budget N   Quest: each decode step reads only the KV pages of N tokens that\n"
             "                     can score highest for the query (0 = dense, the default)\n"
             "  --kv f32|f16       KV cache type (default f32)\n"
+            "  --gpu              run on the GPU (a `make cuda` build; falls back to the CPU, saying why)\n"
             "  --temp X           temperature, 0 = greedy (default 0.8)\n"
             "  --top-k N          keep the N most likely tokens, 0 = off (default 40)\n"
             "  --top-p X          nucleus sampling, 1 = off (default 0.95)\n"
@@ -61,6 +62,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-n")) { n_predict = (int)number(a, v, 0, 1 << 24); i++; }
         else if (!strcmp(a, "-t")) { sp.n_threads = (int)number(a, v, 1, 512); i++; }
         else if (!strcmp(a, "--ctx")) { sp.n_ctx = (int)number(a, v, 1, 1 << 24); i++; }
+        else if (!strcmp(a, "--gpu")) sp.backend = AQ_BACKEND_CUDA;
         else if (!strcmp(a, "--quest-budget")) { sp.quest_budget = (int)number(a, v, 0, 1 << 24); i++; }
         else if (!strcmp(a, "--kv") && v && (!strcmp(v, "f32") || !strcmp(v, "f16"))) { sp.kv_type = strcmp(v, "f16") ? AQ_KV_F32 : AQ_KV_F16; i++; }
         else if (!strcmp(a, "--temp")) { pp.temperature = (float)number(a, v, 0, 100); i++; }
@@ -82,6 +84,7 @@ int main(int argc, char **argv) {
     if (!m) { fprintf(stderr, "generate: %s\n", err); return 1; }
     s = aq_session_new(m, &sp, err, sizeof err);
     if (!s) { fprintf(stderr, "generate: %s\n", err); aq_model_free(m); return 1; }
+    if (sp.backend == AQ_BACKEND_CUDA) fprintf(stderr, "backend: %s\n", aq_session_backend_note(s));
     smp = aq_sampler_new(&pp, aq_model_config(m)->n_vocab);
     if (!smp) { fprintf(stderr, "generate: out of memory\n"); return 1; }
 

@@ -23,6 +23,7 @@ static void usage(FILE *f) {
             "  --dense-layers N first N layers stay dense with --quest-budget / --window (default 2)\n"
             "  --page N         KV page size in tokens (default 16)\n"
             "  --kv f32|f16     KV cache type (default f32)\n"
+            "  --gpu            run on the GPU (a `make cuda` build; falls back to the CPU, saying why)\n"
             "  -h, --help       this text\n");
 }
 
@@ -49,6 +50,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--quest-budget")) sp.quest_budget = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--window")) sp.window = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--quest-per-head")) sp.quest_per_head = 1;
+        else if (!strcmp(a, "--gpu")) sp.backend = AQ_BACKEND_CUDA;
         else if (!strcmp(a, "--dense-layers")) sp.quest_dense_layers = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 0, 1024);
         else if (!strcmp(a, "--page")) sp.page_size = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 4096);
         else if (!strcmp(a, "--kv")) {
@@ -72,6 +74,7 @@ int main(int argc, char **argv) {
     sp.n_batch = ctx;
     s = aq_session_new(m, &sp, err, sizeof err);
     if (!s) { fprintf(stderr, "aq-perplexity: %s\n", err); return 1; }
+    if (sp.backend == AQ_BACKEND_CUDA) fprintf(stderr, "backend: %s\n", aq_session_backend_note(s));
     V = aq_model_config(m)->n_vocab;
     logits = (float *)malloc(sizeof(float) * (size_t)ctx * (size_t)V);
     if (!logits) { fprintf(stderr, "aq-perplexity: out of memory\n"); return 1; }

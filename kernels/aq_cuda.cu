@@ -1,0 +1,1349 @@
+/* aq_cuda.cu - awq_quest's GPU path: the decode step and prompt batches of a Llama model on one
+   NVIDIA GPU (sm_80 and newer), behind the C ABI in aq_cuda.h.
+
+   What is where, in data-flow order:
+     activation prep   RMSNorm / SwiGLU / plain copy of a float vector into the f16 input of the
+                       next matrix product, with per-32 chunk scales and sums (see gemv below)
+     matrix products   int4 GEMV (AWQ's fp16-mantissa dequantization, 16-byte loads, one pass
+                       over the weights), f16 GEMV, and for prompts int4 -> f16 dequantization
+                       into a cuBLAS GEMM
+     KV cache          paged f16 cache, RoPE + append, per-page key bounds recomputed on append
+     Quest             bound scores, top-k page selection (radix select, ties to the lower page),
+                       sparse paged attention split over pages (flash-decoding), merge
+     step              embedding, the layers, logits, argmax; the decode step can be replayed
+                       from a CUDA graph because every kernel reads the position from device
+                       memory instead of taking it as an argument. */
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <algorithm>
+#include <vector>
+
+#include "aq_cuda.h"
+
+/* ---- errors ---- */
+
+static void aqc__err(char *err, size_t err_len, const char *fmt, ...) {
+    va_list ap;
+    if (!err || !err_len) return;
+    va_start(ap, fmt);
+    vsnprintf(err, err_len, fmt, ap);
+    va_end(ap);
+}
+
+static int aqc__cuda_failed(cudaError_t e, const char *what, char *err, size_t err_len) {
+    if (e == cudaSuccess) return 0;
+    aqc__err(err, err_len, "CUDA: %s: %s", what, cudaGetErrorString(e));
+    return 1;
+}
+
+/* Every CUDA call and every launch is checked (a launch through cudaGetLastError). */
+#define AQC_TRY(call) do { if (aqc__cuda_failed((call), #call, err, err_len)) return -1; } while (0)
+#define AQC_TRY_BLAS(call) do { cublasStatus_t st_ = (call); \
+    if (st_ != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: %s: status %d", #call, (int)st_); return -1; } } while (0)
+
+/* Positions of the small per-session state block in device memory. */
+enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
+
+/* ---- device helpers ---- */
+
+__device__ __forceinline__ float aqc__warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float aqc__warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block; red holds 32 floats.  Every thread gets the result. */
+__device__ float aqc__block_sum(float v, float *red) {
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32;
+    v = aqc__warp_sum(v);
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? red[lane] : 0.0f;
+    return aqc__warp_sum(v);
+}
+
+__device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
+    half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+
+/* ---- activation prep ----
+   The GEMV kernels read their input as f16 in chunks of 32 values, each divided by its chunk's
+   largest magnitude (so products with 4-bit codes summed in f16 cannot overflow, whatever the
+   activations' range), plus each chunk's scale and the sum of its unscaled values (for the
+   weights' per-group offsets).  The prompt path wants plain f16 (scaled = 0).  One block per
+   token; mode: RMSNorm with weights `norm`, SwiGLU silu(gate) * in, or a copy. */
+__global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
+                                float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
+    __shared__ float red[32];
+    const float *x = in + (size_t)blockIdx.x * ld_in;
+    const float *g = gate ? gate + (size_t)blockIdx.x * ld_in : NULL;
+    __half *out = xh + (size_t)blockIdx.x * ld_out;
+    float *os = xscale + (size_t)blockIdx.x * (ld_out / 32), *osum = xsum + (size_t)blockIdx.x * (ld_out / 32);
+    float inv = 1.0f;
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    if (norm) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+        ss = aqc__block_sum(ss, red);
+        inv = 1.0f / sqrtf(ss / (float)n + eps);
+    }
+    for (int c = warp; c < kp / 32; c += n_warps) {
+        int i = c * 32 + lane;
+        float v = 0.0f;
+        if (i < n) {
+            v = x[i];
+            if (norm) v = norm[i] * (inv * v);
+            if (g) v = g[i] / (1.0f + expf(-g[i])) * v;
+        }
+        float amax = aqc__warp_max(fabsf(v)), sum = aqc__warp_sum(v);
+        float scale = scaled && amax > 0.0f ? amax : 1.0f;
+        out[i] = __float2half(v / scale);
+        if (lane == 0) { os[c] = scale; osum[c] = sum; }
+    }
+}
+
+/* ---- matrix products ---- */
+
+#define AQC_GEMV_WARPS 4
+
+/* int4 GEMV, one warp per row, 32 codes (16 bytes) per lane per load.  A code q becomes the f16
+   1024 + q by OR-ing it into the mantissa of 1024.0 (0x6400), minus 1024 exactly: two integer
+   ops and one subtraction per pair, then one f16 FMA per pair against the scaled input.  Per
+   chunk: y += scale * xscale * sum(q * x') + min * sum(x). */
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
+aqc_gemv_int4_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
+                     int rows, int kp, int group, const __half *__restrict__ xh, const float *__restrict__ xscale,
+                     const float *__restrict__ xsum, float *y, int accumulate) {
+    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
+    const uint4 *w = codes + (size_t)row * n_chunks;
+    const __half *sc = scales + (size_t)row * n_groups, *mn = mins + (size_t)row * n_groups;
+    const uint4 *x4 = (const uint4 *)xh;
+    const half2 magic = __float2half2_rn(1024.0f);
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int c = lane; c < n_chunks; c += 32) {
+        uint4 wv = __ldg(w + c);
+        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+        int gi = c / chunks_per_group;
+        float d = __half2float(sc[gi]), m = __half2float(mn[gi]), qx = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 xv = __ldg(x4 + c * 4 + j);
+            const half2 *xp = (const half2 *)&xv;
+            half2 s2 = __float2half2_rn(0.0f);
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                half2 q = __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
+                s2 = __hfma2(q, xp[s], s2);
+            }
+            float2 f = __half22float2(s2);
+            qx += f.x + f.y;
+        }
+        acc += d * xscale[c] * qx + m * xsum[c];
+    }
+    acc = aqc__warp_sum(acc);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+/* f16 GEMV, one warp per row, 8 weights (16 bytes) per lane per load, f32 arithmetic. */
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
+aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __half *__restrict__ xh,
+                    const float *__restrict__ xscale, float *y, int accumulate) {
+    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const uint4 *w = w16 + (size_t)row * (kp / 8);
+    const uint4 *x4 = (const uint4 *)xh;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int c = lane; c < kp / 8; c += 32) {
+        uint4 wv = __ldg(w + c), xv = __ldg(x4 + c);
+        const half2 *wp = (const half2 *)&wv, *xp = (const half2 *)&xv;
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 a = __half22float2(wp[i]), b = __half22float2(xp[i]);
+            s += a.x * b.x + a.y * b.y;
+        }
+        acc += s * xscale[c / 4];
+    }
+    acc = aqc__warp_sum(acc);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+/* Prompt path: the int4 matrix as f16, one thread per 8 codes. */
+__global__ void aqc_dequant_int4_kernel(const uint32_t *codes, const __half *scales, const __half *mins, int64_t n_words,
+                                        int kp, int group, __half *out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_words) return;
+    int64_t row = i / (kp / 8);
+    int col = (int)(i % (kp / 8)) * 8, gi = col / group;
+    float d = __half2float(scales[row * (kp / group) + gi]), m = __half2float(mins[row * (kp / group) + gi]);
+    uint32_t word = codes[i];
+    __half *o = out + row * kp + col;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        int nibble = (e & 1) ? 4 + e / 2 : e / 2;
+        o[e] = __float2half((float)((word >> (4 * nibble)) & 15u) * d + m);
+    }
+}
+
+/* ---- embedding ---- */
+
+__global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const int *ids, float *x) {
+    const __half *row = table + (size_t)ids[blockIdx.x] * ld;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)blockIdx.x * dim + i] = __half2float(row[i]);
+}
+
+/* ---- KV cache ----
+   Layout per layer: [page][kv head][K: page_size x head_dim | V: page_size x head_dim] f16, so a
+   page of one head is two contiguous blocks.  Bounds per layer: [kv head][page][min | max] f16
+   over head_dim; keys are stored as f16, so their bounds are exact. */
+
+/* RoPE on q and k of token blockIdx.x (position *pos + blockIdx.x), then k and v into the cache. */
+__global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
+                                       const int *pos_ptr, __half *kv_layer, int page_size) {
+    const int t = blockIdx.x, pos = *pos_ptr + t, half_rot = n_rot / 2;
+    float *q = qkv + (size_t)t * qkv_dim, *k = q + (size_t)n_heads * hd, *v = k + (size_t)n_kv * hd;
+    for (int i = threadIdx.x; i < (n_heads + n_kv) * half_rot; i += blockDim.x) {
+        int h = i / half_rot, j = i % half_rot;
+        float *vec = h < n_heads ? q + (size_t)h * hd : k + (size_t)(h - n_heads) * hd;
+        float angle = (float)pos * (1.0f / powf(rope_base, (float)(2 * j) / (float)n_rot));
+        float c = cosf(angle), s = sinf(angle), x0 = vec[2 * j], x1 = vec[2 * j + 1];
+        vec[2 * j] = x0 * c - x1 * s;
+        vec[2 * j + 1] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    const int page = pos / page_size, slot = pos % page_size;
+    for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {
+        int kvh = i / hd, d = i % hd;
+        __half *base = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
+        base[(size_t)slot * hd + d] = __float2half(k[i]);
+        base[(size_t)(page_size + slot) * hd + d] = __float2half(v[i]);
+    }
+}
+
+/* Bounds of the pages holding positions *pos .. *pos + n_tokens - 1: block (kv head, page). */
+__global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_layer, int n_kv, int hd, int page_size,
+                                       int max_pages, const int *pos_ptr, int n_tokens) {
+    const int kvh = blockIdx.x, first = *pos_ptr, last = first + n_tokens - 1;
+    const int page = first / page_size + blockIdx.y;
+    if (page > last / page_size) return;
+    const int filled = min(page_size, last + 1 - page * page_size);
+    const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
+    __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        __half lo = K[d], hi = K[d];
+        for (int j = 1; j < filled; j++) {
+            __half v = K[(size_t)j * hd + d];
+            lo = __hlt(v, lo) ? v : lo;
+            hi = __hgt(v, hi) ? v : hi;
+        }
+        b[d] = lo;
+        b[hd + d] = hi;
+    }
+}
+
+/* ---- Quest ----
+   The bound of a page for the query heads of one KV head is sum_d A_d kmax_d + B_d kmin_d with
+   A_d = sum_h max(q_hd, 0), B_d = sum_h min(q_hd, 0): the largest q.k any key inside the page's
+   box could give, summed over the heads that will read it (the CPU path's aq__bound_coeffs).
+   Steps whose context fits the budget stay dense: the score kernel does nothing and the top-k
+   kernel lists every page. */
+#define AQC_SCORE_WARPS 4
+
+__global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                                       int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
+    extern __shared__ float coef[];   /* [B | A], matching [kmin | kmax] */
+    const int kvh = blockIdx.y, pos = *pos_ptr, group = n_heads / n_kv;
+    if (pos + 1 <= budget) return;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f, abs_sum = 0.0f;
+        for (int h = 0; h < group; h++) {
+            float v = q[(size_t)(kvh * group + h) * hd + d];
+            sum += v;
+            abs_sum += fabsf(v);
+        }
+        coef[hd + d] = 0.5f * (sum + abs_sum);
+        coef[d] = 0.5f * (sum - abs_sum);
+    }
+    __syncthreads();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_complete = pos / page_size;
+    for (int p = blockIdx.x * AQC_SCORE_WARPS + warp; p < n_complete; p += gridDim.x * AQC_SCORE_WARPS) {
+        const __half2 *b = (const __half2 *)(bounds_layer + ((size_t)kvh * max_pages + p) * 2 * hd);
+        float s = 0.0f;
+        for (int i = lane; i < hd; i += 32) {
+            float2 f = __half22float2(b[i]);
+            s += f.x * coef[2 * i] + f.y * coef[2 * i + 1];
+        }
+        s = aqc__warp_sum(s);
+        if (lane == 0) scores[(size_t)kvh * max_pages + p] = s;
+    }
+}
+
+__device__ __forceinline__ uint32_t aqc__order_key(float f) {   /* larger float, larger key */
+    uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+__device__ int aqc__block_exclusive_scan(int v, int *buf) {
+    const int tid = threadIdx.x;
+    buf[tid] = v;
+    __syncthreads();
+    for (int off = 1; off < (int)blockDim.x; off <<= 1) {
+        int t = tid >= off ? buf[tid - off] : 0;
+        __syncthreads();
+        buf[tid] += t;
+        __syncthreads();
+    }
+    int r = buf[tid] - v;
+    __syncthreads();
+    return r;
+}
+
+#define AQC_TOPK_THREADS 1024
+
+/* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
+   page order, then the current page.  A radix select (four passes over 8 bits) finds the key of
+   the k-th best page; a block scan then writes the pages above it and the first ties below. */
+__global__ void __launch_bounds__(AQC_TOPK_THREADS)
+aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
+    __shared__ int hist[256];
+    __shared__ int scan[AQC_TOPK_THREADS];
+    __shared__ uint32_t s_prefix;
+    __shared__ int s_k;
+    const int kvh = blockIdx.x, tid = threadIdx.x, nt = blockDim.x, pos = *pos_ptr, last = pos / page_size;
+    int *out = lists + (size_t)kvh * max_pages;
+    if (pos + 1 <= budget) {
+        for (int i = tid; i <= last; i += nt) out[i] = i;
+        if (tid == 0) list_len[kvh] = last + 1;
+        return;
+    }
+    const int keep = budget / page_size - 1, n = last;
+    const float *sc = scores + (size_t)kvh * max_pages;
+    uint32_t prefix = 0, mask = 0;
+    int k = keep;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += nt) hist[i] = 0;
+        __syncthreads();
+        for (int i = tid; i < n; i += nt) {
+            uint32_t key = aqc__order_key(sc[i]);
+            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        }
+        __syncthreads();
+        if (tid == 0) {
+            int cum = 0, b;
+            for (b = 255; b > 0; b--) {
+                if (cum + hist[b] >= k) break;
+                cum += hist[b];
+            }
+            s_prefix = prefix | ((uint32_t)b << shift);
+            s_k = k - cum;
+        }
+        __syncthreads();
+        prefix = s_prefix;
+        k = s_k;
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    /* prefix is now the k-th best key; take everything above it and the first k equal to it */
+    const int per = (n + nt - 1) / nt, b0 = min(n, tid * per), b1 = min(n, b0 + per);
+    int ties = 0;
+    for (int i = b0; i < b1; i++) ties += aqc__order_key(sc[i]) == prefix;
+    const int ties_before = aqc__block_exclusive_scan(ties, scan);
+    int selected = 0, seen = ties_before;
+    for (int i = b0; i < b1; i++) {
+        uint32_t key = aqc__order_key(sc[i]);
+        if (key > prefix || (key == prefix && seen++ < k)) selected++;
+    }
+    int o = aqc__block_exclusive_scan(selected, scan);
+    seen = ties_before;
+    for (int i = b0; i < b1; i++) {
+        uint32_t key = aqc__order_key(sc[i]);
+        if (key > prefix || (key == prefix && seen++ < k)) out[o++] = i;
+    }
+    if (tid == 0) {
+        out[keep] = last;
+        list_len[kvh] = keep + 1;
+    }
+}
+
+/* ---- attention ----
+   Block (KV head, split, token): the split's share of the page list, warps taking pages in turn.
+   A key's head_dim values are head_dim / 8 lanes' 16-byte loads, so one warp instruction reads
+   32 / (head_dim / 8) whole keys (two for head_dim 128): K and V come straight from the cache
+   in 512-byte rows and every query head of the group uses them (GQA reads a page once).  Each
+   lane keeps an online softmax over its keys; the warps' states are merged in shared memory and
+   the block writes (max, sum, unnormalized output) per head for the merge kernel. */
+#define AQC_ATT_WARPS 4
+
+template <int MAXG>
+__global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
+aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
+                     int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
+                     float *partial) {
+    extern __shared__ float sm_acc[];   /* [warps][MAXG][hd] */
+    __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
+    const int kvh = blockIdx.x, split = blockIdx.y, splits = gridDim.y, t = blockIdx.z;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int pos = *pos_ptr + t, last = pos / page_size;
+    const int n_list = lists ? list_len[kvh] : last + 1;
+    const int begin = (int)((long long)n_list * split / splits), end = (int)((long long)n_list * (split + 1) / splits);
+    const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
+    const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
+    float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
+#pragma unroll
+    for (int h = 0; h < MAXG; h++) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            qr[h][e] = h < group ? q[(size_t)h * hd + part * 8 + e] * scale : 0.0f;
+            acc[h][e] = 0.0f;
+        }
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+    }
+    for (int i = begin + warp; i < end; i += AQC_ATT_WARPS) {
+        const int page = lists ? lists[(size_t)kvh * max_pages + i] : i;
+        const int n_valid = page == last ? pos % page_size + 1 : page_size;
+        const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
+        for (int j0 = 0; j0 < page_size; j0 += keys_per_step) {
+            const int j = j0 + key_in_step;
+            const bool valid = j < n_valid;
+            uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
+            if (valid) {
+                kraw = __ldg((const uint4 *)(K + (size_t)j * hd + part * 8));
+                vraw = __ldg((const uint4 *)(V + (size_t)j * hd + part * 8));
+            }
+            float kf[8], vf[8];
+            const half2 *kp2 = (const half2 *)&kraw, *vp2 = (const half2 *)&vraw;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 a = __half22float2(kp2[e]), b = __half22float2(vp2[e]);
+                kf[2 * e] = a.x; kf[2 * e + 1] = a.y; vf[2 * e] = b.x; vf[2 * e + 1] = b.y;
+            }
+#pragma unroll
+            for (int h = 0; h < MAXG; h++) {
+                if (h >= group) break;
+                float s = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) s += qr[h][e] * kf[e];
+                for (int o = cpk / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                s = valid ? s : -INFINITY;
+                float step_max = s;
+                for (int o = cpk; o < 32; o <<= 1) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, o));
+                const float m_new = fmaxf(m[h], step_max);
+                if (m_new == -INFINITY) continue;   /* same on every lane */
+                const float corr = __expf(m[h] - m_new), p = valid ? __expf(s - m_new) : 0.0f;
+                l[h] = l[h] * corr + (part == 0 ? p : 0.0f);
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * corr + p * vf[e];
+                m[h] = m_new;
+            }
+        }
+    }
+    /* lanes holding the same dimensions (same part) add up; lane 0 has the warp's sums */
+#pragma unroll
+    for (int h = 0; h < MAXG; h++) {
+        for (int o = cpk; o < 32; o <<= 1)
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+        l[h] = aqc__warp_sum(l[h]);
+        if (h < group) {
+            if (key_in_step == 0)
+#pragma unroll
+                for (int e = 0; e < 8; e++) sm_acc[((size_t)warp * MAXG + h) * hd + part * 8 + e] = acc[h][e];
+            if (lane == 0) { sm_m[warp][h] = m[h]; sm_l[warp][h] = l[h]; }
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        const int h = idx / hd, d = idx % hd;
+        float M = -INFINITY, L = 0.0f, O = 0.0f;
+        for (int w = 0; w < AQC_ATT_WARPS; w++) M = fmaxf(M, sm_m[w][h]);
+        if (M != -INFINITY)
+            for (int w = 0; w < AQC_ATT_WARPS; w++) {
+                if (sm_m[w][h] == -INFINITY) continue;
+                float f = __expf(sm_m[w][h] - M);
+                L += sm_l[w][h] * f;
+                O += sm_acc[((size_t)w * MAXG + h) * hd + d] * f;
+            }
+        float *out = partial + ((((size_t)t * n_kv + kvh) * splits + split) * group + h) * (hd + 2);
+        out[2 + d] = O;
+        if (d == 0) { out[0] = M; out[1] = L; }
+    }
+}
+
+/* Block (query head, token): the splits' partial softmaxes into the attention output. */
+__global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd, int splits, float *out,
+                                           int64_t out_stride) {
+    const int h = blockIdx.x, t = blockIdx.y, kvh = h / group, hh = h % group;
+    const float *base = partial + ((size_t)t * n_kv + kvh) * splits * group * (hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < splits; s++) M = fmaxf(M, base[((size_t)s * group + hh) * (hd + 2)]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float L = 0.0f, O = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            const float *p = base + ((size_t)s * group + hh) * (hd + 2);
+            if (p[0] == -INFINITY) continue;
+            float f = __expf(p[0] - M);
+            L += p[1] * f;
+            O += p[2 + d] * f;
+        }
+        out[(size_t)t * out_stride + (size_t)h * hd + d] = O / L;
+    }
+}
+
+/* ---- sampling side ---- */
+
+/* Index of the largest logit (the lowest index among equals), into state[AQC_NEXT]. */
+__global__ void aqc_argmax_kernel(const float *logits, int n, int *state) {
+    __shared__ float best_v[1024];
+    __shared__ int best_i[1024];
+    float v = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        if (logits[i] > v) { v = logits[i]; idx = i; }
+    best_v[threadIdx.x] = v;
+    best_i[threadIdx.x] = idx;
+    __syncthreads();
+    for (int off = blockDim.x / 2; off > 0; off >>= 1) {
+        if ((int)threadIdx.x < off) {
+            float ov = best_v[threadIdx.x + off];
+            int oi = best_i[threadIdx.x + off];
+            if (ov > best_v[threadIdx.x] || (ov == best_v[threadIdx.x] && oi < best_i[threadIdx.x])) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) state[AQC_NEXT] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
+}
+
+/* Benchmarks and checks: uniform values in [-1, 1) from a counter-based hash. */
+__global__ void aqc_fill_random_kernel(__half *dst, int64_t n, uint64_t seed) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        uint64_t z = seed + (uint64_t)i * 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        dst[i] = __float2half((float)(z >> 40) / (float)(1ull << 23) - 1.0f);
+    }
+}
+
+/* ======================================================================================
+   Host side: device objects, upload, the forward pass.
+   ====================================================================================== */
+
+struct aqc__weight {
+    int format;
+    int64_t rows, cols, kp, group;
+    void *data;
+    __half *scales, *mins;
+};
+
+struct aqc_model {
+    aqc_config c;
+    aqc__weight tok_embd, output;
+    int output_tied;
+    std::vector<aqc__weight> qkv, wo, gate_up, down;
+    std::vector<float *> attn_norm, ffn_norm;
+    float *output_norm;
+    uint64_t bytes;
+};
+
+struct aqc_session {
+    const aqc_model *m;
+    aqc_session_config c;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int max_pages, splits, n_sms, qkv_dim;
+    int64_t x_ld;                /* row stride of the prepped activations (widest padded input) */
+    __half *kv, *bounds;         /* all layers */
+    size_t kv_layer_elems, bounds_layer_elems;
+    float *scores;               /* [n_kv][max_pages] */
+    int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
+    float *partial;
+    float *x, *qkv, *att, *hb, *logits;
+    __half *xh;
+    float *xscale, *xsum;
+    __half *wtmp;                /* a dequantized int4 matrix for prompt GEMMs */
+    int *state, *ids;
+    int *host_state;             /* pinned: token and position in, next token out */
+    cudaGraphExec_t graph;
+    int graph_ready;
+};
+
+static int aqc__malloc(void **p, size_t bytes, const char *what, char *err, size_t err_len) {
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        aqc__err(err, err_len, "CUDA: cannot allocate %.1f MiB of device memory for %s: %s", (double)bytes / 1048576.0, what,
+                 cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
+
+static void aqc__weight_free(aqc__weight *w) {
+    cudaFree(w->data);
+    cudaFree(w->scales);
+    cudaFree(w->mins);
+    memset(w, 0, sizeof *w);
+}
+
+static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, size_t err_len) {
+    size_t data_bytes;
+    if (w->format == AQC_INT4) {
+        if (w->group % 32 || w->cols_padded % w->group || w->cols_padded < w->cols) {
+            aqc__err(err, err_len, "int4 weight: group %lld and padded width %lld do not fit", (long long)w->group,
+                     (long long)w->cols_padded);
+            return -1;
+        }
+        data_bytes = (size_t)w->rows * (size_t)w->cols_padded / 2;
+    } else if (w->format == AQC_F16) {
+        if (w->cols_padded % 32 || w->cols_padded < w->cols) {
+            aqc__err(err, err_len, "f16 weight: padded width %lld is not a multiple of 32", (long long)w->cols_padded);
+            return -1;
+        }
+        data_bytes = (size_t)w->rows * (size_t)w->cols_padded * 2;
+    } else {
+        aqc__err(err, err_len, "unknown weight format %d", w->format);
+        return -1;
+    }
+    aqc__weight_free(dst);
+    dst->format = w->format;
+    dst->rows = w->rows;
+    dst->cols = w->cols;
+    dst->kp = w->cols_padded;
+    dst->group = w->group;
+    if (aqc__malloc(&dst->data, data_bytes, "a weight matrix", err, err_len)) return -1;
+    AQC_TRY(cudaMemcpy(dst->data, w->data, data_bytes, cudaMemcpyHostToDevice));
+    if (w->format == AQC_INT4) {
+        size_t sb = (size_t)w->rows * (size_t)(w->cols_padded / w->group) * 2;
+        if (aqc__malloc((void **)&dst->scales, sb, "int4 scales", err, err_len) ||
+            aqc__malloc((void **)&dst->mins, sb, "int4 offsets", err, err_len))
+            return -1;
+        AQC_TRY(cudaMemcpy(dst->scales, w->scales, sb, cudaMemcpyHostToDevice));
+        AQC_TRY(cudaMemcpy(dst->mins, w->mins, sb, cudaMemcpyHostToDevice));
+    }
+    return 0;
+}
+
+static uint64_t aqc__weight_bytes(const aqc__weight *w) {
+    if (!w->data) return 0;
+    return w->format == AQC_INT4 ? (uint64_t)w->rows * w->kp / 2 + 2 * (uint64_t)w->rows * (w->kp / w->group) * 2
+                                 : (uint64_t)w->rows * w->kp * 2;
+}
+
+extern "C" int aqc_device_name(char *name, size_t name_len, char *err, size_t err_len) {
+    int n = 0;
+    cudaDeviceProp prop;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) { aqc__err(err, err_len, "no usable CUDA device: %s", cudaGetErrorString(e)); return -1; }
+    if (n == 0) { aqc__err(err, err_len, "no CUDA device"); return -1; }
+    AQC_TRY(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major < 8) {
+        aqc__err(err, err_len, "%s is compute capability %d.%d; the kernels need 8.0 or newer", prop.name, prop.major, prop.minor);
+        return -1;
+    }
+    if (name && name_len) snprintf(name, name_len, "%s (sm_%d%d, %.0f GiB)", prop.name, prop.major, prop.minor,
+                                   (double)prop.totalGlobalMem / 1073741824.0);
+    return 0;
+}
+
+extern "C" aqc_model *aqc_model_new(const aqc_config *c, char *err, size_t err_len) {
+    aqc_model *m;
+    if (c->head_dim <= 0 || c->head_dim % 8 || (32 % (c->head_dim / 8)) || c->head_dim > 256) {
+        aqc__err(err, err_len, "the GPU path needs head_dim 8, 16, 32, 64, 128 or 256 (this model has %d)", c->head_dim);
+        return NULL;
+    }
+    if (c->n_heads / c->n_kv_heads > 8) {
+        aqc__err(err, err_len, "the GPU path handles up to 8 query heads per KV head (this model has %d)", c->n_heads / c->n_kv_heads);
+        return NULL;
+    }
+    m = new aqc_model();
+    m->c = *c;
+    m->qkv.resize(c->n_layers); m->wo.resize(c->n_layers); m->gate_up.resize(c->n_layers); m->down.resize(c->n_layers);
+    m->attn_norm.assign(c->n_layers, (float *)NULL);
+    m->ffn_norm.assign(c->n_layers, (float *)NULL);
+    m->output_norm = NULL;
+    memset(&m->tok_embd, 0, sizeof m->tok_embd);
+    memset(&m->output, 0, sizeof m->output);
+    m->output_tied = 0;
+    m->bytes = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        memset(&m->qkv[l], 0, sizeof(aqc__weight)); memset(&m->wo[l], 0, sizeof(aqc__weight));
+        memset(&m->gate_up[l], 0, sizeof(aqc__weight)); memset(&m->down[l], 0, sizeof(aqc__weight));
+    }
+    return m;
+}
+
+extern "C" void aqc_model_free(aqc_model *m) {
+    if (!m) return;
+    for (int l = 0; l < m->c.n_layers; l++) {
+        aqc__weight_free(&m->qkv[l]); aqc__weight_free(&m->wo[l]); aqc__weight_free(&m->gate_up[l]); aqc__weight_free(&m->down[l]);
+        cudaFree(m->attn_norm[l]);
+        cudaFree(m->ffn_norm[l]);
+    }
+    aqc__weight_free(&m->tok_embd);
+    if (!m->output_tied) aqc__weight_free(&m->output);
+    cudaFree(m->output_norm);
+    delete m;
+}
+
+extern "C" int aqc_model_set_weight(aqc_model *m, int layer, int slot, const aqc_weight *w, char *err, size_t err_len) {
+    const aqc_config *c = &m->c;
+    aqc__weight *dst;
+    int64_t rows, cols;
+    if (layer < 0) {
+        if (slot == AQC_TOK_EMBD) { dst = &m->tok_embd; rows = c->n_vocab; cols = c->n_embd; }
+        else if (slot == AQC_OUTPUT) { dst = &m->output; rows = c->n_vocab; cols = c->n_embd; }
+        else { aqc__err(err, err_len, "weight slot %d is not a model-level slot", slot); return -1; }
+        if (slot == AQC_TOK_EMBD && w->format != AQC_F16) { aqc__err(err, err_len, "the embedding table must be f16"); return -1; }
+    } else if (layer < c->n_layers) {
+        int64_t q_dim = (int64_t)c->n_heads * c->head_dim, kv_dim = (int64_t)c->n_kv_heads * c->head_dim;
+        switch (slot) {
+        case AQC_QKV: dst = &m->qkv[layer]; rows = q_dim + 2 * kv_dim; cols = c->n_embd; break;
+        case AQC_WO: dst = &m->wo[layer]; rows = c->n_embd; cols = q_dim; break;
+        case AQC_GATE_UP: dst = &m->gate_up[layer]; rows = 2 * (int64_t)c->n_ff; cols = c->n_embd; break;
+        case AQC_DOWN: dst = &m->down[layer]; rows = c->n_embd; cols = c->n_ff; break;
+        default: aqc__err(err, err_len, "weight slot %d is not a layer slot", slot); return -1;
+        }
+    } else {
+        aqc__err(err, err_len, "layer %d is out of range [0, %d)", layer, c->n_layers);
+        return -1;
+    }
+    if (w->rows != rows || w->cols != cols) {
+        aqc__err(err, err_len, "weight (layer %d, slot %d) is %lld x %lld, the model needs %lld x %lld", layer, slot,
+                 (long long)w->rows, (long long)w->cols, (long long)rows, (long long)cols);
+        return -1;
+    }
+    m->bytes -= aqc__weight_bytes(dst);
+    if (aqc__weight_upload(dst, w, err, err_len)) return -1;
+    m->bytes += aqc__weight_bytes(dst);
+    return 0;
+}
+
+extern "C" int aqc_model_tie_output(aqc_model *m, char *err, size_t err_len) {
+    if (!m->tok_embd.data) { aqc__err(err, err_len, "tie_output: the embedding table is not uploaded yet"); return -1; }
+    m->output = m->tok_embd;
+    m->output_tied = 1;
+    return 0;
+}
+
+extern "C" int aqc_model_set_norm(aqc_model *m, int layer, int slot, const float *w, char *err, size_t err_len) {
+    float **dst;
+    if (layer < 0 && slot == AQC_OUTPUT_NORM) dst = &m->output_norm;
+    else if (layer >= 0 && layer < m->c.n_layers && slot == AQC_ATTN_NORM) dst = &m->attn_norm[layer];
+    else if (layer >= 0 && layer < m->c.n_layers && slot == AQC_FFN_NORM) dst = &m->ffn_norm[layer];
+    else { aqc__err(err, err_len, "norm (layer %d, slot %d) does not exist", layer, slot); return -1; }
+    if (!*dst && aqc__malloc((void **)dst, (size_t)m->c.n_embd * 4, "a norm vector", err, err_len)) return -1;
+    AQC_TRY(cudaMemcpy(*dst, w, (size_t)m->c.n_embd * 4, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+extern "C" uint64_t aqc_model_bytes(const aqc_model *m) { return m->bytes; }
+
+static int aqc__model_complete(const aqc_model *m, char *err, size_t err_len) {
+    if (!m->tok_embd.data || !m->output.data || !m->output_norm) { aqc__err(err, err_len, "GPU model: embedding, output or output norm missing"); return -1; }
+    for (int l = 0; l < m->c.n_layers; l++)
+        if (!m->qkv[l].data || !m->wo[l].data || !m->gate_up[l].data || !m->down[l].data || !m->attn_norm[l] || !m->ffn_norm[l]) {
+            aqc__err(err, err_len, "GPU model: layer %d is not uploaded completely", l);
+            return -1;
+        }
+    return 0;
+}
+
+/* ---- launches shared by the forward pass and the checks ---- */
+
+static int aqc__prep(cudaStream_t st, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
+                     float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
+                     char *err, size_t err_len) {
+    aqc_prep_kernel<<<n_tokens, 256, 0, st>>>(in, gate, ld_in, norm, n, kp, eps, scaled, xh, xscale, xsum, ld_out);
+    AQC_TRY(cudaGetLastError());
+    return 0;
+}
+
+static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
+                     float *y, int accumulate, char *err, size_t err_len) {
+    int blocks = (int)((w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS);
+    if (w->format == AQC_INT4)
+        aqc_gemv_int4_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, (int)w->rows,
+                                                                      (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate);
+    else
+        aqc_gemv_f16_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
+                                                                     y, accumulate);
+    AQC_TRY(cudaGetLastError());
+    return 0;
+}
+
+/* y[n][ldy] (+)= x[n][ldx] W^T for a prompt batch: cuBLAS on f16 operands with f32 accumulation. */
+static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w, __half *wtmp, const __half *xh, int64_t ldx,
+                     int n, float *y, int64_t ldy, int accumulate, char *err, size_t err_len) {
+    const void *a = w->data;
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (w->format == AQC_INT4) {
+        int64_t n_words = w->rows * w->kp / 8;
+        aqc_dequant_int4_kernel<<<(unsigned)((n_words + 255) / 256), 256, 0, st>>>((const uint32_t *)w->data, w->scales, w->mins,
+                                                                                    n_words, (int)w->kp, (int)w->group, wtmp);
+        AQC_TRY(cudaGetLastError());
+        a = wtmp;
+    }
+    AQC_TRY_BLAS(cublasSetStream(blas, st));
+    AQC_TRY_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, n, (int)w->kp, &alpha, a, CUDA_R_16F, (int)w->kp,
+                              xh, CUDA_R_16F, (int)ldx, &beta, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+static int aqc__attention(cudaStream_t st, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
+                          const float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int page_size, const int *pos_ptr,
+                          int n_tokens, int splits, float *partial, float *out, int64_t out_stride, char *err, size_t err_len) {
+    const int group = n_heads / n_kv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    dim3 grid(n_kv, splits, n_tokens);
+    const int maxg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+    const size_t shm = (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
+#define AQC_ATTN(G) aqc_attention_kernel<G><<<grid, AQC_ATT_WARPS * 32, shm, st>>>(kv_layer, lists, list_len, max_pages, qkv, \
+        qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial)
+    if (maxg == 1) AQC_ATTN(1);
+    else if (maxg == 2) AQC_ATTN(2);
+    else if (maxg == 4) AQC_ATTN(4);
+    else AQC_ATTN(8);
+#undef AQC_ATTN
+    AQC_TRY(cudaGetLastError());
+    aqc_attention_merge_kernel<<<dim3(n_heads, n_tokens), hd < 32 ? 32 : hd, 0, st>>>(partial, n_kv, group, hd, splits, out, out_stride);
+    AQC_TRY(cudaGetLastError());
+    return 0;
+}
+
+static int aqc__quest_select(cudaStream_t st, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists,
+                             int *list_len, char *err, size_t err_len) {
+    int blocks = (max_pages + AQC_SCORE_WARPS * 8 - 1) / (AQC_SCORE_WARPS * 8);
+    aqc_quest_score_kernel<<<dim3(blocks < 1 ? 1 : blocks, n_kv), AQC_SCORE_WARPS * 32, 2 * hd * sizeof(float), st>>>(
+        q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores);
+    AQC_TRY(cudaGetLastError());
+    aqc_quest_topk_kernel<<<n_kv, AQC_TOPK_THREADS, 0, st>>>(scores, max_pages, page_size, budget, pos_ptr, lists, list_len);
+    AQC_TRY(cudaGetLastError());
+    return 0;
+}
+
+/* ---- sessions ---- */
+
+extern "C" void aqc_session_free(aqc_session *s) {
+    if (!s) return;
+    if (s->graph_ready) cudaGraphExecDestroy(s->graph);
+    if (s->blas) cublasDestroy(s->blas);
+    if (s->stream) cudaStreamDestroy(s->stream);
+    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len);
+    cudaFree(s->partial); cudaFree(s->x); cudaFree(s->qkv); cudaFree(s->att); cudaFree(s->hb); cudaFree(s->logits);
+    cudaFree(s->xh); cudaFree(s->xscale); cudaFree(s->xsum); cudaFree(s->wtmp); cudaFree(s->state); cudaFree(s->ids);
+    cudaFreeHost(s->host_state);
+    delete s;
+}
+
+static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
+    const aqc_model *m = s->m;
+    const aqc_config *c = &m->c;
+    const size_t nb = (size_t)s->c.n_batch, group = (size_t)(c->n_heads / c->n_kv_heads);
+    size_t wtmp = 0, part_tokens = nb > (size_t)s->splits ? nb : (size_t)s->splits;
+    const aqc__weight *all[4];
+    cudaDeviceProp prop;
+    AQC_TRY(cudaGetDeviceProperties(&prop, 0));
+    s->n_sms = prop.multiProcessorCount;
+    s->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
+    s->max_pages = (s->c.n_ctx + s->c.page_size - 1) / s->c.page_size;
+    /* enough blocks of attention to keep every multiprocessor's loads in flight */
+    s->splits = (8 * s->n_sms + c->n_kv_heads - 1) / c->n_kv_heads;
+    if (s->splits > 256) s->splits = 256;
+    s->x_ld = 32;
+    for (int l = 0; l < c->n_layers; l++) {
+        all[0] = &m->qkv[l]; all[1] = &m->wo[l]; all[2] = &m->gate_up[l]; all[3] = &m->down[l];
+        for (int i = 0; i < 4; i++) {
+            if (all[i]->kp > s->x_ld) s->x_ld = all[i]->kp;
+            if (all[i]->format == AQC_INT4 && (size_t)(all[i]->rows * all[i]->kp) > wtmp) wtmp = (size_t)(all[i]->rows * all[i]->kp);
+        }
+    }
+    if (m->output.kp > s->x_ld) s->x_ld = m->output.kp;
+    if (m->output.format == AQC_INT4 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
+    s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
+    s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
+    AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    AQC_TRY_BLAS(cublasCreate(&s->blas));
+    if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
+        aqc__malloc((void **)&s->bounds, s->bounds_layer_elems * c->n_layers * 2, "the Quest page bounds", err, err_len) ||
+        aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
+        aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
+        aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
+        aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * (c->head_dim + 2) * 4, "attention partials", err, err_len) ||
+        aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->qkv, nb * s->qkv_dim * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->att, nb * c->n_heads * c->head_dim * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->hb, nb * 2 * c->n_ff * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->logits, nb * c->n_vocab * 4, "logits", err, err_len) ||
+        aqc__malloc((void **)&s->xh, nb * s->x_ld * 2, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->xscale, nb * (s->x_ld / 32) * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->xsum, nb * (s->x_ld / 32) * 4, "activations", err, err_len) ||
+        aqc__malloc((void **)&s->wtmp, wtmp * 2, "dequantized weights for prompts", err, err_len) ||
+        aqc__malloc((void **)&s->state, AQC_STATE_INTS * 4, "state", err, err_len) ||
+        aqc__malloc((void **)&s->ids, nb * 4, "token ids", err, err_len))
+        return -1;
+    AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
+    AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
+    return 0;
+}
+
+extern "C" aqc_session *aqc_session_new(const aqc_model *m, const aqc_session_config *c, char *err, size_t err_len) {
+    aqc_session *s;
+    if (aqc__model_complete(m, err, err_len)) return NULL;
+    if (c->n_ctx <= 0 || c->page_size <= 0 || c->n_batch <= 0) { aqc__err(err, err_len, "GPU session: bad n_ctx, page_size or n_batch"); return NULL; }
+    if (c->quest_budget && (c->quest_budget < 2 * c->page_size)) { aqc__err(err, err_len, "GPU session: quest_budget under two pages"); return NULL; }
+    s = new aqc_session();
+    memset((void *)s, 0, sizeof *s);
+    s->m = m;
+    s->c = *c;
+    if (aqc__session_alloc(s, err, err_len)) { aqc_session_free(s); return NULL; }
+    return s;
+}
+
+extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
+    return (uint64_t)(s->kv_layer_elems + s->bounds_layer_elems) * s->m->c.n_layers * 2;
+}
+
+/* Enqueues the model over n tokens whose ids are at `ids` (device) at positions state[AQC_POS]..
+   Logits: none (want = 0), the last token's (1) or every token's (2), into s->logits.  Decode
+   steps (n == 1) end with the argmax into state[AQC_NEXT]. */
+static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int want, char *err, size_t err_len) {
+    const aqc_model *m = s->m;
+    const aqc_config *c = &m->c;
+    const int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_heads * hd, P = s->c.page_size;
+    const int scaled = n == 1, *pos_ptr = s->state + AQC_POS;
+    const int64_t xl = s->x_ld;
+    const int pages_touched = (pos0 + n - 1) / P - pos0 / P + 1;
+    const int splits = n == 1 ? s->splits : (s->splits / n > 1 ? s->splits / n : 1);
+    cudaStream_t st = s->stream;
+
+#define AQC_MATMUL(w, in_h, out, ldo, acc)                                                                                \
+    ((n == 1) ? aqc__gemv(st, (w), (in_h), s->xscale, s->xsum, (out), (acc), err, err_len)                               \
+              : aqc__gemm(st, s->blas, (w), s->wtmp, (in_h), xl, n, (out), (ldo), (acc), err, err_len))
+
+    aqc_embed_kernel<<<n, 256, 0, st>>>((const __half *)m->tok_embd.data, m->tok_embd.kp, dim, ids, s->x);
+    AQC_TRY(cudaGetLastError());
+    for (int l = 0; l < c->n_layers; l++) {
+        __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
+        const int *lists = NULL;
+        /* attention block */
+        if (aqc__prep(st, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+                      s->xsum, xl, err, err_len) ||
+            AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0))
+            return -1;
+        aqc_rope_append_kernel<<<n, 256, 0, st>>>(s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base,
+                                                  pos_ptr, kv_layer, P);
+        AQC_TRY(cudaGetLastError());
+        aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, pages_touched), hd < 32 ? 32 : hd, 0, st>>>(
+            kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n);
+        AQC_TRY(cudaGetLastError());
+        if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
+            if (aqc__quest_select(st, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages, s->c.quest_budget,
+                                  pos_ptr, s->scores, s->lists, s->list_len, err, err_len))
+                return -1;
+            lists = s->lists;
+        }
+        if (aqc__attention(st, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
+                           pos_ptr, n, splits, s->partial, s->att, q_dim, err, err_len) ||
+            aqc__prep(st, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, n, s->xh, s->xscale, s->xsum, xl,
+                      err, err_len) ||
+            AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1))
+            return -1;
+        /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
+        if (aqc__prep(st, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+                      s->xsum, xl, err, err_len) ||
+            AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0) ||
+            aqc__prep(st, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, n, s->xh,
+                      s->xscale, s->xsum, xl, err, err_len) ||
+            AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1))
+            return -1;
+    }
+    if (want == 2) {
+        if (aqc__prep(st, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, n, s->xh, s->xscale, s->xsum,
+                      xl, err, err_len) ||
+            aqc__gemm(st, s->blas, &m->output, s->wtmp, s->xh, xl, n, s->logits, c->n_vocab, 0, err, err_len))
+            return -1;
+    } else if (want == 1 || n == 1) {
+        if (aqc__prep(st, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1, 1,
+                      s->xh, s->xscale, s->xsum, xl, err, err_len) ||
+            aqc__gemv(st, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len))
+            return -1;
+        if (n == 1) {
+            aqc_argmax_kernel<<<1, 1024, 0, st>>>(s->logits, c->n_vocab, s->state);
+            AQC_TRY(cudaGetLastError());
+        }
+    }
+#undef AQC_MATMUL
+    return 0;
+}
+
+static int aqc__set_state(aqc_session *s, int token, int pos, char *err, size_t err_len) {
+    s->host_state[AQC_TOKEN] = token;
+    s->host_state[AQC_POS] = pos;
+    AQC_TRY(cudaMemcpyAsync(s->state, s->host_state, 2 * sizeof(int), cudaMemcpyHostToDevice, s->stream));
+    return 0;
+}
+
+extern "C" int aqc_eval(aqc_session *s, const int32_t *ids, int n, int pos0, float *logits, int all, char *err, size_t err_len) {
+    const int n_vocab = s->m->c.n_vocab;
+    if (n <= 0 || pos0 < 0 || pos0 + n > s->c.n_ctx) {
+        aqc__err(err, err_len, "GPU eval: %d tokens at position %d do not fit the context of %d", n, pos0, s->c.n_ctx);
+        return -1;
+    }
+    for (int done = 0; done < n; done += s->c.n_batch) {
+        const int nb = n - done < s->c.n_batch ? n - done : s->c.n_batch, last = done + nb == n;
+        const int want = !logits || (!all && !last) ? 0 : all && nb > 1 ? 2 : 1;
+        if (aqc__set_state(s, ids[done], pos0 + done, err, err_len)) return -1;
+        if (nb > 1) AQC_TRY(cudaMemcpyAsync(s->ids, ids + done, (size_t)nb * 4, cudaMemcpyHostToDevice, s->stream));
+        if (aqc__forward(s, nb == 1 ? s->state + AQC_TOKEN : s->ids, nb, pos0 + done, want, err, err_len)) return -1;
+        if (want)
+            AQC_TRY(cudaMemcpyAsync(logits + (all ? (size_t)done * n_vocab : 0), s->logits, (size_t)(want == 2 ? nb : 1) * n_vocab * 4,
+                                    cudaMemcpyDeviceToHost, s->stream));
+        AQC_TRY(cudaStreamSynchronize(s->stream));
+    }
+    return 0;
+}
+
+extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
+    if (pos < 0 || pos >= s->c.n_ctx) { aqc__err(err, err_len, "GPU step: position %d is outside the context of %d", pos, s->c.n_ctx); return -1; }
+    if (aqc__set_state(s, token, pos, err, err_len)) return -1;
+    if (s->c.use_graph) {
+        if (!s->graph_ready) {
+            cudaGraph_t g;
+            AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+            if (aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len)) {
+                cudaStreamEndCapture(s->stream, &g);
+                return -1;
+            }
+            AQC_TRY(cudaStreamEndCapture(s->stream, &g));
+            AQC_TRY(cudaGraphInstantiate(&s->graph, g, 0));
+            cudaGraphDestroy(g);
+            s->graph_ready = 1;
+        }
+        AQC_TRY(cudaGraphLaunch(s->graph, s->stream));
+    } else if (aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len)) {
+        return -1;
+    }
+    AQC_TRY(cudaMemcpyAsync(s->host_state + AQC_NEXT, s->state + AQC_NEXT, sizeof(int), cudaMemcpyDeviceToHost, s->stream));
+    AQC_TRY(cudaStreamSynchronize(s->stream));
+    *next = s->host_state[AQC_NEXT];
+    return 0;
+}
+
+extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len) {
+    const aqc_config *c = &s->m->c;
+    if (n <= 0 || n > s->c.n_ctx) { aqc__err(err, err_len, "fill: %d positions do not fit the context of %d", n, s->c.n_ctx); return -1; }
+    aqc_fill_random_kernel<<<1024, 256, 0, s->stream>>>(s->kv, (int64_t)(s->kv_layer_elems * c->n_layers), seed);
+    AQC_TRY(cudaGetLastError());
+    if (aqc__set_state(s, 0, 0, err, err_len)) return -1;
+    for (int l = 0; l < c->n_layers; l++) {
+        aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, (n + s->c.page_size - 1) / s->c.page_size), c->head_dim < 32 ? 32 : c->head_dim,
+                                 0, s->stream>>>(s->kv + s->kv_layer_elems * l, s->bounds + s->bounds_layer_elems * l,
+                                                 c->n_kv_heads, c->head_dim, s->c.page_size, s->max_pages, s->state + AQC_POS, n);
+        AQC_TRY(cudaGetLastError());
+    }
+    AQC_TRY(cudaStreamSynchronize(s->stream));
+    return 0;
+}
+
+/* ======================================================================================
+   Checks and timings for tools/aq-gpu-check.  Each builds what it needs, runs on the default
+   stream and frees everything; a failure leaks nothing that outlives the process's context.
+   ====================================================================================== */
+
+/* A scope of device allocations freed together. */
+struct aqc__scratch {
+    std::vector<void *> ptrs;
+    ~aqc__scratch() { for (size_t i = 0; i < ptrs.size(); i++) cudaFree(ptrs[i]); }
+    void *get(size_t bytes, char *err, size_t err_len) {
+        void *p = NULL;
+        if (aqc__malloc(&p, bytes, "a check", err, err_len)) return NULL;
+        ptrs.push_back(p);
+        return p;
+    }
+};
+
+extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, char *err, size_t err_len) {
+    aqc__scratch sc;
+    aqc__weight dw;
+    memset(&dw, 0, sizeof dw);
+    if (aqc__weight_upload(&dw, w, err, err_len)) { aqc__weight_free(&dw); return -1; }
+    float *dx = (float *)sc.get((size_t)w->cols * 4, err, err_len), *dy = (float *)sc.get((size_t)w->rows * 4, err, err_len);
+    __half *xh = (__half *)sc.get((size_t)w->cols_padded * 2, err, err_len);
+    float *xs = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len), *xsum = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len);
+    int rc = -1;
+    if (dx && dy && xh && xs && xsum && !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
+        !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)w->rows * 4), "poison y", err, err_len) &&
+        !aqc__prep(0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, 1, xh, xs, xsum, w->cols_padded, err, err_len) &&
+        !aqc__gemv(0, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
+        !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
+        rc = 0;
+    aqc__weight_free(&dw);
+    return rc;
+}
+
+extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *err, size_t err_len) {
+    aqc__scratch sc;
+    aqc__weight dw;
+    cublasHandle_t blas;
+    memset(&dw, 0, sizeof dw);
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: cannot create a handle"); return -1; }
+    int rc = -1;
+    if (!aqc__weight_upload(&dw, w, err, err_len)) {
+        float *dx = (float *)sc.get((size_t)n * w->cols * 4, err, err_len), *dy = (float *)sc.get((size_t)n * w->rows * 4, err, err_len);
+        __half *xh = (__half *)sc.get((size_t)n * w->cols_padded * 2, err, err_len);
+        float *xs = (float *)sc.get((size_t)n * w->cols_padded / 8, err, err_len);
+        float *xsum = (float *)sc.get((size_t)n * w->cols_padded / 8, err, err_len);
+        __half *wtmp = (__half *)sc.get((size_t)w->rows * w->cols_padded * 2, err, err_len);
+        if (dx && dy && xh && xs && xsum && wtmp &&
+            !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)n * w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
+            !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)n * w->rows * 4), "poison y", err, err_len) &&
+            !aqc__prep(0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, n, xh, xs, xsum, w->cols_padded, err, err_len) &&
+            !aqc__gemm(0, blas, &dw, wtmp, xh, w->cols_padded, n, dy, w->rows, 0, err, err_len) &&
+            !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)n * w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
+            rc = 0;
+    }
+    aqc__weight_free(&dw);
+    cublasDestroy(blas);
+    return rc;
+}
+
+/* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
+struct aqc__attn_rig {
+    int n_ctx, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits;
+    __half *kv, *bounds;
+    float *qkv, *scores, *partial, *out;
+    int *lists, *list_len, *pos;
+};
+
+static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_heads, int n_kv, int hd, int P, int layers,
+                        char *err, size_t err_len) {
+    cudaDeviceProp prop;
+    AQC_TRY(cudaGetDeviceProperties(&prop, 0));
+    r->n_ctx = n_ctx; r->n_heads = n_heads; r->n_kv = n_kv; r->hd = hd; r->P = P;
+    r->max_pages = (n_ctx + P - 1) / P;
+    r->qkv_dim = (n_heads + 2 * n_kv) * hd;
+    r->splits = (8 * prop.multiProcessorCount + n_kv - 1) / n_kv;
+    if (r->splits > 256) r->splits = 256;
+    const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
+    r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
+    r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
+    r->qkv = (float *)sc->get((size_t)r->qkv_dim * 4, err, err_len);
+    r->scores = (float *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
+    r->partial = (float *)sc->get((size_t)r->splits * n_kv * (n_heads / n_kv) * (hd + 2) * 4, err, err_len);
+    r->out = (float *)sc->get((size_t)n_heads * hd * 4, err, err_len);
+    r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
+    r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
+    r->pos = (int *)sc->get(4, err, err_len);
+    return r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos ? 0 : -1;
+}
+
+/* Attention for the query in r->qkv at position n_ctx - 1 over layer `layer` of the rig. */
+static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len) {
+    const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
+    const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
+    const int *lists = NULL;
+    if (budget) {
+        if (aqc__quest_select(st, r->qkv, r->bounds + b_elems * layer, r->n_heads, r->n_kv, r->hd, r->P, r->max_pages, budget,
+                              r->pos, r->scores, r->lists, r->list_len, err, err_len))
+            return -1;
+        lists = r->lists;
+    }
+    return aqc__attention(st, r->kv + kv_elems * layer, lists, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
+                          r->hd, r->P, r->pos, 1, r->splits, r->partial, r->out, r->n_heads * r->hd, err, err_len);
+}
+
+extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
+                                   const float *k, const float *v, const float *q, float *out, int *pages,
+                                   char *err, size_t err_len) {
+    aqc__scratch sc;
+    aqc__attn_rig r;
+    const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
+    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > 8) {
+        aqc__err(err, err_len, "attention check: unsupported shape");
+        return -1;
+    }
+    if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, 1, err, err_len)) return -1;
+    /* append every position through the real kernels (no rotation: n_rot 0), one batch */
+    float *tokens = (float *)sc.get((size_t)n_ctx * r.qkv_dim * 4, err, err_len);
+    if (!tokens) return -1;
+    std::vector<float> host((size_t)n_ctx * r.qkv_dim, 0.0f);
+    for (int t = 0; t < n_ctx; t++) {
+        memcpy(&host[(size_t)t * r.qkv_dim + q_dim], k + (size_t)t * kv_dim, (size_t)kv_dim * 4);
+        memcpy(&host[(size_t)t * r.qkv_dim + q_dim + kv_dim], v + (size_t)t * kv_dim, (size_t)kv_dim * 4);
+    }
+    AQC_TRY(cudaMemcpy(tokens, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
+    AQC_TRY(cudaMemset(r.pos, 0, 4));
+    aqc_rope_append_kernel<<<n_ctx, 256>>>(tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size);
+    AQC_TRY(cudaGetLastError());
+    aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(r.kv, r.bounds, n_kv_heads, head_dim,
+                                                                                             page_size, r.max_pages, r.pos, n_ctx);
+    AQC_TRY(cudaGetLastError());
+    int last = n_ctx - 1;
+    AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
+    AQC_TRY(cudaMemcpy(r.qkv, q, (size_t)q_dim * 4, cudaMemcpyHostToDevice));
+    AQC_TRY(cudaMemset(r.out, 0xff, (size_t)q_dim * 4));
+    if (aqc__rig_step(&r, 0, budget, 0, err, err_len)) return -1;
+    AQC_TRY(cudaMemcpy(out, r.out, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
+    if (pages && budget) {
+        const int keep = budget / page_size;
+        for (int h = 0; h < n_kv_heads; h++)
+            AQC_TRY(cudaMemcpy(pages + (size_t)h * keep, r.lists + (size_t)h * r.max_pages, (size_t)keep * 4, cudaMemcpyDeviceToHost));
+    }
+    AQC_TRY(cudaDeviceSynchronize());
+    return 0;
+}
+
+static double aqc__median(std::vector<float> &v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+/* Times fn(i) for iteration i with events around each call, after warm-up; median in us. */
+template <class F>
+static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len) {
+    cudaEvent_t a, b;
+    std::vector<float> t;
+    AQC_TRY(cudaEventCreate(&a));
+    AQC_TRY(cudaEventCreate(&b));
+    for (int i = 0; i < 3; i++)
+        if (fn(i)) return -1;
+    for (int i = 0; i < iters; i++) {
+        float ms;
+        AQC_TRY(cudaEventRecord(a));
+        if (fn(i)) return -1;
+        AQC_TRY(cudaEventRecord(b));
+        AQC_TRY(cudaEventSynchronize(b));
+        AQC_TRY(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms * 1000.0f);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    *us = aqc__median(t);
+    return 0;
+}
+
+extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len) {
+    aqc__scratch sc;
+    cublasHandle_t blas;
+    /* several copies of every matrix, so that repeated calls read device memory, not L2 */
+    const int copies = 4;
+    const size_t n_int4 = (size_t)rows * cols / 2, n_f16 = (size_t)rows * cols, n_groups = (size_t)rows * (cols / group);
+    aqc__weight w4[copies], w16[copies];
+    __half *xh = (__half *)sc.get((size_t)cols * 2, err, err_len);
+    float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
+    float *y = (float *)sc.get((size_t)rows * 4, err, err_len);
+    __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
+    if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
+    if (!xh || !xs || !xsum || !y || !yh) return -1;
+    for (int i = 0; i < copies; i++) {
+        w4[i].format = AQC_INT4; w4[i].rows = rows; w4[i].cols = w4[i].kp = cols; w4[i].group = group;
+        w16[i].format = AQC_F16; w16[i].rows = rows; w16[i].cols = w16[i].kp = cols; w16[i].group = 0;
+        w16[i].scales = w16[i].mins = NULL;
+        if (!(w4[i].data = sc.get(n_int4, err, err_len)) || !(w4[i].scales = (__half *)sc.get(n_groups * 2, err, err_len)) ||
+            !(w4[i].mins = (__half *)sc.get(n_groups * 2, err, err_len)) || !(w16[i].data = sc.get(n_f16 * 2, err, err_len)))
+            return -1;
+        /* random codes and f16 values in [-1, 1): the scales and offsets too, scaled down */
+        aqc_fill_random_kernel<<<1024, 256>>>((__half *)w4[i].data, (int64_t)(n_int4 / 2), 11 + i);
+        aqc_fill_random_kernel<<<1024, 256>>>(w4[i].scales, (int64_t)n_groups, 23 + i);
+        aqc_fill_random_kernel<<<1024, 256>>>(w4[i].mins, (int64_t)n_groups, 37 + i);
+        aqc_fill_random_kernel<<<1024, 256>>>((__half *)w16[i].data, (int64_t)n_f16, 41 + i);
+        AQC_TRY(cudaGetLastError());
+    }
+    aqc_fill_random_kernel<<<64, 256>>>(xh, cols, 5);
+    aqc_fill_random_kernel<<<64, 256>>>(yh, rows, 6);
+    AQC_TRY(cudaGetLastError());
+    {
+        std::vector<float> ones((size_t)cols / 32, 1.0f);
+        AQC_TRY(cudaMemcpy(xs, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+        AQC_TRY(cudaMemcpy(xsum, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
+    }
+    if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: cannot create a handle"); return -1; }
+    const __half one = __float2half(1.0f), zero = __float2half(0.0f);
+    int rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->int4_us, err, err_len);
+    if (!rc) rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->f16_us, err, err_len);
+    if (!rc)
+        rc = aqc__time(iters, [&](int i) {
+            cublasStatus_t st_ = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, 1, (int)cols, &one, w16[i % copies].data, CUDA_R_16F,
+                                              (int)cols, xh, CUDA_R_16F, (int)cols, &zero, yh, CUDA_R_16F, (int)rows, CUBLAS_COMPUTE_16F,
+                                              CUBLAS_GEMM_DEFAULT);
+            if (st_ != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS GEMV: status %d", (int)st_); return -1; }
+            return 0;
+        }, &t->cublas_us, err, err_len);
+    cublasDestroy(blas);
+    return rc;
+}
+
+extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
+                                  aqc_attention_timing *t, char *err, size_t err_len) {
+    aqc__scratch sc;
+    aqc__attn_rig r;
+    const size_t layer_bytes = (size_t)((n_ctx + page_size - 1) / page_size) * n_kv_heads * 2 * page_size * head_dim * 2;
+    /* enough layers that one pass over them does not fit in L2 */
+    int layers = (int)((512u << 20) / layer_bytes) + 1;
+    if (layers > 16) layers = 16;
+    if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
+    const size_t kv_elems = (size_t)r.max_pages * n_kv_heads * 2 * page_size * head_dim;
+    const size_t b_elems = (size_t)n_kv_heads * r.max_pages * 2 * head_dim;
+    aqc_fill_random_kernel<<<2048, 256>>>(r.kv, (int64_t)(kv_elems * layers), 99);
+    AQC_TRY(cudaGetLastError());
+    AQC_TRY(cudaMemset(r.pos, 0, 4));
+    for (int l = 0; l < layers; l++) {
+        aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(
+            r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx);
+        AQC_TRY(cudaGetLastError());
+    }
+    int last = n_ctx - 1;
+    AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
+    {
+        std::vector<float> q((size_t)r.qkv_dim);
+        uint64_t z = 12345;
+        for (size_t i = 0; i < q.size(); i++) {
+            z = z * 6364136223846793005ull + 1442695040888963407ull;
+            q[i] = (float)((int64_t)(z >> 40) - (1 << 23)) / (float)(1 << 23);
+        }
+        AQC_TRY(cudaMemcpy(r.qkv, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
+    }
+    /* device-to-device copy bandwidth: the ceiling for the dense kernel */
+    {
+        size_t bytes = 512u << 20;
+        void *a = sc.get(bytes, err, err_len), *b = sc.get(bytes, err, err_len);
+        double us;
+        if (!a || !b) return -1;
+        if (aqc__time(iters, [&](int) { return aqc__cuda_failed(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "copy", err, err_len) ? -1 : 0; },
+                      &us, err, err_len))
+            return -1;
+        t->copy_gbps = 2.0 * (double)bytes / (us * 1e-6) / 1e9;
+    }
+    if (aqc__time(iters, [&](int i) { return aqc__rig_step(&r, i % layers, 0, 0, err, err_len); }, &t->dense_us, err, err_len)) return -1;
+    t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
+    if (aqc__time(iters, [&](int i) { return aqc__rig_step(&r, i % layers, budget, 0, err, err_len); }, &t->quest_us, err, err_len)) return -1;
+    if (aqc__time(iters, [&](int i) {
+            return aqc__quest_select(0, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size, r.max_pages,
+                                     budget, r.pos, r.scores, r.lists, r.list_len, err, err_len);
+        }, &t->select_us, err, err_len))
+        return -1;
+    AQC_TRY(cudaDeviceSynchronize());
+    return 0;
+}

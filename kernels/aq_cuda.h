@@ -1,0 +1,112 @@
+/* aq_cuda.h - the C ABI of awq_quest's CUDA kernels (kernels/aq_cuda.cu).
+
+   awq_quest.h compiled with AQ_CUDA calls these; nothing here needs the CUDA headers, so the
+   header stays plain C.  Every call that can fail returns NULL or -1 and writes a message into
+   (err, err_len).  The objects own device memory; a session owns a CUDA stream and a cuBLAS
+   handle and must be used from one host thread at a time.
+
+   WEIGHT LAYOUT ON THE GPU (the host repacks the file's tensors into it once, at upload)
+     AQC_INT4: rows x cols_padded 4-bit codes, cols padded to a whole number of groups with zero
+     codes.  Row r is cols_padded / 8 uint32 words; word i holds elements 8i..8i+7 with element
+     8i + e in nibble n where e = {0, 2, 4, 6, 1, 3, 5, 7}[n] (so (word >> 4s) & 0x000f000f puts
+     elements 2s and 2s+1 in the low bits of the two halves of a half2: AWQ's mantissa trick).
+     scales and mins are f16 [rows][cols_padded / group]; w = q * scale + min (the file's AQ4
+     and Q4_1 blocks carry exactly this pair).
+     AQC_F16: rows x cols_padded halves, cols padded to a multiple of 32 with zeros.
+   Several matrices with the same input (q/k/v, gate/up) are uploaded as one, stacked by rows. */
+#ifndef AQ_CUDA_H
+#define AQ_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum { AQC_F16 = 0, AQC_INT4 = 1 };
+
+typedef struct {
+    int format;                     /* AQC_F16 or AQC_INT4 */
+    int64_t rows, cols;             /* cols as the model sees it (before padding) */
+    int64_t cols_padded, group;     /* group: int4 only (32, 64 or 128) */
+    const void *data;               /* host memory, layout above */
+    const uint16_t *scales, *mins;  /* int4 only */
+} aqc_weight;
+
+typedef struct {
+    int n_vocab, n_embd, n_layers, n_heads, n_kv_heads, head_dim, n_rot, n_ff;
+    float rms_eps, rope_base;
+} aqc_config;
+
+/* Per-layer slots for aqc_model_set_weight; layer -1 takes AQC_TOK_EMBD (must be AQC_F16) and
+   AQC_OUTPUT. */
+enum { AQC_QKV = 0, AQC_WO = 1, AQC_GATE_UP = 2, AQC_DOWN = 3, AQC_TOK_EMBD = 4, AQC_OUTPUT = 5 };
+/* Norm slots: per layer AQC_ATTN_NORM, AQC_FFN_NORM; layer -1 AQC_OUTPUT_NORM. */
+enum { AQC_ATTN_NORM = 0, AQC_FFN_NORM = 1, AQC_OUTPUT_NORM = 2 };
+
+typedef struct aqc_model aqc_model;
+typedef struct aqc_session aqc_session;
+
+/* 0 and the name of device 0, or -1 and why there is no usable one (no driver, no device, a
+   device older than sm_80). */
+int aqc_device_name(char *name, size_t name_len, char *err, size_t err_len);
+
+aqc_model *aqc_model_new(const aqc_config *c, char *err, size_t err_len);
+void       aqc_model_free(aqc_model *m);
+int        aqc_model_set_weight(aqc_model *m, int layer, int slot, const aqc_weight *w, char *err, size_t err_len);
+int        aqc_model_set_norm(aqc_model *m, int layer, int slot, const float *w, char *err, size_t err_len);
+/* Output shares the embedding table (tied models). */
+int        aqc_model_tie_output(aqc_model *m, char *err, size_t err_len);
+uint64_t   aqc_model_bytes(const aqc_model *m);   /* device memory the weights take */
+
+typedef struct {
+    int n_ctx, page_size, n_batch;
+    int quest_budget;        /* tokens; 0 = dense */
+    int quest_dense_layers;
+    int use_graph;           /* capture the decode step in a CUDA graph */
+} aqc_session_config;
+
+aqc_session *aqc_session_new(const aqc_model *m, const aqc_session_config *c, char *err, size_t err_len);
+void         aqc_session_free(aqc_session *s);
+uint64_t     aqc_session_kv_bytes(const aqc_session *s);
+/* Runs n tokens at positions pos0 .. pos0+n-1 (KV cache below pos0 must be filled).  n == 1 is a
+   decode step (GEMV kernels), n > 1 a prompt batch (cuBLAS).  logits (host memory, may be NULL)
+   receives the last token's n_vocab logits, or every token's when all is set. */
+int aqc_eval(aqc_session *s, const int32_t *ids, int n, int pos0, float *logits, int all, char *err, size_t err_len);
+/* One decode step whose only copy back is the argmax token: the step of greedy generation. */
+int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len);
+/* Benchmarks: random keys and values (and their page bounds) in positions 0..n-1 of every layer. */
+int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len);
+
+/* ---- kernel checks and timings for tools/aq-gpu-check (host arrays in, host arrays out) ---- */
+
+/* y[rows] = W x through the decode path (activation prep + GEMV kernel). */
+int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, char *err, size_t err_len);
+/* y[n][rows] = x[n][cols] W^T through the prompt path (dequantize + cuBLAS). */
+int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *err, size_t err_len);
+/* One decode step's attention for a single layer.  k, v: [n_ctx][n_kv_heads][head_dim] floats
+   (stored to the paged f16 cache by the append kernel, bounds by the bounds kernel), q:
+   [n_heads][head_dim].  budget 0 = dense.  out: [n_heads][head_dim]; pages (may be NULL):
+   [n_kv_heads][budget / page_size] the selected pages, ascending, current page last. */
+int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
+                        const float *k, const float *v, const float *q, float *out, int *pages,
+                        char *err, size_t err_len);
+
+typedef struct {
+    double int4_us, f16_us, cublas_us;   /* median of the GEMV on random data */
+} aqc_gemv_timing;
+int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len);
+
+typedef struct {
+    double copy_gbps;                /* device-to-device copy, bytes read + written */
+    double dense_us, dense_gbps;     /* dense paged attention, one layer, one step */
+    double quest_us, select_us;      /* score + top-k + sparse attention; score + top-k alone */
+} aqc_attention_timing;
+int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
+                       aqc_attention_timing *t, char *err, size_t err_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* AQ_CUDA_H */

@@ -1,0 +1,124 @@
+/* The GPU path's host side, which needs no GPU: the int4 repacking the CUDA kernels read (checked
+   through a C model of the kernel's dequantization), greedy steps, and the CUDA backend's
+   fallback to the CPU.  The kernels themselves are checked on a GPU by tools/gpu-check.sh. */
+
+/* What aqc_gemv_int4_kernel makes of element e of a packed row: the code OR-ed into the mantissa
+   of f16 1024.0 (0x6400), read back as f16, minus 1024, then times the scale plus the offset. */
+static float gpu_int4_value(const uint32_t *codes, const uint16_t *scales, const uint16_t *mins, int64_t group, int64_t e) {
+    uint32_t word = codes[e / 8], bits = ((word >> (4 * ((e % 8) / 2))) & 0x000f000fu) | 0x64006400u;
+    float q = aq_f16_to_f32((uint16_t)(e % 2 ? bits >> 16 : bits & 0xffffu)) - 1024.0f;
+    return q * aq_f16_to_f32(scales[e / group]) + aq_f16_to_f32(mins[e / group]);
+}
+
+static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
+    const uint32_t types[4] = {AQ_TYPE_Q4_1, AQ_TYPE_AQ4_G32, AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
+    const int64_t widths[4] = {96, 100, 200, 300}, rows = 5;
+    uint64_t seed = 7;
+    int t;
+    for (t = 0; t < 4; t++) {
+        const int64_t cols = widths[t], group = aq__int4_group(types[t]), kp = (cols + group - 1) / group * group;
+        const size_t row_bytes = (size_t)aq_type_row_bytes(types[t], cols);
+        uint8_t *data = (uint8_t *)malloc(row_bytes * rows);
+        float *src = (float *)malloc(sizeof(float) * (size_t)cols), *ref = (float *)malloc(sizeof(float) * (size_t)cols);
+        uint32_t *codes = (uint32_t *)calloc((size_t)(kp / 8), 4);
+        uint16_t *scales = (uint16_t *)calloc((size_t)(kp / group), 2), *mins = (uint16_t *)calloc((size_t)(kp / group), 2);
+        aq_weight w;
+        int64_t r, e;
+        int bad = 0;
+        w.type = types[t]; w.rows = rows; w.cols = cols; w.row_bytes = row_bytes; w.data = data; w.name = "test";
+        for (r = 0; r < rows; r++) {
+            for (e = 0; e < cols; e++) {
+                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+                src[e] = (float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 23) * (float)(r + 1);
+            }
+            CHECK(aq_quantize_row(types[t], src, data + r * row_bytes, cols) == 0);
+        }
+        for (r = 0; r < rows; r++) {
+            aq__gpu_pack_int4_row(&w, r, group, codes, scales, mins);
+            CHECK(aq_dequantize_row(types[t], data + r * row_bytes, ref, cols) == 0);
+            for (e = 0; e < cols; e++)
+                if (fabsf(gpu_int4_value(codes, scales, mins, group, e) - ref[e]) > 1e-6f * (1.0f + fabsf(ref[e]))) bad++;
+        }
+        CHECKF(bad == 0, "%s: %d of %lld values differ", aq_type_name(types[t]), bad, (long long)(rows * cols));
+        free(data); free(src); free(ref); free(codes); free(scales); free(mins);
+    }
+}
+
+/* aq_eval_greedy is aq_eval plus an argmax that keeps the lowest id among equal logits. */
+static void test_eval_greedy_is_the_argmax(void) {
+    char err[512];
+    aq_model *m = load_model(stories());
+    aq_session *a, *b;
+    const int32_t prompt[3] = {1, 403, 407};
+    float *logits;
+    int32_t tok_a, tok_b, i, k, best;
+    if (!m) return;
+    a = new_session(m, 2, 0, 0, 0);
+    b = new_session(m, 2, 0, 0, 0);
+    logits = (float *)malloc(sizeof(float) * 512);
+    CHECK(a && b && aq_eval(a, prompt, 3, logits, err, sizeof err) == 0 && aq_eval(b, prompt, 3, NULL, err, sizeof err) == 0);
+    for (best = 0, k = 1; k < 512; k++) best = logits[k] > logits[best] ? k : best;
+    tok_a = tok_b = best;
+    for (i = 0; i < 20; i++) {
+        CHECK(aq_eval(a, &tok_a, 1, logits, err, sizeof err) == 0);
+        for (best = 0, k = 1; k < 512; k++) best = logits[k] > logits[best] ? k : best;
+        tok_a = best;
+        CHECKF(aq_eval_greedy(b, tok_b, &tok_b, err, sizeof err) == 0, "%s", err);
+        CHECKF(tok_a == tok_b, "step %d: %d vs %d", i, tok_a, tok_b);
+    }
+    CHECK(aq_eval_greedy(b, 512, &tok_b, err, sizeof err) == -1 && strstr(err, "512"));
+    free(logits);
+    aq_session_free(a);
+    aq_session_free(b);
+    aq_model_free(m);
+}
+
+/* Asking for the GPU never fails the session: without one (this build, or this machine) it runs on
+   the CPU, says why, and computes exactly what a CPU session does. */
+static void test_gpu_backend_falls_back_with_a_reason(void) {
+    char err[512];
+    aq_model *m = load_model(stories());
+    aq_session_params p = aq_session_default_params();
+    aq_session *gpu, *cpu;
+    const int32_t prompt[4] = {1, 403, 407, 261};
+    float *lg, *lc;
+    int i, same = 1;
+    if (!m) return;
+    p.n_threads = 2;
+    p.backend = AQ_BACKEND_CUDA;
+    gpu = aq_session_new(m, &p, err, sizeof err);
+    p.backend = AQ_BACKEND_CPU;
+    cpu = aq_session_new(m, &p, err, sizeof err);
+    CHECK(gpu && cpu && aq_session_backend(cpu) == AQ_BACKEND_CPU && strcmp(aq_session_backend_note(cpu), "CPU") == 0);
+    if (!gpu || !cpu) { aq_session_free(gpu); aq_session_free(cpu); aq_model_free(m); return; }
+    printf("    backend: %s\n", aq_session_backend_note(gpu));
+    lg = (float *)malloc(sizeof(float) * 4 * 512);
+    lc = (float *)malloc(sizeof(float) * 4 * 512);
+    CHECK(aq_eval_all(gpu, prompt, 4, lg, err, sizeof err) == 0 && aq_eval_all(cpu, prompt, 4, lc, err, sizeof err) == 0);
+    if (aq_session_backend(gpu) == AQ_BACKEND_CPU) {
+        CHECKF(strncmp(aq_session_backend_note(gpu), "CPU: ", 5) == 0 && strlen(aq_session_backend_note(gpu)) > 12, "%s",
+               aq_session_backend_note(gpu));
+        CHECK(memcmp(lg, lc, sizeof(float) * 4 * 512) == 0);
+    } else {   /* a GPU is here: f16 arithmetic, so close rather than equal */
+        for (i = 0; i < 4 * 512; i++) same &= fabsf(lg[i] - lc[i]) < 0.05f * (1.0f + fabsf(lc[i]));
+        CHECK(same);
+    }
+#ifdef AQ_CUDA
+    aq_session_free(gpu);
+    p.backend = AQ_BACKEND_CUDA;
+    p.window = 64;
+    gpu = aq_session_new(m, &p, err, sizeof err);
+    CHECK(gpu && aq_session_backend(gpu) == AQ_BACKEND_CPU && strstr(aq_session_backend_note(gpu), "window"));
+#endif
+    free(lg);
+    free(lc);
+    aq_session_free(gpu);
+    aq_session_free(cpu);
+    aq_model_free(m);
+}
+
+static void gpu_tests(void) {
+    RUN(test_gpu_int4_packing_decodes_like_the_cpu);
+    RUN(test_eval_greedy_is_the_argmax);
+    RUN(test_gpu_backend_falls_back_with_a_reason);
+}

@@ -1,0 +1,387 @@
+/* aq-gpu-check: the GPU path against the CPU, and its speed, in one run (tools/gpu-check.sh runs
+   it on the GPU machine).  Three parts:
+     1. every kernel on fresh random inputs against a CPU reference in double precision:
+        int4 / f16 GEMV (decode), int4 / f16 GEMM (prompts), and attention (append, page bounds,
+        Quest score and top-k, sparse and dense paged attention, merge) for several shapes;
+     2. whole models teacher-forced over the same tokens of real text on GPU and CPU: prompt
+        batches and then decode steps, next-token argmax agreement and logit differences, and
+        greedy text;
+     3. one timing table: GEMV vs cuBLAS on Llama-2-7B shapes, dense vs Quest attention at 32K,
+        and the whole decode step of a Llama-2-7B-shape int4 model.
+   Exit status 1 when a check fails. */
+#define AWQ_QUEST_IMPLEMENTATION
+#include "../awq_quest.h"
+#include "tool_util.h"
+
+#ifndef AQ_CUDA
+#error "aq-gpu-check needs the CUDA build: make cuda"
+#endif
+
+static int failures;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: aq-gpu-check [options]\n"
+            "  --shared DIR       the shared data folder (models/stories260K.gguf, text/tinystories-valid.txt)\n"
+            "                     (default: " AQ_SHARED_DIR ")\n"
+            "  --int4-model PATH  an int4 model to run teacher-forced too (e.g. stories260K through aq-quantize)\n"
+            "  --model-7b PATH    a Llama-2-7B-shape int4 model for the decode-step timing (aq-synth --type aq4_g128)\n"
+            "  --tokens N         teacher-forced tokens per model (default 2000)\n"
+            "  --skip-timing      checks only\n"
+            "  -h, --help         this text\n");
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float uniform(void) {   /* [-1, 1) */
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)(rng >> 40) / (float)(1 << 23) - 1.0f;
+}
+
+static double rel_err(const float *y, const double *ref, int64_t n) {
+    double num = 0, den = 0;
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        if (!isfinite(y[i])) return INFINITY;
+        num += (y[i] - ref[i]) * (y[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static void verdict(const char *what, double err, double limit) {
+    int ok = err <= limit;
+    printf("  %-58s rel err %.2e (limit %.0e)  %s\n", what, err, limit, ok ? "ok" : "FAIL");
+    if (!ok) failures++;
+}
+
+/* ---- 1. kernels ---- */
+
+static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
+    char err[512], what[128];
+    const size_t row_bytes = (size_t)aq_type_row_bytes(type, cols);
+    uint8_t *data = (uint8_t *)malloc(row_bytes * (size_t)rows);
+    float *w = (float *)malloc(sizeof(float) * (size_t)cols), *x = (float *)malloc(sizeof(float) * (size_t)(cols * n_tokens));
+    float *y = (float *)malloc(sizeof(float) * (size_t)(rows * n_tokens));
+    double *ref = (double *)calloc((size_t)(rows * n_tokens), sizeof(double));
+    aq_weight wt;
+    const aq_weight *wp = &wt;
+    aqc_weight d;
+    int64_t r, c;
+    int t;
+    for (r = 0; r < rows; r++) {
+        for (c = 0; c < cols; c++) w[c] = 0.05f * uniform();
+        if (type == AQ_TYPE_F16)
+            for (c = 0; c < cols; c++) ((uint16_t *)(data + r * row_bytes))[c] = aq_f32_to_f16(w[c]);
+        else
+            aq_quantize_row(type, w, data + r * row_bytes, cols);
+    }
+    for (c = 0; c < cols * n_tokens; c++) x[c] = uniform();
+    for (t = 0; t < n_tokens; t++) x[(size_t)t * cols + (t * 37) % cols] = 60.0f;   /* an activation outlier */
+    for (r = 0; r < rows; r++) {
+        aq_dequantize_row(type, data + r * row_bytes, w, cols);
+        for (t = 0; t < n_tokens; t++)
+            for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * x[(size_t)t * cols + c];
+    }
+    wt.type = type; wt.rows = rows; wt.cols = cols; wt.row_bytes = row_bytes; wt.data = data; wt.name = "random";
+    if (aq__gpu_pack(&wp, 1, 0, aq__detect_simd(), &d, err, sizeof err) ||
+        (n_tokens == 1 ? aqc_check_gemv(&d, x, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
+        printf("  %s %lldx%lld: %s  FAIL\n", aq_type_name(type), (long long)rows, (long long)cols, err);
+        failures++;
+    } else {
+        snprintf(what, sizeof what, "%s %s %lld x %lld%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
+                 (long long)cols, n_tokens == 1 ? "" : ", 7 tokens");
+        verdict(what, rel_err(y, ref, rows * n_tokens), 3e-3);
+        aq__gpu_weight_free(&d);
+    }
+    free(data); free(w); free(x); free(y); free(ref);
+}
+
+static float f16_round(float x) { return aq_f16_to_f32(aq_f32_to_f16(x)); }
+
+typedef struct { double score; int page; } page_score;
+static int by_score_desc(const void *a, const void *b) {
+    const page_score *x = (const page_score *)a, *y = (const page_score *)b;
+    if (x->score != y->score) return x->score < y->score ? 1 : -1;
+    return x->page - y->page;
+}
+
+static void check_attention(int n_ctx, int n_heads, int n_kv, int hd, int P, int budget) {
+    char err[512], what[160];
+    const int kv_dim = n_kv * hd, group = n_heads / n_kv, n_pages = (n_ctx + P - 1) / P, keep = budget / P, last = (n_ctx - 1) / P;
+    float *k = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim), *v = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim);
+    float *q = (float *)malloc(sizeof(float) * (size_t)n_heads * hd), *out = (float *)malloc(sizeof(float) * (size_t)n_heads * hd);
+    double *ref = (double *)calloc((size_t)n_heads * hd, sizeof(double));
+    int *pages = (int *)calloc((size_t)(n_kv * (keep ? keep : 1)), sizeof(int));
+    page_score *ps = (page_score *)malloc(sizeof(page_score) * (size_t)n_pages);
+    double *sc = (double *)malloc(sizeof(double) * (size_t)n_ctx);
+    int64_t i;
+    int h, kvh, p, d, j, wrong_pages = 0;
+    /* keys with a per-channel bias, so that pages differ and the selection matters */
+    for (i = 0; i < (int64_t)n_ctx * kv_dim; i++) {
+        k[i] = f16_round(uniform() + 0.5f * sinf((float)(i % kv_dim) + (float)(i / kv_dim) * 0.01f));
+        v[i] = f16_round(uniform());
+    }
+    for (i = 0; i < (int64_t)n_heads * hd; i++) q[i] = 2.0f * uniform();
+    if (aqc_check_attention(n_ctx, n_heads, n_kv, hd, P, budget, k, v, q, out, pages, err, sizeof err)) {
+        printf("  attention: %s  FAIL\n", err);
+        failures++;
+        goto done;
+    }
+    for (kvh = 0; kvh < n_kv; kvh++) {
+        int *list = pages + (size_t)kvh * keep, n_list = keep;
+        int list_dense[1] = {0};
+        if (budget && n_ctx > budget) {
+            /* the CPU's selection: bound scores of complete pages, best keep-1, then the current page */
+            double A[256], B[256];
+            for (d = 0; d < hd; d++) {
+                double sum = 0, abs_sum = 0;
+                for (h = 0; h < group; h++) { sum += q[(kvh * group + h) * hd + d]; abs_sum += fabs(q[(kvh * group + h) * hd + d]); }
+                A[d] = 0.5 * (sum + abs_sum);
+                B[d] = 0.5 * (sum - abs_sum);
+            }
+            for (p = 0; p < last; p++) {
+                double s = 0;
+                for (d = 0; d < hd; d++) {
+                    float lo = INFINITY, hi = -INFINITY;
+                    for (j = p * P; j < (p + 1) * P; j++) {
+                        float x = k[(size_t)j * kv_dim + kvh * hd + d];
+                        lo = x < lo ? x : lo;
+                        hi = x > hi ? x : hi;
+                    }
+                    s += A[d] * hi + B[d] * lo;
+                }
+                ps[p].score = s;
+                ps[p].page = p;
+            }
+            qsort(ps, (size_t)last, sizeof *ps, by_score_desc);
+            for (j = 0; j < keep - 1; j++) {
+                int found = 0, g;
+                for (g = 0; g < keep - 1; g++) found |= list[g] == ps[j].page;
+                /* a page may differ only where the scores tie to rounding */
+                if (!found && fabs(ps[j].score - ps[keep - 2].score) > 1e-4 * (1 + fabs(ps[j].score))) wrong_pages++;
+            }
+            if (list[keep - 1] != last) wrong_pages++;
+            for (j = 1; j < keep; j++)
+                if (list[j] <= list[j - 1]) wrong_pages++;   /* ascending */
+        } else {
+            n_list = 0;
+            list = list_dense;
+        }
+        /* reference attention over the pages the GPU read (all of them when dense) */
+        for (h = kvh * group; h < (kvh + 1) * group; h++) {
+            double mx = -INFINITY, sum = 0;
+            int n_keys = 0;
+            for (p = 0; p < (n_list ? n_list : n_pages); p++) {
+                int page = n_list ? list[p] : p;
+                for (j = page * P; j < (page + 1) * P && j < n_ctx; j++) {
+                    double s = 0;
+                    for (d = 0; d < hd; d++) s += (double)q[h * hd + d] * k[(size_t)j * kv_dim + kvh * hd + d];
+                    sc[n_keys++] = s / sqrt((double)hd);
+                    mx = sc[n_keys - 1] > mx ? sc[n_keys - 1] : mx;
+                }
+            }
+            n_keys = 0;
+            for (p = 0; p < (n_list ? n_list : n_pages); p++) {
+                int page = n_list ? list[p] : p;
+                for (j = page * P; j < (page + 1) * P && j < n_ctx; j++) {
+                    double e = exp(sc[n_keys++] - mx);
+                    sum += e;
+                    for (d = 0; d < hd; d++) ref[h * hd + d] += e * v[(size_t)j * kv_dim + kvh * hd + d];
+                }
+            }
+            for (d = 0; d < hd; d++) ref[h * hd + d] /= sum;
+        }
+    }
+    snprintf(what, sizeof what, "attention %s ctx %d, %d heads / %d KV, hd %d%s", budget && n_ctx > budget ? "Quest" : "dense", n_ctx,
+             n_heads, n_kv, hd, budget && n_ctx > budget ? ", pages as the CPU picks" : "");
+    if (wrong_pages) {
+        printf("  %-58s %d pages differ from the CPU's selection  FAIL\n", what, wrong_pages);
+        failures++;
+    }
+    verdict(what, rel_err(out, ref, (int64_t)n_heads * hd), 1e-3);
+done:
+    free(k); free(v); free(q); free(out); free(ref); free(pages); free(ps); free(sc);
+}
+
+/* ---- 2. models ---- */
+
+static void check_model(const char *path, const char *text, int n_tokens, int budget) {
+    char err[512];
+    aq_model *m = aq_model_load(path, err, sizeof err);
+    aq_session_params p = aq_session_default_params();
+    aq_session *cpu = NULL, *gpu = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    float *lc = NULL, *lg = NULL;
+    int V, window = 500, prompt = 100, pos, t, agree = 0, scored = 0, k;
+    double max_diff = 0, sum_diff = 0;
+    if (!m) { printf("  %s: %s  FAIL\n", path, err); failures++; return; }
+    V = aq_model_config(m)->n_vocab;
+    ids = tool_tokenize_documents("aq-gpu-check", aq_model_vocab(m), text, n_tokens, &n);
+    p.n_ctx = window; p.n_batch = window; p.quest_budget = budget;
+    cpu = aq_session_new(m, &p, err, sizeof err);
+    p.backend = AQ_BACKEND_CUDA;
+    gpu = aq_session_new(m, &p, err, sizeof err);
+    if (!ids || !cpu || !gpu || aq_session_backend(gpu) != AQ_BACKEND_CUDA) {
+        printf("  %s: %s  FAIL\n", path, gpu ? aq_session_backend_note(gpu) : err);
+        failures++;
+        goto done;
+    }
+    lc = (float *)malloc(sizeof(float) * (size_t)window * V);
+    lg = (float *)malloc(sizeof(float) * (size_t)window * V);
+    /* windows of 500 tokens: the first 100 as one prompt batch, the rest one decode step each */
+    for (pos = 0; pos + 1 < n; pos += window) {
+        int len = n - pos < window ? (int)(n - pos) : window, first = len < prompt ? len : prompt;
+        aq_session_reset(cpu);
+        aq_session_reset(gpu);
+        if (aq_eval_all(cpu, ids + pos, first, lc, err, sizeof err) || aq_eval_all(gpu, ids + pos, first, lg, err, sizeof err)) break;
+        for (t = first; t < len; t++)
+            if (aq_eval(cpu, ids + pos + t, 1, lc + (size_t)t * V, err, sizeof err) ||
+                aq_eval(gpu, ids + pos + t, 1, lg + (size_t)t * V, err, sizeof err))
+                break;
+        if (t < len) break;
+        for (t = 0; t + 1 < len; t++, scored++) {
+            const float *a = lc + (size_t)t * V, *b = lg + (size_t)t * V;
+            int ba = 0, bb = 0;
+            for (k = 0; k < V; k++) {
+                double dd = fabs((double)a[k] - b[k]);
+                max_diff = dd > max_diff ? dd : max_diff;
+                sum_diff += dd;
+                ba = a[k] > a[ba] ? k : ba;
+                bb = b[k] > b[bb] ? k : bb;
+            }
+            agree += ba == bb;
+        }
+    }
+    if (pos + 1 < n) { printf("  %s: %s  FAIL\n", path, err); failures++; goto done; }
+    printf("  %-40s %s%d tokens: argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f  %s\n", path, budget ? "Quest 64, " : "",
+           scored, 100.0 * agree / scored, sum_diff / ((double)scored * V), max_diff,
+           budget || agree >= 0.99 * scored ? "ok" : "FAIL");
+    if (!budget && agree < 0.99 * scored) failures++;
+    if (!budget) {   /* greedy generation: the decode loop with the argmax on the device */
+        int32_t tc[128], tg[128];
+        int nc = 0, ng = 0, same = 0;
+        aq_session_reset(cpu);
+        aq_session_reset(gpu);
+        if (aq_eval(cpu, ids, 8, lc, err, sizeof err) == 0 && aq_eval(gpu, ids, 8, lg, err, sizeof err) == 0) {
+            for (k = 1, tc[0] = 0; k < V; k++) tc[0] = lc[k] > lc[tc[0]] ? k : tc[0];
+            for (k = 1, tg[0] = 0; k < V; k++) tg[0] = lg[k] > lg[tg[0]] ? k : tg[0];
+            for (nc = 1; nc < 128 && !aq_eval_greedy(cpu, tc[nc - 1], &tc[nc], err, sizeof err); nc++) {}
+            for (ng = 1; ng < 128 && !aq_eval_greedy(gpu, tg[ng - 1], &tg[ng], err, sizeof err); ng++) {}
+            while (same < nc && same < ng && tc[same] == tg[same]) same++;
+        }
+        printf("  %-40s greedy: first %d of 128 tokens identical to the CPU's\n", "", same);
+    }
+done:
+    free(ids); free(lc); free(lg);
+    aq_session_free(cpu);
+    aq_session_free(gpu);
+    aq_model_free(m);
+}
+
+/* ---- 3. timing ---- */
+
+static void time_decode(aq_model *m, int ctx, int budget, int no_graph) {
+    char err[512];
+    aq_session_params p = aq_session_default_params();
+    aq_session *s;
+    int32_t tok = 1;
+    int i, steps = 24;
+    double t0, ms;
+    p.backend = AQ_BACKEND_CUDA;
+    p.n_ctx = ctx + 64;
+    p.n_batch = 8;
+    p.quest_budget = budget;
+    p.no_cuda_graph = no_graph;
+    s = aq_session_new(m, &p, err, sizeof err);
+    if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
+        printf("  decode step ctx %d: %s  FAIL\n", ctx, s ? (aq_session_backend(s) != AQ_BACKEND_CUDA ? aq_session_backend_note(s) : err) : err);
+        failures++;
+        aq_session_free(s);
+        return;
+    }
+    for (i = 0; i < 4; i++) aq_eval_greedy(s, tok, &tok, err, sizeof err);
+    t0 = aq_time_seconds();
+    for (i = 0; i < steps; i++)
+        if (aq_eval_greedy(s, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
+    ms = (aq_time_seconds() - t0) * 1e3 / steps;
+    printf("  decode step, %5d context, %-12s %-9s %8.2f ms/token  %6.1f tok/s\n", ctx, budget ? "Quest 2048" : "dense",
+           no_graph ? "no graph" : "graph", ms, 1e3 / ms);
+    aq_session_free(s);
+}
+
+int main(int argc, char **argv) {
+    const char *shared = AQ_SHARED_DIR, *int4_model = NULL, *model_7b = NULL;
+    char path[1024], text[1024], err[512], name[256];
+    int n_tokens = 2000, timing = 1, i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--shared")) shared = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--int4-model")) int4_model = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
+        else if (!strcmp(a, "--skip-timing")) timing = 0;
+        else { fprintf(stderr, "aq-gpu-check: unknown option %s\n", a); usage(stderr); return 2; }
+    }
+    if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
+    printf("device: %s\n\n1. kernels against the CPU (fresh random inputs)\n", name);
+    check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1);
+    check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1);
+    check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1);
+    check_matmul(AQ_TYPE_Q4_1, 257, 96, 1);
+    check_matmul(AQ_TYPE_F16, 4096, 4096, 1);
+    check_matmul(AQ_TYPE_F16, 300, 200, 1);
+    check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7);
+    check_matmul(AQ_TYPE_F16, 1000, 300, 7);
+    check_attention(3000, 32, 32, 128, 16, 0);
+    check_attention(3000, 32, 32, 128, 16, 512);
+    check_attention(4001, 32, 8, 128, 16, 1024);
+    check_attention(1000, 8, 4, 8, 16, 256);
+    check_attention(777, 16, 2, 64, 16, 128);
+    check_attention(500, 4, 4, 256, 32, 128);
+    check_attention(100, 32, 8, 128, 16, 512);   /* fits the budget: dense */
+
+    printf("\n2. models teacher-forced on GPU and CPU\n");
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
+    snprintf(text, sizeof text, "%s/text/tinystories-valid.txt", shared);
+    check_model(path, text, n_tokens, 0);
+    check_model(path, text, n_tokens, 64);
+    if (int4_model) check_model(int4_model, text, n_tokens, 0);
+
+    if (timing) {
+        static const int64_t shapes[4][2] = {{12288, 4096}, {22016, 4096}, {4096, 11008}, {4096, 4096}};
+        aqc_attention_timing at;
+        aqc_gemv_timing gt;
+        int kv;
+        printf("\n3. timing (median of 100 runs; matrices and caches rotated so they come from memory, not L2)\n");
+        printf("  %-16s %10s %10s %10s %10s %12s\n", "GEMV", "int4 g128", "f16 (ours)", "cuBLAS f16", "int4 speedup", "int4 GB/s");
+        for (i = 0; i < 4; i++) {
+            if (aqc_time_gemv(shapes[i][0], shapes[i][1], 128, 100, &gt, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
+            printf("  %6lld x %-7lld %8.1f us %8.1f us %8.1f us %11.2fx %12.0f\n", (long long)shapes[i][0], (long long)shapes[i][1], gt.int4_us,
+                   gt.f16_us, gt.cublas_us, gt.cublas_us / gt.int4_us,
+                   ((double)shapes[i][0] * shapes[i][1] * (0.5 + 4.0 / 128)) / (gt.int4_us * 1e-6) / 1e9);
+        }
+        for (kv = 32; kv >= 8; kv -= 24) {
+            if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
+            printf("  attention 32K, 32 heads / %2d KV: dense %7.1f us (%5.0f GB/s, %3.0f%% of copy %4.0f GB/s), Quest 2048 %6.1f us "
+                   "(selection %5.1f us): %.2fx\n",
+                   kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
+                   at.dense_us / at.quest_us);
+        }
+        if (model_7b) {
+            aq_model *m = aq_model_load(model_7b, err, sizeof err);
+            if (!m) { printf("  %s  FAIL\n", err); failures++; }
+            else {
+                time_decode(m, 4096, 0, 1);
+                time_decode(m, 4096, 0, 0);
+                time_decode(m, 4096, 2048, 0);
+                time_decode(m, 32768, 0, 0);
+                time_decode(m, 32768, 2048, 0);
+                aq_model_free(m);
+            }
+        }
+    }
+    printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,51 @@
+#!/bin/sh
+# gpu-check.sh - the whole GPU check in one run, sized for a short lease on a GPU machine (under
+# 6 minutes on an H100): build for this GPU, check every kernel against the CPU on fresh random
+# inputs, run stories260K and an int4 model teacher-forced on GPU and CPU, print one timing table.
+#
+#   tools/gpu-check.sh --prepare   on the machine you work on: copies what the GPU machine lacks
+#                                  (stb_ds.h, and the shared model and text, which live outside the
+#                                  repository) into third_party/ (git-ignored); carry that folder
+#   tools/gpu-check.sh             on the GPU machine
+#
+# Environment: CUDA_ARCH (default 90), SHARED (default third_party/shared if present, else
+# ../shared), OUT (if set, the log and the timing table are also written there).
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+    mkdir -p third_party/stb third_party/shared/models third_party/shared/text
+    cp /usr/include/stb/stb_ds.h third_party/stb/
+    cp ../shared/models/stories260K.gguf third_party/shared/models/
+    cp ../shared/text/tinystories-valid.txt third_party/shared/text/
+    du -sh third_party
+    exit 0
+fi
+
+start=$(date +%s)
+if [ -z "${SHARED:-}" ]; then
+    if [ -d third_party/shared ]; then SHARED=third_party/shared; else SHARED=../shared; fi
+fi
+STB=/usr/include/stb
+[ -f $STB/stb_ds.h ] || STB=third_party/stb
+LOG=${OUT:-build}/gpu-check.log
+mkdir -p build "$(dirname "$LOG")"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || true
+
+echo "== build (CUDA_ARCH=${CUDA_ARCH:-90})"
+make -s cuda CUDA_ARCH="${CUDA_ARCH:-90}" STB_INCLUDE=$STB SHARED=$SHARED -j"$(nproc)" >build/gpu-check-build.log 2>&1 ||
+    { tail -40 build/gpu-check-build.log; exit 1; }
+B=build/cuda
+
+echo "== models ($(($(date +%s) - start)) s)"
+$B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf >/dev/null
+[ -f build/llama2-7b-aq4.gguf ] ||
+    $B/tools/aq-synth --preset llama2-7b --type aq4_g128 -o build/llama2-7b-aq4.gguf >/dev/null
+
+echo "== aq-gpu-check ($(($(date +%s) - start)) s)"
+status=0
+$B/tools/aq-gpu-check --shared $SHARED --int4-model build/stories260K-rtn-g32.gguf --model-7b build/llama2-7b-aq4.gguf \
+    >"$LOG" 2>&1 || status=$?
+cat "$LOG"
+echo "== done in $(($(date +%s) - start)) s, status $status"
+exit $status
