@@ -185,6 +185,61 @@ aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __hal
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
+/* OliVe GEMV: the int4 kernel's shape, but a byte is a pair of elements, decoded through the
+   weight's 2 x 256-entry table of f16 pairs (exact: the values are small integers) held in shared
+   memory; a group's scale sign picks the table.  The table comes from the host's decoder, so the
+   GPU cannot disagree with the CPU about what a byte means. */
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
+aqc_gemv_ovp_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
+                    const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
+                    const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
+    __shared__ half2 lut[512];
+    for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
+    __syncthreads();
+    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
+    const uint4 *w = codes + (size_t)row * n_chunks;
+    const __half *sc = scales + (size_t)row * n_groups, *mn = mins + (size_t)row * n_groups;
+    const uint4 *x4 = (const uint4 *)xh;
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int c = lane; c < n_chunks; c += 32) {
+        uint4 wv = __ldg(w + c);
+        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+        int gi = c / chunks_per_group;
+        float d = __half2float(sc[gi]), m = __half2float(mn[gi]), qx = 0.0f;
+        const half2 *t = lut + ((__half_as_ushort(sc[gi]) & 0x8000u) ? 256 : 0);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint4 xv = __ldg(x4 + c * 4 + j);
+            const half2 *xp = (const half2 *)&xv;
+            half2 s2 = __float2half2_rn(0.0f);
+#pragma unroll
+            for (int b = 0; b < 4; b++) s2 = __hfma2(t[(words[j] >> (8 * b)) & 255u], xp[b], s2);
+            float2 f = __half22float2(s2);
+            qx += f.x + f.y;
+        }
+        acc += fabsf(d) * xscale[c] * qx + m * xsum[c];
+    }
+    acc = aqc__warp_sum(acc);
+    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+}
+
+/* Prompt path: an OliVe matrix as f16, one thread per byte (pair). */
+__global__ void aqc_dequant_ovp_kernel(const uint8_t *codes, const __half *scales, const __half *mins, const half2 *table,
+                                       int64_t n_bytes, int kp, int group, __half *out) {
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_bytes) return;
+    int64_t row = i / (kp / 2);
+    int col = (int)(i % (kp / 2)) * 2;
+    __half s = scales[row * (kp / group) + col / group];
+    float d = fabsf(__half2float(s)), m = __half2float(mins[row * (kp / group) + col / group]);
+    float2 v = __half22float2(table[((__half_as_ushort(s) & 0x8000u) ? 256 : 0) + codes[i]]);
+    out[row * kp + col] = __float2half(v.x * d + m);
+    out[row * kp + col + 1] = __float2half(v.y * d + m);
+}
+
 /* Prompt path: the int4 matrix as f16, one thread per 8 codes. */
 __global__ void aqc_dequant_int4_kernel(const uint32_t *codes, const __half *scales, const __half *mins, int64_t n_words,
                                         int kp, int group, __half *out) {
@@ -554,6 +609,7 @@ struct aqc__weight {
     int64_t rows, cols, kp, group;
     void *data;
     __half *scales, *mins;
+    half2 *lut;                  /* OVP: [2][256] decoded pairs */
 };
 
 struct aqc_model {
@@ -603,14 +659,16 @@ static void aqc__weight_free(aqc__weight *w) {
     cudaFree(w->data);
     cudaFree(w->scales);
     cudaFree(w->mins);
+    cudaFree(w->lut);
     memset(w, 0, sizeof *w);
 }
 
 static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, size_t err_len) {
     size_t data_bytes;
-    if (w->format == AQC_INT4) {
-        if (w->group % 32 || w->cols_padded % w->group || w->cols_padded < w->cols) {
-            aqc__err(err, err_len, "int4 weight: group %lld and padded width %lld do not fit", (long long)w->group,
+    if (w->format == AQC_INT4 || w->format == AQC_OVP) {
+        if (w->group <= 0 || w->group % 32 || w->cols_padded % w->group || w->cols_padded < w->cols ||
+            (w->format == AQC_OVP && !w->ovp_table)) {
+            aqc__err(err, err_len, "4-bit weight: group %lld and padded width %lld do not fit", (long long)w->group,
                      (long long)w->cols_padded);
             return -1;
         }
@@ -633,7 +691,13 @@ static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, 
     dst->group = w->group;
     if (aqc__malloc(&dst->data, data_bytes, "a weight matrix", err, err_len)) return -1;
     AQC_TRY(cudaMemcpy(dst->data, w->data, data_bytes, cudaMemcpyHostToDevice));
-    if (w->format == AQC_INT4) {
+    if (w->format == AQC_OVP) {
+        half2 lut[512];
+        for (int i = 0; i < 512; i++) lut[i] = __floats2half2_rn(w->ovp_table[2 * i], w->ovp_table[2 * i + 1]);
+        if (aqc__malloc((void **)&dst->lut, sizeof lut, "the OliVe table", err, err_len)) return -1;
+        AQC_TRY(cudaMemcpy(dst->lut, lut, sizeof lut, cudaMemcpyHostToDevice));
+    }
+    if (w->format != AQC_F16) {
         size_t sb = (size_t)w->rows * (size_t)(w->cols_padded / w->group) * 2;
         if (aqc__malloc((void **)&dst->scales, sb, "int4 scales", err, err_len) ||
             aqc__malloc((void **)&dst->mins, sb, "int4 offsets", err, err_len))
@@ -646,8 +710,8 @@ static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, 
 
 static uint64_t aqc__weight_bytes(const aqc__weight *w) {
     if (!w->data) return 0;
-    return w->format == AQC_INT4 ? (uint64_t)w->rows * w->kp / 2 + 2 * (uint64_t)w->rows * (w->kp / w->group) * 2
-                                 : (uint64_t)w->rows * w->kp * 2;
+    return w->format != AQC_F16 ? (uint64_t)w->rows * w->kp / 2 + 2 * (uint64_t)w->rows * (w->kp / w->group) * 2
+                                : (uint64_t)w->rows * w->kp * 2;
 }
 
 extern "C" int aqc_device_name(char *name, size_t name_len, char *err, size_t err_len) {
@@ -785,6 +849,9 @@ static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, co
     if (w->format == AQC_INT4)
         aqc_gemv_int4_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, (int)w->rows,
                                                                       (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate);
+    else if (w->format == AQC_OVP)
+        aqc_gemv_ovp_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut, (int)w->rows,
+                                                                     (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate);
     else
         aqc_gemv_f16_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
                                                                      y, accumulate);
@@ -801,6 +868,12 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
         int64_t n_words = w->rows * w->kp / 8;
         aqc_dequant_int4_kernel<<<(unsigned)((n_words + 255) / 256), 256, 0, st>>>((const uint32_t *)w->data, w->scales, w->mins,
                                                                                     n_words, (int)w->kp, (int)w->group, wtmp);
+        AQC_TRY(cudaGetLastError());
+        a = wtmp;
+    } else if (w->format == AQC_OVP) {
+        int64_t n_bytes = w->rows * w->kp / 2;
+        aqc_dequant_ovp_kernel<<<(unsigned)((n_bytes + 255) / 256), 256, 0, st>>>((const uint8_t *)w->data, w->scales, w->mins, w->lut,
+                                                                                   n_bytes, (int)w->kp, (int)w->group, wtmp);
         AQC_TRY(cudaGetLastError());
         a = wtmp;
     }
@@ -876,11 +949,11 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         all[0] = &m->qkv[l]; all[1] = &m->wo[l]; all[2] = &m->gate_up[l]; all[3] = &m->down[l];
         for (int i = 0; i < 4; i++) {
             if (all[i]->kp > s->x_ld) s->x_ld = all[i]->kp;
-            if (all[i]->format == AQC_INT4 && (size_t)(all[i]->rows * all[i]->kp) > wtmp) wtmp = (size_t)(all[i]->rows * all[i]->kp);
+            if (all[i]->format != AQC_F16 && (size_t)(all[i]->rows * all[i]->kp) > wtmp) wtmp = (size_t)(all[i]->rows * all[i]->kp);
         }
     }
     if (m->output.kp > s->x_ld) s->x_ld = m->output.kp;
-    if (m->output.format == AQC_INT4 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
+    if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
@@ -1250,14 +1323,17 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     /* several copies of every matrix, so that repeated calls read device memory, not L2 */
     const int copies = 4;
     const size_t n_int4 = (size_t)rows * cols / 2, n_f16 = (size_t)rows * cols, n_groups = (size_t)rows * (cols / group);
-    aqc__weight w4[copies], w16[copies];
+    aqc__weight w4[copies], wo[copies], w16[copies];
+    half2 *lut = (half2 *)sc.get(512 * sizeof(half2), err, err_len);
     __half *xh = (__half *)sc.get((size_t)cols * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
     float *y = (float *)sc.get((size_t)rows * 4, err, err_len);
     __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
     if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
-    if (!xh || !xs || !xsum || !y || !yh) return -1;
+    if (!xh || !xs || !xsum || !y || !yh || !lut) return -1;
+    aqc_fill_random_kernel<<<4, 256>>>((__half *)lut, 1024, 3);
     for (int i = 0; i < copies; i++) {
+        w4[i].lut = w16[i].lut = NULL;
         w4[i].format = AQC_INT4; w4[i].rows = rows; w4[i].cols = w4[i].kp = cols; w4[i].group = group;
         w16[i].format = AQC_F16; w16[i].rows = rows; w16[i].cols = w16[i].kp = cols; w16[i].group = 0;
         w16[i].scales = w16[i].mins = NULL;
@@ -1270,6 +1346,9 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
         aqc_fill_random_kernel<<<1024, 256>>>(w4[i].mins, (int64_t)n_groups, 37 + i);
         aqc_fill_random_kernel<<<1024, 256>>>((__half *)w16[i].data, (int64_t)n_f16, 41 + i);
         AQC_TRY(cudaGetLastError());
+        wo[i] = w4[i];   /* the same bytes read as OliVe pairs: only the decode differs */
+        wo[i].format = AQC_OVP;
+        wo[i].lut = lut;
     }
     aqc_fill_random_kernel<<<64, 256>>>(xh, cols, 5);
     aqc_fill_random_kernel<<<64, 256>>>(yh, rows, 6);
@@ -1282,6 +1361,7 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: cannot create a handle"); return -1; }
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
     int rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->int4_us, err, err_len);
+    if (!rc) rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->ovp_us, err, err_len);
     if (!rc) rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->f16_us, err, err_len);
     if (!rc)
         rc = aqc__time(iters, [&](int i) {

@@ -12,6 +12,10 @@
      elements 2s and 2s+1 in the low bits of the two halves of a half2: AWQ's mantissa trick).
      scales and mins are f16 [rows][cols_padded / group]; w = q * scale + min (the file's AQ4
      and Q4_1 blocks carry exactly this pair).
+     AQC_OVP: OliVe outlier-victim pairs, rows x cols_padded / 2 bytes, byte j of a row holding
+     elements 2j (low nibble) and 2j+1 (high nibble); scales and mins as for int4, where a scale's
+     sign bit picks the group's normal grid (0: int4, 1: flint4) and w = v * |scale| + min, with
+     (v[2j], v[2j+1]) = ovp_table[grid][byte], the decoder's own table handed over by the host.
      AQC_F16: rows x cols_padded halves, cols padded to a multiple of 32 with zeros.
    Several matrices with the same input (q/k/v, gate/up) are uploaded as one, stacked by rows. */
 #ifndef AQ_CUDA_H
@@ -24,14 +28,15 @@
 extern "C" {
 #endif
 
-enum { AQC_F16 = 0, AQC_INT4 = 1 };
+enum { AQC_F16 = 0, AQC_INT4 = 1, AQC_OVP = 2 };
 
 typedef struct {
     int format;                     /* AQC_F16 or AQC_INT4 */
     int64_t rows, cols;             /* cols as the model sees it (before padding) */
-    int64_t cols_padded, group;     /* group: int4 only (32, 64 or 128) */
+    int64_t cols_padded, group;     /* group: int4 and OVP (32, 64 or 128) */
     const void *data;               /* host memory, layout above */
-    const uint16_t *scales, *mins;  /* int4 only */
+    const uint16_t *scales, *mins;  /* int4 and OVP */
+    const float *ovp_table;         /* OVP: [2 grids][256 bytes][2 values] */
 } aqc_weight;
 
 typedef struct {
@@ -94,7 +99,7 @@ int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, in
                         char *err, size_t err_len);
 
 typedef struct {
-    double int4_us, f16_us, cublas_us;   /* median of the GEMV on random data */
+    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */
 } aqc_gemv_timing;
 int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len);
 
