@@ -1514,13 +1514,15 @@ AQ__AVX2 static void aq__ovp_dequantize_row_avx2(int64_t G, const uint8_t *b, fl
         __m128 h = aq__ovp_header(b);
         __m256 d = _mm256_set1_ps(_mm_cvtss_f32(h)), m = _mm256_set1_ps(_mm_cvtss_f32(_mm_movehdup_ps(h)));
         for (k = 0; k < G && g * G + k < n; k += 64) {
-            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 4 + k / 2));
+            /* a group of 32 has 16 code bytes: the upper lane decodes zeros, which are not stored */
+            __m256i v = G == 32 ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(b + 4)), 0)
+                                : _mm256_loadu_si256((const __m256i *)(b + 4 + k / 2));
             __m256i lo = _mm256_and_si256(v, m15), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
             __m256i mag0 = _mm256_blendv_epi8(_mm256_shuffle_epi8(norm[f], lo), _mm256_shuffle_epi8(out[f], lo), _mm256_cmpeq_epi8(hi, eight));
             __m256i mag1 = _mm256_blendv_epi8(_mm256_shuffle_epi8(norm[f], hi), _mm256_shuffle_epi8(out[f], hi), _mm256_cmpeq_epi8(lo, eight));
             __m256i ma = _mm256_unpacklo_epi8(mag0, mag1), mb = _mm256_unpackhi_epi8(mag0, mag1);
             __m256i na = _mm256_unpacklo_epi8(lo, hi), nb = _mm256_unpackhi_epi8(lo, hi);
-            int64_t at = g * G + k, len = n - at < 64 ? n - at : 64;
+            int64_t at = g * G + k, len = n - at < (G < 64 ? G : 64) ? n - at : (G < 64 ? G : 64);
             float *o = len == 64 ? dst + at : tmp;
             /* the lanes hold values [0-15 | 32-47] and [16-31 | 48-63]: back to element order */
             _mm256_storeu_si256((__m256i *)mag, _mm256_permute2x128_si256(ma, mb, 0x20));

@@ -14,6 +14,7 @@
 #include "test_tools.c"
 #include "test_quantize.c"
 #include "test_quest.c"
+#include "test_olive.c"
 
 int main(int argc, char **argv) {
     char cmd[128];
@@ -36,6 +37,7 @@ int main(int argc, char **argv) {
     tool_tests();
     quantize_tests();
     quest_tests();
+    olive_tests();
     snprintf(cmd, sizeof cmd, "rm -rf %s", T.tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", T.tmpdir);
     printf("%d passed, %d failed\n", T.passed, T.failed);
