@@ -14,6 +14,7 @@
 #include "test_tools.c"
 #include "test_quantize.c"
 #include "test_quest.c"
+#include "test_olive.c"
 #include "test_gpu.c"
 
 int main(int argc, char **argv) {
@@ -37,6 +38,7 @@ int main(int argc, char **argv) {
     tool_tests();
     quantize_tests();
     quest_tests();
+    olive_tests();
     gpu_tests();
     snprintf(cmd, sizeof cmd, "rm -rf %s", T.tmpdir);
     if (system(cmd) != 0) printf("could not remove %s\n", T.tmpdir);

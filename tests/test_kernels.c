@@ -39,7 +39,7 @@ static void test_f16_conversions(void) {
 
 static const uint32_t cpu_types[] = {AQ_TYPE_F32, AQ_TYPE_F16, AQ_TYPE_BF16, AQ_TYPE_Q8_0, AQ_TYPE_Q4_0};
 static const uint32_t gemm_types[] = {AQ_TYPE_F32, AQ_TYPE_F16, AQ_TYPE_BF16, AQ_TYPE_Q8_0, AQ_TYPE_Q4_0, AQ_TYPE_Q4_1,
-                                      AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
+                                      AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128, AQ_TYPE_OVP_G32, AQ_TYPE_OVP_G64, AQ_TYPE_OVP_G128};
 
 static void test_quantize_roundtrip(void) {
     float x[256], y[256];
@@ -174,7 +174,7 @@ static void test_gemm_matches_gemv(void) {
                 aq__gemv(pool, simd, 1, &wp, x + i * cols, &ref, &x8);
                 for (r = 0; r < rows; r++) max_diff = fmaxf(max_diff, fabsf(ref[r] - y[i * rows + r]));
             }
-            tol = aq__int4_group(wt.type) ? 0.15f : 1e-4f; /* int4 GEMV rounds x to int8 (outputs are ~3) */
+            tol = aq__x8_group(wt.type) ? 0.15f : 1e-4f; /* int4 and OVP GEMV round x to int8 (outputs are ~3) */
             CHECKF(max_diff < tol, "%s, %d threads: gemm and gemv differ by %g", aq_type_name(wt.type), threads, max_diff);
             /* the int8-activation prompt GEMM quantizes x as GEMV does: they agree closely */
             if (aq__gemm8(pool, simd, &wt, x, n, y, xq, xs, xsum, (char *)scratch, AQ__TILE_ROWS * cols * 4) == 0) {

@@ -78,9 +78,9 @@ static void print_value(const aq_gguf_kv *kv, uint64_t max_array) {
 
 int main(int argc, char **argv) {
     const char *path = NULL;
-    uint64_t max_array = 8, type_bytes[AQ_TYPE_COUNT + 1] = {0}, total_bytes = 0; /* [AQ_TYPE_COUNT]: AQ4 */
+    uint64_t max_array = 8, type_bytes[AQ_TYPE_COUNT + 1] = {0}, total_bytes = 0; /* [AQ_TYPE_COUNT]: AQ4 or OVP */
     int64_t type_count[AQ_TYPE_COUNT + 1] = {0}, total_elems = 0, i;
-    uint32_t aq4 = 0;
+    uint32_t qtype = 0;
     int show_tensors = 1, t, ai;
     char err[512], b1[32];
     aq_gguf *g;
@@ -125,12 +125,12 @@ int main(int argc, char **argv) {
         putchar('\n');
     }
 
-    {   /* AQ4 int4 matrices are stored as I8 bytes, described by aq.quantization.* keys */
+    {   /* AQ4 (int4) and OVP (OliVe) matrices are stored as I8 bytes, described by aq.quantization.* keys */
         aq_str format;
         int64_t group;
-        if (aq_gguf_get_str(g, "aq.quantization.format", &format) == 1 && format.len == 3 && !memcmp(format.ptr, "aq4", 3) &&
+        if (aq_gguf_get_str(g, "aq.quantization.format", &format) == 1 && format.len == 3 &&
             aq_gguf_get_int(g, "aq.quantization.group_size", &group) == 1)
-            aq4 = aq_type_aq4(group);
+            qtype = !memcmp(format.ptr, "aq4", 3) ? aq_type_aq4(group) : !memcmp(format.ptr, "ovp", 3) ? aq_type_ovp(group) : 0;
     }
     if (show_tensors) printf("\n%5s  %-32s %-8s %-24s %14s %14s\n", "#", "tensor", "type", "shape", "file offset", "bytes");
     for (i = 0; i < aq_gguf_n_tensors(g); i++) {
@@ -140,23 +140,23 @@ int main(int argc, char **argv) {
         uint32_t d;
         for (d = 0; d < te->n_dims; d++)
             len += snprintf(shape + len, sizeof shape - (size_t)len, d ? " x %lld" : "%lld", (long long)te->ne[d]);
-        int is_aq4 = aq4 && te->type == AQ_TYPE_I8 && te->n_dims == 2 && te->ne[0] % aq_type_block_bytes(aq4) == 0;
+        int is_q = qtype && te->type == AQ_TYPE_I8 && te->n_dims == 2 && te->ne[0] % aq_type_block_bytes(qtype) == 0;
         if (show_tensors)
-            printf("%5lld  %-32s %-8s %-24s %14llu %14llu\n", (long long)i, te->name, is_aq4 ? aq_type_name(aq4) : aq_type_name(te->type),
+            printf("%5lld  %-32s %-8s %-24s %14llu %14llu\n", (long long)i, te->name, is_q ? aq_type_name(qtype) : aq_type_name(te->type),
                    shape, (unsigned long long)(aq_gguf_data_offset(g) + te->offset), (unsigned long long)te->nbytes);
         /* the reader only accepts known types, so te->type indexes the tables */
-        type_count[is_aq4 ? AQ_TYPE_COUNT : te->type]++;
-        type_bytes[is_aq4 ? AQ_TYPE_COUNT : te->type] += te->nbytes;
+        type_count[is_q ? AQ_TYPE_COUNT : te->type]++;
+        type_bytes[is_q ? AQ_TYPE_COUNT : te->type] += te->nbytes;
         total_bytes += te->nbytes;
-        /* an AQ4 row of ne[0] bytes holds ne[0] / block_bytes groups (the last padded) */
-        total_elems += is_aq4 ? te->ne[0] / aq_type_block_bytes(aq4) * aq_type_block_size(aq4) * te->ne[1] : aq_tensor_n_elements(te);
+        /* an AQ4 or OVP row of ne[0] bytes holds ne[0] / block_bytes groups (the last padded) */
+        total_elems += is_q ? te->ne[0] / aq_type_block_bytes(qtype) * aq_type_block_size(qtype) * te->ne[1] : aq_tensor_n_elements(te);
     }
 
     printf("\ntotals: %lld tensors, %lld elements, %llu bytes (%s)\n", (long long)aq_gguf_n_tensors(g),
            (long long)total_elems, (unsigned long long)total_bytes, tool_bytes((double)total_bytes, b1, sizeof b1));
     for (t = 0; t <= AQ_TYPE_COUNT; t++)
         if (type_count[t])
-            printf("  %-8s %5lld tensors %14llu bytes (%s)\n", t == AQ_TYPE_COUNT ? aq_type_name(aq4) : aq_type_name((uint32_t)t), (long long)type_count[t],
+            printf("  %-8s %5lld tensors %14llu bytes (%s)\n", t == AQ_TYPE_COUNT ? aq_type_name(qtype) : aq_type_name((uint32_t)t), (long long)type_count[t],
                    (unsigned long long)type_bytes[t], tool_bytes((double)type_bytes[t], b1, sizeof b1));
     if (total_elems > 0) printf("  average %.3f bits per weight\n", 8.0 * (double)total_bytes / (double)total_elems);
     aq_gguf_close(g);

@@ -1,7 +1,9 @@
 /* aq-synth: write a Llama GGUF with random weights and a real vocabulary, for speed benchmarks.
    The shapes are those of real models, so timings mean something, but the weights are noise, so
    the text it generates is not.  Tensors are generated and streamed a few MB at a time: the file
-   can be far larger than memory (Llama-3-8B in f32 is 32 GB). */
+   can be far larger than memory (Llama-3-8B in f32 is 32 GB).  The project's 4-bit types (AQ4,
+   OVP) are written as codes and scales drawn directly, without quantizing floats, so a 7B model
+   takes seconds; their embedding and output matrices are F16, as aq-quantize leaves them. */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../awq_quest.h"
 #include "tool_util.h"
@@ -27,6 +29,8 @@ static const shape presets[] = {
 static const struct { const char *name; uint32_t type; } types[] = {
     {"f32", AQ_TYPE_F32}, {"f16", AQ_TYPE_F16}, {"bf16", AQ_TYPE_BF16},
     {"q8_0", AQ_TYPE_Q8_0}, {"q4_0", AQ_TYPE_Q4_0}, {"q4_1", AQ_TYPE_Q4_1},
+    {"aq4_g32", AQ_TYPE_AQ4_G32}, {"aq4_g64", AQ_TYPE_AQ4_G64}, {"aq4_g128", AQ_TYPE_AQ4_G128},
+    {"ovp_g32", AQ_TYPE_OVP_G32}, {"ovp_g64", AQ_TYPE_OVP_G64}, {"ovp_g128", AQ_TYPE_OVP_G128},
 };
 
 /* One tensor to write: cols is ne[0] (the input width), rows is ne[1]; rows = 0 marks a norm
@@ -49,7 +53,10 @@ static void usage(FILE *f) {
             "  --ctx N            trained context length (default 2048)\n"
             "  --rope-base X      RoPE frequency base (default 10000)\n"
             "  --vocab-size N     vocabulary size; beyond the vocab file's, <unused_N> tokens are added\n"
-            "  --type T           matrix type: f32 f16 bf16 q8_0 q4_0 q4_1 (default f16)\n"
+            "  --type T           matrix type (default f16): f32 f16 bf16 q8_0 q4_0 q4_1, or the project's\n"
+            "                     aq4_g32 aq4_g64 aq4_g128 (int4) ovp_g32 ovp_g64 ovp_g128 (OliVe pairs, int4\n"
+            "                     normals, 1 pair in 64 an outlier), written as random codes and scales;\n"
+            "                     with these, token_embd and output are f16\n"
             "  --vocab FILE       GGUF to take the tokenizer from (default %s)\n"
             "  --seed N           random seed (default 1); same arguments, same bytes\n"
             "  -h, --help         this text\n",
@@ -69,6 +76,52 @@ static uint64_t rng_next(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
+static double rng_uniform(uint64_t *rng) { return (double)(rng_next(rng) >> 11) / 9007199254740992.0; }
+
+#define OVP_OUTLIER_PAIRS 64   /* one pair in this many holds an outlier */
+
+/* One row of an AQ4 or OVP matrix drawn directly: random codes, and per group a scale with
+   E[w^2] = 1 / cols (as the float matrices below), jittered by +-25%.  AQ4 codes are uniform
+   in 0..15 around an offset of -7.5 d.  OVP pairs are valid ones only: with int4 normals, two
+   normals of uniform field and sign, or (one pair in OVP_OUTLIER_PAIRS) an outlier beside its
+   victim; the offset is a small random fraction of d. */
+static void draw_group_row(uint32_t type, int64_t cols, uint8_t *b, uint64_t *rng) {
+    int64_t G = aq_type_group(type), g, j;
+    int ovp = aq__ovp_group(type) != 0;
+    double ev2;
+    if (ovp) { /* E[v^2] of the pairs drawn below: normals uniform over fields 0..7, outliers over 1..7 */
+        double n2 = 0, o2 = 0;
+        int f;
+        for (f = 0; f < 8; f++) n2 += aq__ovp_mag[0][0][f] * aq__ovp_mag[0][0][f] / 8.0;
+        for (f = 1; f < 8; f++) o2 += aq__ovp_mag[0][1][f] * aq__ovp_mag[0][1][f] / 7.0;
+        ev2 = (1.0 - 1.0 / OVP_OUTLIER_PAIRS) * n2 + o2 / (2.0 * OVP_OUTLIER_PAIRS);
+    } else ev2 = (16.0 * 16.0 - 1.0) / 12.0; /* (q - 7.5)^2 for q uniform in 0..15 */
+    for (g = 0; g * G < cols; g++, b += 4 + G / 2) {
+        float d = (float)(sqrt(1.0 / (ev2 * (double)cols)) * (0.75 + 0.5 * rng_uniform(rng)));
+        uint16_t dh = aq_f32_to_f16(d), mh = aq_f32_to_f16(ovp ? (float)(0.1 * d * (rng_uniform(rng) - 0.5)) : -7.5f * d);
+        memcpy(b, &dh, 2);
+        memcpy(b + 2, &mh, 2);
+        for (j = 0; j < G / 2; j++) {
+            uint64_t r = rng_next(rng);
+            if (!ovp) b[4 + j] = (uint8_t)r;
+            else if (r % OVP_OUTLIER_PAIRS == 0) { /* outlier (field 1..7, random sign) and its victim 1000b */
+                unsigned code = (unsigned)(1 + (r >> 8) % 7) | (unsigned)((r >> 16) & 8);
+                b[4 + j] = (uint8_t)((r >> 20) & 1 ? code | 8u << 4 : 8u | code << 4);
+            } else { /* two normals; a zero field is always 0000b (1000b is the marker) */
+                unsigned lo = (unsigned)(r >> 8) & 15, hi = (unsigned)(r >> 12) & 15;
+                if ((lo & 7) == 0) lo = 0;
+                if ((hi & 7) == 0) hi = 0;
+                b[4 + j] = (uint8_t)(lo | hi << 4);
+            }
+        }
+        for (j = 0; j < G / 2; j++) { /* padding past cols: code 0, or the victim of the last value */
+            int64_t at = g * G + 2 * j;
+            if (at >= cols) b[4 + j] = 0;
+            else if (at + 1 == cols && (b[4 + j] >> 4) != 8) b[4 + j] = (b[4 + j] & 15) == 8 ? 0 : b[4 + j] & 15;
+        }
+    }
+}
+
 /* Generates a tensor a chunk of rows at a time and appends it.  Matrices are uniform in [-a, a]
    with a = sqrt(3 / cols), variance 1 / cols, so a matrix-vector product keeps unit variance and
    activations neither vanish nor blow up; norm vectors are all 1. */
@@ -84,6 +137,11 @@ static int write_tensor(aq_gguf_writer *w, const tensor_spec *t, uint64_t *rng, 
     if (!x || !q) { snprintf(err, err_len, "out of memory"); rc = -1; }
     for (r0 = 0; !rc && r0 < rows; r0 += chunk) {
         int64_t n = rows - r0 < chunk ? rows - r0 : chunk;
+        if (aq_type_group(t->type)) {
+            for (r = 0; r < n; r++) draw_group_row(t->type, t->cols, q + (size_t)r * row_bytes, rng);
+            rc = aq_gguf_writer_append(w, q, (size_t)n * row_bytes, err, err_len);
+            continue;
+        }
         for (i = 0; i < n * t->cols; i++)
             x[i] = t->rows == 0 ? 1.0f : a * ((float)(rng_next(rng) >> 40) * (2.0f / 16777216.0f) - 1.0f);
         for (r = 0; r < n && !rc; r++)
@@ -216,12 +274,12 @@ int main(int argc, char **argv) {
 
     for (i = 0, found = 0; i < (int)(sizeof types / sizeof types[0]); i++)
         if (!strcmp(type_name, types[i].name)) { type = types[i].type; found = 1; }
-    if (!found) die_usage("unknown --type (f32, f16, bf16, q8_0, q4_0, q4_1): ", type_name);
+    if (!found) die_usage("unknown --type (f32, f16, bf16, q8_0, q4_0, q4_1, aq4_g32, aq4_g64, aq4_g128, ovp_g32, ovp_g64, ovp_g128): ", type_name);
     if (s.dim % s.heads) die_usage("--dim must be a multiple of --heads", NULL);
     if (s.heads % s.kv_heads) die_usage("--heads must be a multiple of --kv-heads", NULL);
     hd = s.dim / s.heads;
     if (hd % 2) die_usage("the head size (dim / heads) must be even, for RoPE", NULL);
-    if (aq_type_block_size(type) > 1 && (s.dim % aq_type_block_size(type) || s.ff % aq_type_block_size(type)))
+    if (!aq_type_group(type) && aq_type_block_size(type) > 1 && (s.dim % aq_type_block_size(type) || s.ff % aq_type_block_size(type)))
         die_usage("--dim and --ff must be multiples of 32 for block types: ", type_name);
 
     vg = aq_gguf_open(vocab_path, err, sizeof err);
@@ -253,7 +311,12 @@ int main(int argc, char **argv) {
         aq_gguf_writer_set_f32(w, "llama.rope.freq_base", (float)s.rope_base) ||
         aq_gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)hd) ||
         aq_gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)s.vocab) ||
-        aq_gguf_writer_set_bool(w, "aq.synthetic", 1) || copy_vocab(w, vg, s.vocab)) {
+        aq_gguf_writer_set_bool(w, "aq.synthetic", 1) || copy_vocab(w, vg, s.vocab) ||
+        (aq_type_group(type) &&
+         (aq_gguf_writer_set_str(w, "aq.quantization.format", aq_type_ovp(aq_type_group(type)) == type ? "ovp" : "aq4") ||
+          aq_gguf_writer_set_u32(w, "aq.quantization.group_size", (uint32_t)aq_type_group(type)) ||
+          aq_gguf_writer_set_str(w, "aq.quantization.method", "synthetic") ||
+          aq_gguf_writer_set_u32(w, "aq.quantization.version", 1)))) {
         fprintf(stderr, "aq-synth: cannot build the metadata (out of memory?)\n");
         return 1;
     }
@@ -261,7 +324,7 @@ int main(int argc, char **argv) {
     /* the whole tensor table is declared first: the header holds every offset */
     ts = (tensor_spec *)calloc((size_t)(3 + 9 * s.layers), sizeof *ts);
     if (!ts) { fprintf(stderr, "aq-synth: out of memory\n"); return 1; }
-    ts[n_t++] = spec("token_embd.weight", type, s.dim, s.vocab, -1);
+    ts[n_t++] = spec("token_embd.weight", aq_type_group(type) ? AQ_TYPE_F16 : type, s.dim, s.vocab, -1);
     for (i = 0; i < s.layers; i++) {
         static const char *part[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                                      "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
@@ -276,10 +339,12 @@ int main(int argc, char **argv) {
         }
     }
     ts[n_t++] = spec("output_norm.weight", AQ_TYPE_F32, s.dim, 0, -1);
-    ts[n_t++] = spec("output.weight", type, s.dim, s.vocab, -1);
+    ts[n_t++] = spec("output.weight", aq_type_group(type) ? AQ_TYPE_F16 : type, s.dim, s.vocab, -1);
     for (i = 0; i < n_t; i++) {
         int64_t ne[2] = {ts[i].cols, ts[i].rows};
-        if (aq_gguf_writer_add_tensor(w, ts[i].name, ts[i].type, ts[i].rows ? 2 : 1, ne, NULL) < 0) {
+        int grouped = aq_type_group(ts[i].type) != 0;   /* AQ4 / OVP: I8 bytes, {row bytes, rows} */
+        if (grouped) ne[0] = aq_type_row_bytes(ts[i].type, ts[i].cols);
+        if (aq_gguf_writer_add_tensor(w, ts[i].name, grouped ? AQ_TYPE_I8 : ts[i].type, ts[i].rows ? 2 : 1, ne, NULL) < 0) {
             fprintf(stderr, "aq-synth: cannot declare tensor %s\n", ts[i].name);
             return 1;
         }
