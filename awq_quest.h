@@ -3524,37 +3524,74 @@ AQ__MAYBE_UNUSED static void aq__gpu_pack_int4_row(const aq_weight *w, int64_t r
     }
 }
 
+/* Row r of an OVP weight: the pair bytes as they are, ceil(cols / group) * group / 2 of them,
+   and the per-group f16 scales (sign bit = grid) and offsets. */
+AQ__MAYBE_UNUSED static void aq__gpu_pack_ovp_row(const aq_weight *w, int64_t r, int64_t group, uint8_t *codes, uint16_t *scales,
+                                                  uint16_t *mins) {
+    const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+    int64_t n_groups = (w->cols + group - 1) / group, gi;
+    for (gi = 0; gi < n_groups; gi++) {
+        const uint8_t *b = row + gi * (4 + group / 2);
+        scales[gi] = aq__rd16(b);
+        mins[gi] = aq__rd16(b + 2);
+        memcpy(codes + gi * group / 2, b + 4, (size_t)group / 2);
+    }
+}
+
+/* The GPU's OVP table, [grid][byte][2 values], from the CPU's own pair decoder. */
+AQ__MAYBE_UNUSED static void aq__gpu_ovp_table(float *table) {
+    int grid, byte, v0, v1;
+    for (grid = 0; grid < 2; grid++)
+        for (byte = 0; byte < 256; byte++) {
+            aq__ovp_pair(grid, (unsigned)byte, &v0, &v1);
+            table[(grid * 256 + byte) * 2] = (float)v0;
+            table[(grid * 256 + byte) * 2 + 1] = (float)v1;
+        }
+}
+
 #ifdef AQ_CUDA
 static void aq__gpu_weight_free(aqc_weight *d) {
     AQ_FREE((void *)d->data);
     AQ_FREE((void *)d->scales);
     AQ_FREE((void *)d->mins);
+    AQ_FREE((void *)d->ovp_table);
     memset(d, 0, sizeof *d);
 }
 
+/* The GPU format of a weight type and its group size (0 for f16). */
+static int aq__gpu_format(uint32_t type, int64_t *group) {
+    if ((*group = aq__int4_group(type)) != 0) return AQC_INT4;
+    if ((*group = aq__ovp_group(type)) != 0) return AQC_OVP;
+    return AQC_F16;
+}
+
 /* n weights that read the same input, stacked by rows, in the GPU layout (host memory, freed with
-   aq__gpu_weight_free): int4 when all are int4 with one group size and f16 is not forced, else f16. */
+   aq__gpu_weight_free): int4 or OVP when all of them are that with one group size and f16 is not
+   forced, f16 otherwise. */
 static int aq__gpu_pack(const aq_weight *const *w, int n, int force_f16, int simd, aqc_weight *d, char *err, size_t err_len) {
-    int64_t group = force_f16 ? 0 : aq__int4_group(w[0]->type), rows = 0, cols = w[0]->cols, kp, r, c, done = 0;
+    int64_t group = 0, g, rows = 0, cols = w[0]->cols, kp, r, c, done = 0;
+    int format = force_f16 ? AQC_F16 : aq__gpu_format(w[0]->type, &group), i;
     uint16_t *scales = NULL, *mins = NULL;
-    float *tmp = NULL;
+    float *tmp = NULL, *table = NULL;
     void *data;
-    int i;
     for (i = 0; i < n; i++) {
-        if (aq__int4_group(w[i]->type) != group) group = 0;
+        if (aq__gpu_format(w[i]->type, &g) != format || g != group) format = AQC_F16;
         rows += w[i]->rows;
     }
+    if (format == AQC_F16) group = 0;
     kp = group ? (cols + group - 1) / group * group : (cols + 31) / 32 * 32;
     if (group) {
-        data = aq__calloc((size_t)(rows * kp / 8), 4);
+        data = aq__calloc((size_t)(rows * kp / 2), 1);
         scales = (uint16_t *)aq__calloc((size_t)(rows * kp / group), 2);
         mins = (uint16_t *)aq__calloc((size_t)(rows * kp / group), 2);
+        if (format == AQC_OVP && (table = (float *)aq__calloc(2 * 256 * 2, sizeof(float))) != NULL) aq__gpu_ovp_table(table);
     } else {
         data = aq__calloc((size_t)(rows * kp), 2);
         tmp = (float *)aq__calloc((size_t)cols, sizeof(float));
     }
     memset(d, 0, sizeof *d);
-    d->format = group ? AQC_INT4 : AQC_F16;
+    d->format = format;
+    d->ovp_table = table;
     d->rows = rows;
     d->cols = cols;
     d->cols_padded = kp;
@@ -3562,7 +3599,7 @@ static int aq__gpu_pack(const aq_weight *const *w, int n, int force_f16, int sim
     d->data = data;
     d->scales = scales;
     d->mins = mins;
-    if (!data || (group && (!scales || !mins)) || (!group && !tmp)) {
+    if (!data || (group && (!scales || !mins)) || (!group && !tmp) || (format == AQC_OVP && !table)) {
         AQ_FREE(tmp);
         aq__gpu_weight_free(d);
         aq__err(err, err_len, "out of memory packing %s for the GPU", w[0]->name);
@@ -3570,9 +3607,12 @@ static int aq__gpu_pack(const aq_weight *const *w, int n, int force_f16, int sim
     }
     for (i = 0; i < n; i++)
         for (r = 0; r < w[i]->rows; r++, done++) {
-            if (group) {
+            if (format == AQC_INT4) {
                 aq__gpu_pack_int4_row(w[i], r, group, (uint32_t *)data + done * kp / 8, scales + done * kp / group,
                                       mins + done * kp / group);
+            } else if (format == AQC_OVP) {
+                aq__gpu_pack_ovp_row(w[i], r, group, (uint8_t *)data + done * kp / 2, scales + done * kp / group,
+                                     mins + done * kp / group);
             } else {
                 uint16_t *out = (uint16_t *)data + done * kp;
                 aq__dequantize_row(w[i]->type, (const uint8_t *)w[i]->data + (size_t)r * w[i]->row_bytes, tmp, cols, simd);

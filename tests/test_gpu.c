@@ -44,6 +44,48 @@ static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
     }
 }
 
+/* What aqc_gemv_ovp_kernel makes of a packed OVP row: byte j through the table picked by the sign
+   of the group's scale, times |scale|, plus the offset. */
+static void test_gpu_ovp_packing_decodes_like_the_cpu(void) {
+    const uint32_t types[3] = {AQ_TYPE_OVP_G32, AQ_TYPE_OVP_G64, AQ_TYPE_OVP_G128};
+    const int64_t widths[3] = {100, 200, 300}, rows = 4;
+    float table[2 * 256 * 2];
+    uint64_t seed = 11;
+    int t;
+    aq__gpu_ovp_table(table);
+    for (t = 0; t < 3; t++) {
+        const int64_t cols = widths[t], group = aq_type_group(types[t]), kp = (cols + group - 1) / group * group;
+        const size_t row_bytes = (size_t)aq_type_row_bytes(types[t], cols);
+        uint8_t *data = (uint8_t *)malloc(row_bytes * rows), *codes = (uint8_t *)calloc((size_t)(kp / 2), 1);
+        float *src = (float *)malloc(sizeof(float) * (size_t)(cols * rows)), *ref = (float *)malloc(sizeof(float) * (size_t)cols);
+        uint16_t *scales = (uint16_t *)calloc((size_t)(kp / group), 2), *mins = (uint16_t *)calloc((size_t)(kp / group), 2);
+        aq_weight w;
+        int64_t r, e;
+        int bad = 0, grid;
+        for (e = 0; e < cols * rows; e++) {   /* heavy-tailed, so outliers and victims occur */
+            double u;
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            u = ((double)(seed >> 11) + 0.5) / 9007199254740992.0;
+            src[e] = (float)(0.02 * tan(3.14159265358979 * (u - 0.5)));
+        }
+        for (grid = AQ_OVP_INT4; grid <= AQ_OVP_FLINT4; grid++) {
+            CHECK(aq_quantize_ovp(types[t], src, data, rows, cols, grid, NULL) == grid);
+            w.type = types[t]; w.rows = rows; w.cols = cols; w.row_bytes = row_bytes; w.data = data; w.name = "test";
+            for (r = 0; r < rows; r++) {
+                aq__gpu_pack_ovp_row(&w, r, group, codes, scales, mins);
+                CHECK(aq_dequantize_row(types[t], data + r * row_bytes, ref, cols) == 0);
+                for (e = 0; e < cols; e++) {
+                    const float *v = table + (((scales[e / group] & 0x8000) ? 256 : 0) + codes[e / 2]) * 2;
+                    float got = v[e % 2] * fabsf(aq_f16_to_f32(scales[e / group])) + aq_f16_to_f32(mins[e / group]);
+                    if (fabsf(got - ref[e]) > 1e-5f * (1.0f + fabsf(ref[e]))) bad++;
+                }
+            }
+        }
+        CHECKF(bad == 0, "%s: %d values differ", aq_type_name(types[t]), bad);
+        free(data); free(codes); free(src); free(ref); free(scales); free(mins);
+    }
+}
+
 /* aq_eval_greedy is aq_eval plus an argmax that keeps the lowest id among equal logits. */
 static void test_eval_greedy_is_the_argmax(void) {
     char err[512];
@@ -119,6 +161,7 @@ static void test_gpu_backend_falls_back_with_a_reason(void) {
 
 static void gpu_tests(void) {
     RUN(test_gpu_int4_packing_decodes_like_the_cpu);
+    RUN(test_gpu_ovp_packing_decodes_like_the_cpu);
     RUN(test_eval_greedy_is_the_argmax);
     RUN(test_gpu_backend_falls_back_with_a_reason);
 }

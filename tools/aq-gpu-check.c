@@ -1,7 +1,7 @@
 /* aq-gpu-check: the GPU path against the CPU, and its speed, in one run (tools/gpu-check.sh runs
    it on the GPU machine).  Three parts:
      1. every kernel on fresh random inputs against a CPU reference in double precision:
-        int4 / f16 GEMV (decode), int4 / f16 GEMM (prompts), and attention (append, page bounds,
+        int4 / OliVe / f16 GEMV (decode), the same as prompt GEMMs, and attention (append, page bounds,
         Quest score and top-k, sparse and dense paged attention, merge) for several shapes;
      2. whole models teacher-forced over the same tokens of real text on GPU and CPU: prompt
         batches and then decode steps, next-token argmax agreement and logit differences, and
@@ -330,9 +330,12 @@ int main(int argc, char **argv) {
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1);
     check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1);
     check_matmul(AQ_TYPE_Q4_1, 257, 96, 1);
+    check_matmul(AQ_TYPE_OVP_G128, 1024, 4096, 1);
+    check_matmul(AQ_TYPE_OVP_G64, 300, 200, 1);
     check_matmul(AQ_TYPE_F16, 4096, 4096, 1);
     check_matmul(AQ_TYPE_F16, 300, 200, 1);
     check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7);
+    check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7);
     check_matmul(AQ_TYPE_F16, 1000, 300, 7);
     check_attention(3000, 32, 32, 128, 16, 0);
     check_attention(3000, 32, 32, 128, 16, 512);
