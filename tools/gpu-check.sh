@@ -4,7 +4,7 @@
 # inputs, run stories260K and an int4 model teacher-forced on GPU and CPU, print one timing table.
 #
 #   tools/gpu-check.sh --prepare   on the machine you work on: copies what the GPU machine lacks
-#                                  (stb_ds.h, and the shared model and text, which live outside the
+#                                  (stb_ds.h, and the shared models and text, which live outside the
 #                                  repository) into third_party/ (git-ignored); carry that folder
 #   tools/gpu-check.sh             on the GPU machine
 #
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--prepare" ]; then
     mkdir -p third_party/stb third_party/shared/models third_party/shared/text
     cp /usr/include/stb/stb_ds.h third_party/stb/
-    cp ../shared/models/stories260K.gguf third_party/shared/models/
+    cp ../shared/models/stories260K.gguf ../shared/models/ggml-vocab-llama-spm.gguf third_party/shared/models/
     cp ../shared/text/tinystories-valid.txt third_party/shared/text/
     du -sh third_party
     exit 0
@@ -40,7 +40,8 @@ B=build/cuda
 echo "== models ($(($(date +%s) - start)) s)"
 $B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf >/dev/null
 [ -f build/llama2-7b-aq4.gguf ] ||
-    $B/tools/aq-synth --preset llama2-7b --type aq4_g128 -o build/llama2-7b-aq4.gguf >/dev/null
+    $B/tools/aq-synth --preset llama2-7b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
+        -o build/llama2-7b-aq4.gguf >/dev/null
 
 echo "== aq-gpu-check ($(($(date +%s) - start)) s)"
 status=0
