@@ -57,9 +57,10 @@ extern "C" {
 
 /* ======================================================================================
    Tensor element types.  The ids are ggml's, so files stay readable by llama.cpp's tools.
-   On the CPU a Llama weight may be F32, F16, BF16, Q8_0, Q4_0 or Q4_1; the reader knows the
-   block sizes of the other ggml types (so it can open and describe such files) but the model
-   loader refuses them with a message naming the tensor and the type.
+   On the CPU a Llama weight may be F32, F16, BF16, Q8_0, Q4_0, Q4_1, or the project's AQ4 and
+   OVP types below; the reader knows the block sizes of the other ggml types (so it can open and
+   describe such files) but the model loader refuses them with a message naming the tensor and
+   the type.
    ====================================================================================== */
 typedef enum {
     AQ_TYPE_F32 = 0, AQ_TYPE_F16 = 1, AQ_TYPE_Q4_0 = 2, AQ_TYPE_Q4_1 = 3,
@@ -1667,9 +1668,9 @@ static float aq__median(float *v, int64_t n) {
 /* The offsets a group tries, as f16 values: the mid-range, the mean, the median and 0; returns
    how many.  Each is best on some groups: the mean and median center the bulk of a skewed group,
    the mid-range centers its extremes, and 0 keeps a symmetric group symmetric.  On stories260K
-   at group 64, the best of the four (then refitted) gave perplexity 5.00 on the first 131072
-   validation tokens where the mean alone gave 5.19 (and no offset at all 5.44).  The mid-range
-   comes first because it wins most often, so the search's early exit cuts more. */
+   at group 64 (perplexity on the first 131072 validation tokens, all refitted as below), the
+   best of the four gave 5.01, the mean alone 5.19 and no offset 5.25; RTN int4 gives 5.12.  The
+   mid-range comes first because it wins most often, so the search's early exit cuts more. */
 static int aq__ovp_offsets(const float *x, int64_t len, int symmetric, float *m) {
     float copy[128], mn = x[0], mx = x[0];
     double sum = 0;
@@ -1707,7 +1708,7 @@ static int aq__ovp_refit(const aq__ovp_grid *t, const float *x, int64_t len, con
 /* Encodes one group (header and codes) with the best offset and scale; returns its squared error.
    After the search, the scale and offset are refitted by least squares to the chosen codes and
    the group re-encoded, up to 3 times while that lowers the error: on stories260K this took
-   group-64 perplexity from 5.11 to 5.00 (first 131072 validation tokens). */
+   group-64 perplexity from 5.11 to 5.01 (first 131072 validation tokens). */
 static double aq__ovp_quantize_group(const aq__ovp_grid *t, const float *x, int64_t len, int64_t G, int symmetric, uint8_t *b,
                                      uint8_t *tmp) {
     float offsets[4], best_m = 0.0f;
