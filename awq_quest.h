@@ -312,11 +312,12 @@ typedef struct {
                                selection per KV head, bounds summed over its query heads */
     int window;             /* baseline instead of Quest: attend only the last `window` positions,
                                in the same layers Quest would select in; 0 = off */
-    /* AQ_BACKEND_CUDA runs the session on the GPU (build with AQ_CUDA and link kernels/aq_cuda.o; see
-       README).  The model's weights are uploaded on the first such session (int4 kept as int4,
-       everything else as f16) and the KV cache is f16 there whatever kv_type says.  When there
-       is no usable GPU, or an option the GPU path lacks (window, quest_per_head) is set, the
-       session runs on the CPU and aq_session_backend_note says why. */
+    /* AQ_BACKEND_CUDA runs the session on the GPU (build with AQ_CUDA and link
+       build/cuda/aq_cuda.o; see README).  The model's weights are uploaded on the first such
+       session (int4 and OliVe kept in 4 bits, everything else as f16), and the KV cache there is
+       f16 whatever kv_type says.  When there is no usable GPU, or an option the GPU path lacks
+       (window, quest_per_head) is set, the session runs on the CPU and aq_session_backend_note
+       says why. */
     int backend;
     int no_cuda_graph;      /* GPU: launch the decode step kernel by kernel, not as a CUDA graph */
 } aq_session_params;
