@@ -355,17 +355,27 @@ __device__ __forceinline__ uint32_t aqc__order_key(float f) {   /* larger float,
     return (u & 0x80000000u) ? ~u : u | 0x80000000u;
 }
 
-__device__ int aqc__block_exclusive_scan(int v, int *buf) {
-    const int tid = threadIdx.x;
-    buf[tid] = v;
-    __syncthreads();
-    for (int off = 1; off < (int)blockDim.x; off <<= 1) {
-        int t = tid >= off ? buf[tid - off] : 0;
-        __syncthreads();
-        buf[tid] += t;
-        __syncthreads();
+__device__ __forceinline__ int aqc__warp_inclusive_scan(int v) {
+    const int lane = threadIdx.x % 32;
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += t;
     }
-    int r = buf[tid] - v;
+    return v;
+}
+
+/* Exclusive prefix sum over the block in thread order; warp_tot holds 32 ints. */
+__device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32;
+    const int incl = aqc__warp_inclusive_scan(v);
+    if (lane == 31) warp_tot[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        int t = lane < n_warps ? warp_tot[lane] : 0, ti = aqc__warp_inclusive_scan(t);
+        warp_tot[lane] = ti - t;
+    }
+    __syncthreads();
+    const int r = incl - v + warp_tot[warp];
     __syncthreads();
     return r;
 }
@@ -378,7 +388,7 @@ __device__ int aqc__block_exclusive_scan(int v, int *buf) {
 __global__ void __launch_bounds__(AQC_TOPK_THREADS)
 aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
     __shared__ int hist[256];
-    __shared__ int scan[AQC_TOPK_THREADS];
+    __shared__ int scan[32];
     __shared__ uint32_t s_prefix;
     __shared__ int s_k;
     const int kvh = blockIdx.x, tid = threadIdx.x, nt = blockDim.x, pos = *pos_ptr, last = pos / page_size;
@@ -400,14 +410,21 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
         __syncthreads();
-        if (tid == 0) {
-            int cum = 0, b;
-            for (b = 255; b > 0; b--) {
-                if (cum + hist[b] >= k) break;
-                cum += hist[b];
+        if (tid < 32) {   /* from the top bucket down, find the one holding the k-th key: lane l sums 8 buckets */
+            const int top = 255 - 8 * tid;
+            int local = 0;
+            for (int j = 0; j < 8; j++) local += hist[top - j];
+            const int incl = aqc__warp_inclusive_scan(local);
+            const int owner = __ffs(__ballot_sync(0xffffffffu, incl >= k)) - 1;
+            if (tid == owner) {
+                int cum = incl - local, b = top;
+                for (int j = 0; j < 7; j++, b--) {
+                    if (cum + hist[b] >= k) break;
+                    cum += hist[b];
+                }
+                s_prefix = prefix | ((uint32_t)b << shift);
+                s_k = k - cum;
             }
-            s_prefix = prefix | ((uint32_t)b << shift);
-            s_k = k - cum;
         }
         __syncthreads();
         prefix = s_prefix;
