@@ -119,14 +119,24 @@ __global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_i
 
 #define AQC_GEMV_WARPS 4
 
-/* int4 GEMV, one warp per row, 32 codes (16 bytes) per lane per load.  A code q becomes the f16
-   1024 + q by OR-ing it into the mantissa of 1024.0 (0x6400), minus 1024 exactly: two integer
-   ops and one subtraction per pair, then one f16 FMA per pair against the scaled input.  Per
-   chunk: y += scale * xscale * sum(q * x') + min * sum(x). */
+/* 4-bit GEMV (int4 and OliVe), one warp per row, 32 codes (16 bytes) per lane per load.  Per
+   chunk of 32: y += scale * xscale * sum(v * x') + min * sum(x), the sum over pairs in f16.
+   int4: a code q becomes the f16 1024 + q by OR-ing it into the mantissa of 1024.0 (0x6400),
+   minus 1024 exactly: two integer ops and one subtraction per pair, then one f16 FMA per pair.
+   OliVe: a byte is a pair of elements, decoded through the weight's 2 x 256-entry table of f16
+   pairs (exact: the values are small integers) held in shared memory; the sign of a group's scale
+   picks the table.  The table comes from the host's decoder, so the GPU cannot disagree with the
+   CPU about what a byte means. */
+template <int FORMAT>
 __global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
-aqc_gemv_int4_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
-                     int rows, int kp, int group, const __half *__restrict__ xh, const float *__restrict__ xscale,
-                     const float *__restrict__ xsum, float *y, int accumulate) {
+aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
+                     const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
+                     const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
+    __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
+    if (FORMAT == AQC_OVP) {
+        for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
+        __syncthreads();
+    }
     const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= rows) return;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
@@ -141,6 +151,7 @@ aqc_gemv_int4_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
         int gi = c / chunks_per_group;
         float d = __half2float(sc[gi]), m = __half2float(mn[gi]), qx = 0.0f;
+        const half2 *t = lut + ((__half_as_ushort(sc[gi]) & 0x8000u) ? 256 : 0);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             uint4 xv = __ldg(x4 + c * 4 + j);
@@ -148,13 +159,15 @@ aqc_gemv_int4_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             half2 s2 = __float2half2_rn(0.0f);
 #pragma unroll
             for (int s = 0; s < 4; s++) {
-                half2 q = __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
-                s2 = __hfma2(q, xp[s], s2);
+                half2 v = FORMAT == AQC_OVP
+                              ? t[(words[j] >> (8 * s)) & 255u]
+                              : __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
+                s2 = __hfma2(v, xp[s], s2);
             }
             float2 f = __half22float2(s2);
             qx += f.x + f.y;
         }
-        acc += d * xscale[c] * qx + m * xsum[c];
+        acc += (FORMAT == AQC_OVP ? fabsf(d) : d) * xscale[c] * qx + m * xsum[c];
     }
     acc = aqc__warp_sum(acc);
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
@@ -180,47 +193,6 @@ aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __hal
             s += a.x * b.x + a.y * b.y;
         }
         acc += s * xscale[c / 4];
-    }
-    acc = aqc__warp_sum(acc);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-}
-
-/* OliVe GEMV: the int4 kernel's shape, but a byte is a pair of elements, decoded through the
-   weight's 2 x 256-entry table of f16 pairs (exact: the values are small integers) held in shared
-   memory; a group's scale sign picks the table.  The table comes from the host's decoder, so the
-   GPU cannot disagree with the CPU about what a byte means. */
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
-aqc_gemv_ovp_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
-                    const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
-                    const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
-    __shared__ half2 lut[512];
-    for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
-    __syncthreads();
-    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
-    const uint4 *w = codes + (size_t)row * n_chunks;
-    const __half *sc = scales + (size_t)row * n_groups, *mn = mins + (size_t)row * n_groups;
-    const uint4 *x4 = (const uint4 *)xh;
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < n_chunks; c += 32) {
-        uint4 wv = __ldg(w + c);
-        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-        int gi = c / chunks_per_group;
-        float d = __half2float(sc[gi]), m = __half2float(mn[gi]), qx = 0.0f;
-        const half2 *t = lut + ((__half_as_ushort(sc[gi]) & 0x8000u) ? 256 : 0);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            uint4 xv = __ldg(x4 + c * 4 + j);
-            const half2 *xp = (const half2 *)&xv;
-            half2 s2 = __float2half2_rn(0.0f);
-#pragma unroll
-            for (int b = 0; b < 4; b++) s2 = __hfma2(t[(words[j] >> (8 * b)) & 255u], xp[b], s2);
-            float2 f = __half22float2(s2);
-            qx += f.x + f.y;
-        }
-        acc += fabsf(d) * xscale[c] * qx + m * xsum[c];
     }
     acc = aqc__warp_sum(acc);
     if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
@@ -864,11 +836,13 @@ static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, co
                      float *y, int accumulate, char *err, size_t err_len) {
     int blocks = (int)((w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS);
     if (w->format == AQC_INT4)
-        aqc_gemv_int4_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, (int)w->rows,
-                                                                      (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate);
+        aqc_gemv_4bit_kernel<AQC_INT4><<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
+                                                                                (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
+                                                                                xsum, y, accumulate);
     else if (w->format == AQC_OVP)
-        aqc_gemv_ovp_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut, (int)w->rows,
-                                                                     (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate);
+        aqc_gemv_4bit_kernel<AQC_OVP><<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
+                                                                               (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
+                                                                               xsum, y, accumulate);
     else
         aqc_gemv_f16_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
                                                                      y, accumulate);
