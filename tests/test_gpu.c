@@ -2,8 +2,9 @@
    through a C model of the kernel's dequantization), greedy steps, and the CUDA backend's
    fallback to the CPU.  The kernels themselves are checked on a GPU by tools/gpu-check.sh. */
 
-/* What aqc_gemv_4bit_kernel<AQC_INT4> makes of element e of a packed row: the code OR-ed into the mantissa
-   of f16 1024.0 (0x6400), read back as f16, minus 1024, then times the scale plus the offset. */
+/* What aqc_gemv_4bit_kernel<AQC_INT4> makes of element e of a packed row: the code OR-ed into
+   the mantissa of f16 1024.0 (0x6400), read back as f16, minus 1024, then times the scale plus
+   the offset. */
 static float gpu_int4_value(const uint32_t *codes, const uint16_t *scales, const uint16_t *mins, int64_t group, int64_t e) {
     uint32_t word = codes[e / 8], bits = ((word >> (4 * ((e % 8) / 2))) & 0x000f000fu) | 0x64006400u;
     float q = aq_f16_to_f32((uint16_t)(e % 2 ? bits >> 16 : bits & 0xffffu)) - 1024.0f;
@@ -44,8 +45,8 @@ static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
     }
 }
 
-/* What aqc_gemv_4bit_kernel<AQC_OVP> makes of a packed OVP row: byte j through the table picked by the sign
-   of the group's scale, times |scale|, plus the offset. */
+/* What aqc_gemv_4bit_kernel<AQC_OVP> makes of a packed OVP row: byte j through the table picked
+   by the sign of the group's scale, times |scale|, plus the offset. */
 static void test_gpu_ovp_packing_decodes_like_the_cpu(void) {
     const uint32_t types[3] = {AQ_TYPE_OVP_G32, AQ_TYPE_OVP_G64, AQ_TYPE_OVP_G128};
     const int64_t widths[3] = {100, 200, 300}, rows = 4;
