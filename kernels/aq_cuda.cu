@@ -464,37 +464,54 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
         const int page = lists ? lists[(size_t)kvh * max_pages + i] : i;
         const int n_valid = page == last ? pos % page_size + 1 : page_size;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
-        for (int j0 = 0; j0 < page_size; j0 += keys_per_step) {
-            const int j = j0 + key_in_step;
-            const bool valid = j < n_valid;
-            uint4 kraw = make_uint4(0, 0, 0, 0), vraw = make_uint4(0, 0, 0, 0);
-            if (valid) {
-                kraw = __ldg((const uint4 *)(K + (size_t)j * hd + part * 8));
-                vraw = __ldg((const uint4 *)(V + (size_t)j * hd + part * 8));
+        /* two steps of keys per iteration: four 16-byte loads in flight per lane, and one
+           softmax correction for both */
+        for (int j0 = 0; j0 < page_size; j0 += 2 * keys_per_step) {
+            const int ja = j0 + key_in_step, jb = ja + keys_per_step;
+            const bool va = ja < n_valid, vb = jb < n_valid;
+            uint4 raw[4] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+            if (va) {
+                raw[0] = __ldg((const uint4 *)(K + (size_t)ja * hd + part * 8));
+                raw[1] = __ldg((const uint4 *)(V + (size_t)ja * hd + part * 8));
             }
-            float kf[8], vf[8];
-            const half2 *kp2 = (const half2 *)&kraw, *vp2 = (const half2 *)&vraw;
+            if (vb) {
+                raw[2] = __ldg((const uint4 *)(K + (size_t)jb * hd + part * 8));
+                raw[3] = __ldg((const uint4 *)(V + (size_t)jb * hd + part * 8));
+            }
+            float f[4][8];   /* K of a, V of a, K of b, V of b */
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float2 a = __half22float2(kp2[e]), b = __half22float2(vp2[e]);
-                kf[2 * e] = a.x; kf[2 * e + 1] = a.y; vf[2 * e] = b.x; vf[2 * e + 1] = b.y;
+            for (int r = 0; r < 4; r++) {
+                const half2 *h2 = (const half2 *)&raw[r];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float2 a = __half22float2(h2[e]);
+                    f[r][2 * e] = a.x;
+                    f[r][2 * e + 1] = a.y;
+                }
             }
 #pragma unroll
             for (int h = 0; h < MAXG; h++) {
                 if (h >= group) break;
-                float s = 0.0f;
+                float sa = 0.0f, sb = 0.0f;
 #pragma unroll
-                for (int e = 0; e < 8; e++) s += qr[h][e] * kf[e];
-                for (int o = cpk / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                s = valid ? s : -INFINITY;
-                float step_max = s;
+                for (int e = 0; e < 8; e++) {
+                    sa += qr[h][e] * f[0][e];
+                    sb += qr[h][e] * f[2][e];
+                }
+                for (int o = cpk / 2; o > 0; o >>= 1) {
+                    sa += __shfl_xor_sync(0xffffffffu, sa, o);
+                    sb += __shfl_xor_sync(0xffffffffu, sb, o);
+                }
+                sa = va ? sa : -INFINITY;
+                sb = vb ? sb : -INFINITY;
+                float step_max = fmaxf(sa, sb);
                 for (int o = cpk; o < 32; o <<= 1) step_max = fmaxf(step_max, __shfl_xor_sync(0xffffffffu, step_max, o));
                 const float m_new = fmaxf(m[h], step_max);
                 if (m_new == -INFINITY) continue;   /* same on every lane */
-                const float corr = __expf(m[h] - m_new), p = valid ? __expf(s - m_new) : 0.0f;
-                l[h] = l[h] * corr + (part == 0 ? p : 0.0f);
+                const float corr = __expf(m[h] - m_new), pa = va ? __expf(sa - m_new) : 0.0f, pb = vb ? __expf(sb - m_new) : 0.0f;
+                l[h] = l[h] * corr + (part == 0 ? pa + pb : 0.0f);
 #pragma unroll
-                for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * corr + p * vf[e];
+                for (int e = 0; e < 8; e++) acc[h][e] = acc[h][e] * corr + pa * f[1][e] + pb * f[3][e];
                 m[h] = m_new;
             }
         }
