@@ -27,7 +27,9 @@ static void usage(FILE *f) {
             "  --int4-model PATH  an int4 model to run teacher-forced too (e.g. stories260K through aq-quantize)\n"
             "  --model-7b PATH    a Llama-2-7B-shape int4 model for the decode-step timing (aq-synth --type aq4_g128)\n"
             "  --tokens N         teacher-forced tokens per model (default 2000)\n"
-            "  --skip-timing      checks only\n"
+            "  --part P           run one part: kernels, models or timing (default: all three); separate\n"
+            "                     processes keep a fault in one part (a bad address poisons the CUDA\n"
+            "                     context) from hiding the others\n"
             "  -h, --help         this text\n");
 }
 
@@ -310,22 +312,8 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph) {
     aq_session_free(s);
 }
 
-int main(int argc, char **argv) {
-    const char *shared = AQ_SHARED_DIR, *int4_model = NULL, *model_7b = NULL;
-    char path[1024], text[1024], err[512], name[256];
-    int n_tokens = 2000, timing = 1, i;
-    for (i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--shared")) shared = tool_arg("aq-gpu-check", argc, argv, &i);
-        else if (!strcmp(a, "--int4-model")) int4_model = tool_arg("aq-gpu-check", argc, argv, &i);
-        else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
-        else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
-        else if (!strcmp(a, "--skip-timing")) timing = 0;
-        else { fprintf(stderr, "aq-gpu-check: unknown option %s\n", a); usage(stderr); return 2; }
-    }
-    if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
-    printf("device: %s\n\n1. kernels against the CPU (fresh random inputs)\n", name);
+static void check_kernels(void) {
+    printf("\n1. kernels against the CPU (fresh random inputs)\n");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1);
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1);
     check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1);
@@ -344,48 +332,77 @@ int main(int argc, char **argv) {
     check_attention(777, 16, 2, 64, 16, 128);
     check_attention(500, 4, 4, 256, 32, 128);
     check_attention(100, 32, 8, 128, 16, 512);   /* fits the budget: dense */
+}
 
+static void check_models(const char *shared, const char *int4_model, int n_tokens) {
+    char path[1024], text[1024];
     printf("\n2. models teacher-forced on GPU and CPU\n");
     snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
     snprintf(text, sizeof text, "%s/text/tinystories-valid.txt", shared);
     check_model(path, text, n_tokens, 0);
     check_model(path, text, n_tokens, 64);
     if (int4_model) check_model(int4_model, text, n_tokens, 0);
+}
 
-    if (timing) {
-        static const int64_t shapes[4][2] = {{12288, 4096}, {22016, 4096}, {4096, 11008}, {4096, 4096}};
-        aqc_attention_timing at;
-        aqc_gemv_timing gt;
-        int kv;
-        printf("\n3. timing (median of 100 runs; matrices and caches rotated so they come from memory, not L2)\n");
-        printf("  %-16s %10s %10s %10s %10s %12s %10s\n", "GEMV", "int4 g128", "OliVe g128", "f16 (ours)", "cuBLAS f16", "int4 speedup",
-               "int4 GB/s");
-        for (i = 0; i < 4; i++) {
-            if (aqc_time_gemv(shapes[i][0], shapes[i][1], 128, 100, &gt, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
-            printf("  %6lld x %-7lld %8.1f us %8.1f us %8.1f us %8.1f us %11.2fx %10.0f\n", (long long)shapes[i][0], (long long)shapes[i][1],
-                   gt.int4_us, gt.ovp_us, gt.f16_us, gt.cublas_us, gt.cublas_us / gt.int4_us,
-                   ((double)shapes[i][0] * shapes[i][1] * (0.5 + 4.0 / 128)) / (gt.int4_us * 1e-6) / 1e9);
-        }
-        for (kv = 32; kv >= 8; kv -= 24) {
-            if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
-            printf("  attention 32K, 32 heads / %2d KV: dense %7.1f us (%5.0f GB/s, %3.0f%% of copy %4.0f GB/s), Quest 2048 %6.1f us "
-                   "(selection %5.1f us): %.2fx\n",
-                   kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
-                   at.dense_us / at.quest_us);
-        }
-        if (model_7b) {
-            aq_model *m = aq_model_load(model_7b, err, sizeof err);
-            if (!m) { printf("  %s  FAIL\n", err); failures++; }
-            else {
-                time_decode(m, 4096, 0, 1);
-                time_decode(m, 4096, 0, 0);
-                time_decode(m, 4096, 2048, 0);
-                time_decode(m, 32768, 0, 0);
-                time_decode(m, 32768, 2048, 0);
-                aq_model_free(m);
+static void timing_table(const char *model_7b) {
+    static const int64_t shapes[4][2] = {{12288, 4096}, {22016, 4096}, {4096, 11008}, {4096, 4096}};
+    aqc_attention_timing at;
+    aqc_gemv_timing gt;
+    char err[512];
+    int i, kv;
+    printf("\n3. timing (median of 100 runs; matrices and caches rotated so they come from memory, not L2)\n");
+    printf("  %-16s %10s %10s %10s %10s %12s %10s\n", "GEMV", "int4 g128", "OliVe g128", "f16 (ours)", "cuBLAS f16", "int4 speedup",
+           "int4 GB/s");
+    for (i = 0; i < 4; i++) {
+        if (aqc_time_gemv(shapes[i][0], shapes[i][1], 128, 100, &gt, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
+        printf("  %6lld x %-7lld %8.1f us %8.1f us %8.1f us %8.1f us %11.2fx %10.0f\n", (long long)shapes[i][0], (long long)shapes[i][1],
+               gt.int4_us, gt.ovp_us, gt.f16_us, gt.cublas_us, gt.cublas_us / gt.int4_us,
+               ((double)shapes[i][0] * shapes[i][1] * (0.5 + 4.0 / 128)) / (gt.int4_us * 1e-6) / 1e9);
+    }
+    for (kv = 32; kv >= 8; kv -= 24) {
+        if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
+        printf("  attention 32K, 32 heads / %2d KV: dense %7.1f us (%5.0f GB/s, %3.0f%% of copy %4.0f GB/s), Quest 2048 %6.1f us "
+               "(selection %5.1f us): %.2fx\n",
+               kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
+               at.dense_us / at.quest_us);
+    }
+    if (model_7b) {
+        aq_model *m = aq_model_load(model_7b, err, sizeof err);
+        if (!m) { printf("  %s  FAIL\n", err); failures++; return; }
+        time_decode(m, 4096, 0, 1);
+        time_decode(m, 4096, 0, 0);
+        time_decode(m, 4096, 2048, 0);
+        time_decode(m, 32768, 0, 0);
+        time_decode(m, 32768, 2048, 0);
+        aq_model_free(m);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *shared = AQ_SHARED_DIR, *int4_model = NULL, *model_7b = NULL, *part = "all";
+    char err[512], name[256];
+    int n_tokens = 2000, i;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "--shared")) shared = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--int4-model")) int4_model = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
+        else if (!strcmp(a, "--part")) {
+            part = tool_arg("aq-gpu-check", argc, argv, &i);
+            if (strcmp(part, "kernels") && strcmp(part, "models") && strcmp(part, "timing") && strcmp(part, "all")) {
+                fprintf(stderr, "aq-gpu-check: --part must be kernels, models, timing or all, got '%s'\n", part);
+                return 2;
             }
         }
+        else { fprintf(stderr, "aq-gpu-check: unknown option %s\n", a); usage(stderr); return 2; }
     }
+    if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
+    printf("device: %s\n", name);
+    if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
+    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, int4_model, n_tokens);
+    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(model_7b);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

@@ -38,15 +38,21 @@ make -s cuda CUDA_ARCH="${CUDA_ARCH:-90}" STB_INCLUDE=$STB SHARED=$SHARED -j"$(n
 B=build/cuda
 
 echo "== models ($(($(date +%s) - start)) s)"
-$B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf >/dev/null
+$B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf \
+    >>build/gpu-check-build.log 2>&1
 [ -f build/llama2-7b-aq4.gguf ] ||
     $B/tools/aq-synth --preset llama2-7b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
-        -o build/llama2-7b-aq4.gguf >/dev/null
+        -o build/llama2-7b-aq4.gguf >>build/gpu-check-build.log 2>&1
 
-echo "== aq-gpu-check ($(($(date +%s) - start)) s)"
+# three processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
+# context) or a hang must not cost the others
 status=0
-$B/tools/aq-gpu-check --shared $SHARED --int4-model build/stories260K-rtn-g32.gguf --model-7b build/llama2-7b-aq4.gguf \
-    >"$LOG" 2>&1 || status=$?
+: >"$LOG"
+for part in kernels:90 models:90 timing:180; do
+    echo "== aq-gpu-check --part ${part%:*} ($(($(date +%s) - start)) s)" >>"$LOG"
+    timeout "${part#*:}" $B/tools/aq-gpu-check --part "${part%:*}" --shared $SHARED --int4-model build/stories260K-rtn-g32.gguf \
+        --model-7b build/llama2-7b-aq4.gguf >>"$LOG" 2>&1 || { echo "   (exit status $?)" >>"$LOG"; status=1; }
+done
 cat "$LOG"
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
