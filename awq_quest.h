@@ -380,6 +380,13 @@ void    aq_sampler_accept(aq_sampler *s, int32_t token);   /* remember for the r
 int32_t aq_sampler_sample(aq_sampler *s, const float *logits);
 void    aq_sampler_reset(aq_sampler *s);                  /* forget history, reseed */
 
+/* One decode step of sampled generation: evaluates token and draws the next one exactly as
+   aq_sampler_sample would from the logits (the same RNG draws; it does not call
+   aq_sampler_accept).  On the GPU, when there is no repetition penalty and top_k is in
+   [1, 1024] (or the sampler is greedy), the draw happens on the device and the token is the only
+   thing copied back; otherwise the logits come back and the CPU samples. */
+int aq_eval_sample(aq_session *s, aq_sampler *smp, int32_t token, int32_t *next, char *err, size_t err_len);
+
 /* ======================================================================================
    Generate: tokenize the prompt (with BOS if the vocabulary wants it), evaluate it as one batch,
    then sample up to n_predict tokens, stopping at EOS.  Each piece of text goes to on_piece as it
@@ -3743,7 +3750,7 @@ struct aq_session {
     aq_session_stats stats;
     int backend;               /* AQ_BACKEND_* in use */
     char backend_note[512];
-    float *greedy_logits;      /* aq_eval_greedy on the CPU */
+    float *step_logits;        /* aq_eval_greedy / aq_eval_sample on the CPU */
 #ifdef AQ_CUDA
     aqc_session *cuda;         /* when backend is AQ_BACKEND_CUDA: the forward pass runs there */
 #endif
@@ -3765,7 +3772,7 @@ void aq_session_free(aq_session *s) {
 #ifdef AQ_CUDA
     aqc_session_free(s->cuda);
 #endif
-    AQ_FREE(s->greedy_logits);
+    AQ_FREE(s->step_logits);
     aq__pool_free(s->pool);
     if (s->pages)
         for (i = 0; i < s->m->cfg.n_layers * s->max_pages; i++) AQ_FREE(s->pages[i]);
@@ -4584,13 +4591,13 @@ int aq_eval_greedy(aq_session *s, int32_t token, int32_t *next, char *err, size_
         return 0;
     }
 #endif
-    if (!s->greedy_logits && !(s->greedy_logits = (float *)aq__calloc((size_t)n_vocab, sizeof(float)))) {
+    if (!s->step_logits && !(s->step_logits = (float *)aq__calloc((size_t)n_vocab, sizeof(float)))) {
         aq__err(err, err_len, "out of memory");
         return -1;
     }
-    if (aq__eval(s, &token, 1, s->greedy_logits, 0, err, err_len)) return -1;
+    if (aq__eval(s, &token, 1, s->step_logits, 0, err, err_len)) return -1;
     for (i = 1; i < n_vocab; i++)
-        if (s->greedy_logits[i] > s->greedy_logits[best]) best = i;
+        if (s->step_logits[i] > s->step_logits[best]) best = i;
     *next = best;
     return 0;
 }
@@ -4754,6 +4761,37 @@ int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {
 /* ---------------------------------------------------------------------------------------
    Generate: the prompt-to-text loop every front end needs, on top of eval and the sampler.
    --------------------------------------------------------------------------------------- */
+int aq_eval_sample(aq_session *s, aq_sampler *smp, int32_t token, int32_t *next, char *err, size_t err_len) {
+    const int no_penalty = smp->p.repeat_penalty == 1.0f || smp->p.repeat_penalty <= 0.0f;
+    if (smp->p.temperature <= 0.0f && no_penalty) return aq_eval_greedy(s, token, next, err, err_len);
+#ifdef AQ_CUDA
+    if (s->cuda && no_penalty && smp->p.top_k >= 1 && smp->p.top_k <= 1024 && smp->p.top_k <= s->m->cfg.n_vocab &&
+        smp->p.temperature > 0.0f) {
+        aqc_sampling sp;
+        if (token < 0 || token >= s->m->cfg.n_vocab) {
+            aq__err(err, err_len, "token id %d is out of range [0, %d)", token, s->m->cfg.n_vocab);
+            return -1;
+        }
+        if (s->pos >= s->n_ctx) { aq__err(err, err_len, "context full: position %d, n_ctx %d", s->pos, s->n_ctx); return -1; }
+        sp.temperature = smp->p.temperature;
+        sp.top_k = smp->p.top_k;
+        sp.top_p = smp->p.top_p;
+        sp.min_p = smp->p.min_p;
+        if (aqc_step_sample(s->cuda, token, s->pos, &sp, aq__rand01(smp), next, err, err_len)) return -1;
+        s->pos++;
+        s->stats.decode_steps++;
+        return 0;
+    }
+#endif
+    if (!s->step_logits && !(s->step_logits = (float *)aq__calloc((size_t)s->m->cfg.n_vocab, sizeof(float)))) {
+        aq__err(err, err_len, "out of memory");
+        return -1;
+    }
+    if (aq_eval(s, &token, 1, s->step_logits, err, err_len)) return -1;
+    *next = aq_sampler_sample(smp, s->step_logits);
+    return 0;
+}
+
 static int aq__emit(const aq_vocab *v, int32_t prev, int32_t id, aq_piece_fn fn, void *user) {
     char buf[512];
     int n = aq_token_to_piece(v, id, buf, (int)sizeof buf), skip = 0;
@@ -4766,7 +4804,7 @@ int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predic
                 aq_generate_stats *stats, char *err, size_t err_len) {
     const aq_vocab *v = s->m->vocab;
     size_t len = prompt ? strlen(prompt) : 0;
-    int n_ids, i, stop = 0, greedy;
+    int n_ids, i, stop = 0;
     int32_t *ids = NULL, prev = -1, tok;
     float *logits = NULL;
     aq_generate_stats st;
@@ -4793,19 +4831,17 @@ int aq_generate(aq_session *s, aq_sampler *smp, const char *prompt, int n_predic
     }
 
     t0 = aq_time_seconds();
-    /* greedy with no repetition penalty needs only the argmax: on the GPU that keeps the logits
-       on the device (aq_eval_greedy); the first token comes from the prompt's logits */
-    greedy = smp->p.temperature <= 0.0f && (smp->p.repeat_penalty == 1.0f || smp->p.repeat_penalty <= 0.0f);
+    /* the first token comes from the prompt's logits, the others from aq_eval_sample, which on
+       the GPU keeps the logits on the device */
     tok = aq_sampler_sample(smp, logits);
     for (i = 0; i < n_predict && !stop; i++) {
-        if (i > 0 && !greedy) tok = aq_sampler_sample(smp, logits);
         if (tok == v->eos || tok == v->bos) break;    /* end of text, or the start of another */
         aq_sampler_accept(smp, tok);
         stop = aq__emit(v, prev, tok, on_piece, user);
         prev = tok;
         st.n_generated++;
         if (aq_session_pos(s) >= aq_session_n_ctx(s)) break;
-        if (greedy ? aq_eval_greedy(s, tok, &tok, err, err_len) : aq_eval(s, &tok, 1, logits, err, err_len)) goto fail;
+        if (aq_eval_sample(s, smp, tok, &tok, err, err_len)) goto fail;
     }
     st.decode_seconds = aq_time_seconds() - t0;
     if (stats) *stats = st;

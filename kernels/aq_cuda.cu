@@ -354,31 +354,23 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
 
 #define AQC_TOPK_THREADS 1024
 
-/* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
-   page order, then the current page.  A radix select (four passes over 8 bits) finds the key of
-   the k-th best page; a block scan then writes the pages above it and the first ties below. */
-__global__ void __launch_bounds__(AQC_TOPK_THREADS)
-aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
+/* The k largest of vals[0..n) (0 < k <= n), ties to the lower index, written to out in
+   ascending index order.  Every thread of the block calls it.  A radix select (four passes over
+   8 bits of an order-preserving key) finds the k-th largest key; a block scan then writes the
+   values above it and the first ties equal to it.  Used for Quest's pages and the sampler's
+   top-k. */
+__device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
     __shared__ int scan[32];
     __shared__ uint32_t s_prefix;
     __shared__ int s_k;
-    const int kvh = blockIdx.x, tid = threadIdx.x, nt = blockDim.x, pos = *pos_ptr, last = pos / page_size;
-    int *out = lists + (size_t)kvh * max_pages;
-    if (pos + 1 <= budget) {
-        for (int i = tid; i <= last; i += nt) out[i] = i;
-        if (tid == 0) list_len[kvh] = last + 1;
-        return;
-    }
-    const int keep = budget / page_size - 1, n = last;
-    const float *sc = scores + (size_t)kvh * max_pages;
+    const int tid = threadIdx.x, nt = blockDim.x;
     uint32_t prefix = 0, mask = 0;
-    int k = keep;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
         __syncthreads();
         for (int i = tid; i < n; i += nt) {
-            uint32_t key = aqc__order_key(sc[i]);
+            uint32_t key = aqc__order_key(vals[i]);
             if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
         }
         __syncthreads();
@@ -407,19 +399,34 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
     /* prefix is now the k-th best key; take everything above it and the first k equal to it */
     const int per = (n + nt - 1) / nt, b0 = min(n, tid * per), b1 = min(n, b0 + per);
     int ties = 0;
-    for (int i = b0; i < b1; i++) ties += aqc__order_key(sc[i]) == prefix;
+    for (int i = b0; i < b1; i++) ties += aqc__order_key(vals[i]) == prefix;
     const int ties_before = aqc__block_exclusive_scan(ties, scan);
     int selected = 0, seen = ties_before;
     for (int i = b0; i < b1; i++) {
-        uint32_t key = aqc__order_key(sc[i]);
+        uint32_t key = aqc__order_key(vals[i]);
         if (key > prefix || (key == prefix && seen++ < k)) selected++;
     }
     int o = aqc__block_exclusive_scan(selected, scan);
     seen = ties_before;
     for (int i = b0; i < b1; i++) {
-        uint32_t key = aqc__order_key(sc[i]);
+        uint32_t key = aqc__order_key(vals[i]);
         if (key > prefix || (key == prefix && seen++ < k)) out[o++] = i;
     }
+}
+
+/* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
+   page order, then the current page. */
+__global__ void __launch_bounds__(AQC_TOPK_THREADS)
+aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
+    const int kvh = blockIdx.x, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
+    int *out = lists + (size_t)kvh * max_pages;
+    if (pos + 1 <= budget) {
+        for (int i = tid; i <= last; i += blockDim.x) out[i] = i;
+        if (tid == 0) list_len[kvh] = last + 1;
+        return;
+    }
+    const int keep = budget / page_size - 1;
+    aqc__block_top_k(scores + (size_t)kvh * max_pages, last, keep, out);
     if (tid == 0) {
         out[keep] = last;
         list_len[kvh] = keep + 1;
@@ -593,6 +600,56 @@ __global__ void aqc_argmax_kernel(const float *logits, int n, int *state) {
         __syncthreads();
     }
     if (threadIdx.x == 0) state[AQC_NEXT] = best_i[0] == 0x7fffffff ? 0 : best_i[0];
+}
+
+/* A draw with the CPU sampler's rules (aq_sampler_sample without the repetition penalty): the
+   top_k largest logits (ties to the lower id), sorted, softmax at the temperature, cut by top_p
+   and then by min_p, and the token where the uniform r (the host sampler's own RNG draw) falls
+   in the cumulative probabilities.  One block; top_k <= AQC_SAMPLE_MAX_K. */
+#define AQC_SAMPLE_MAX_K 1024
+__global__ void __launch_bounds__(AQC_TOPK_THREADS)
+aqc_sample_kernel(const float *logits, int n, float temperature, int top_k, float top_p, float min_p, float r, int *state) {
+    __shared__ int cand[AQC_SAMPLE_MAX_K], sorted_id[AQC_SAMPLE_MAX_K];
+    __shared__ float sorted_p[AQC_SAMPLE_MAX_K];
+    aqc__block_top_k(logits, n, top_k, cand);
+    __syncthreads();
+    for (int i = threadIdx.x; i < top_k; i += blockDim.x) {   /* rank sort: descending, ties by id */
+        const float v = logits[cand[i]];
+        int rank = 0;
+        for (int j = 0; j < top_k; j++) {
+            const float u = logits[cand[j]];
+            rank += u > v || (u == v && cand[j] < cand[i]);
+        }
+        sorted_p[rank] = v / temperature;
+        sorted_id[rank] = cand[i];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int m = top_k, i;
+        float mx = sorted_p[0], sum = 0.0f;
+        for (i = 0; i < m; i++) { sorted_p[i] = expf(sorted_p[i] - mx); sum += sorted_p[i]; }
+        for (i = 0; i < m; i++) sorted_p[i] /= sum;
+        if (top_p < 1.0f) {
+            float cum = 0.0f;
+            for (i = 0; i < m; i++) {
+                cum += sorted_p[i];
+                if (cum >= top_p) { m = i + 1; break; }
+            }
+        }
+        if (min_p > 0.0f) {
+            const float floor_p = min_p * sorted_p[0];
+            for (i = 1; i < m; i++)
+                if (sorted_p[i] < floor_p) { m = i; break; }
+        }
+        sum = 0.0f;
+        for (i = 0; i < m; i++) sum += sorted_p[i];
+        r *= sum;
+        for (i = 0; i < m - 1; i++) {
+            r -= sorted_p[i];
+            if (r < 0.0f) break;
+        }
+        state[AQC_NEXT] = sorted_id[i];
+    }
 }
 
 /* Benchmarks and checks: uniform values in [-1, 1) from a counter-based hash. */
@@ -1007,8 +1064,8 @@ extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
 }
 
 /* Enqueues the model over n tokens whose ids are at `ids` (device) at positions state[AQC_POS]..
-   Logits: none (want = 0), the last token's (1) or every token's (2), into s->logits.  Decode
-   steps (n == 1) end with the argmax into state[AQC_NEXT]. */
+   Logits: none (want = 0), the last token's (1) or every token's (2), into s->logits; a decode
+   step (n == 1) always computes them. */
 static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int want, char *err, size_t err_len) {
     const aqc_model *m = s->m;
     const aqc_config *c = &m->c;
@@ -1070,10 +1127,6 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
                       s->xh, s->xscale, s->xsum, xl, err, err_len) ||
             aqc__gemv(st, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len))
             return -1;
-        if (n == 1) {
-            aqc_argmax_kernel<<<1, 1024, 0, st>>>(s->logits, c->n_vocab, s->state);
-            AQC_TRY(cudaGetLastError());
-        }
     }
 #undef AQC_MATMUL
     return 0;
@@ -1106,30 +1159,52 @@ extern "C" int aqc_eval(aqc_session *s, const int32_t *ids, int n, int pos0, flo
     return 0;
 }
 
-extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
+/* Enqueues one decode step up to its logits, from the captured graph when the session uses one. */
+static int aqc__step(aqc_session *s, int32_t token, int pos, char *err, size_t err_len) {
     if (pos < 0 || pos >= s->c.n_ctx) { aqc__err(err, err_len, "GPU step: position %d is outside the context of %d", pos, s->c.n_ctx); return -1; }
     if (aqc__set_state(s, token, pos, err, err_len)) return -1;
-    if (s->c.use_graph) {
-        if (!s->graph_ready) {
-            cudaGraph_t g;
-            AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
-            if (aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len)) {
-                cudaStreamEndCapture(s->stream, &g);
-                return -1;
-            }
-            AQC_TRY(cudaStreamEndCapture(s->stream, &g));
-            AQC_TRY(cudaGraphInstantiate(&s->graph, g, 0));
-            cudaGraphDestroy(g);
-            s->graph_ready = 1;
+    if (!s->c.use_graph) return aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len);
+    if (!s->graph_ready) {
+        cudaGraph_t g;
+        AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+        if (aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len)) {
+            cudaStreamEndCapture(s->stream, &g);
+            return -1;
         }
-        AQC_TRY(cudaGraphLaunch(s->graph, s->stream));
-    } else if (aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len)) {
-        return -1;
+        AQC_TRY(cudaStreamEndCapture(s->stream, &g));
+        AQC_TRY(cudaGraphInstantiate(&s->graph, g, 0));
+        cudaGraphDestroy(g);
+        s->graph_ready = 1;
     }
+    AQC_TRY(cudaGraphLaunch(s->graph, s->stream));
+    return 0;
+}
+
+/* The token the step's last kernel left in state[AQC_NEXT]: the only copy back. */
+static int aqc__next_token(aqc_session *s, int32_t *next, char *err, size_t err_len) {
+    AQC_TRY(cudaGetLastError());
     AQC_TRY(cudaMemcpyAsync(s->host_state + AQC_NEXT, s->state + AQC_NEXT, sizeof(int), cudaMemcpyDeviceToHost, s->stream));
     AQC_TRY(cudaStreamSynchronize(s->stream));
     *next = s->host_state[AQC_NEXT];
     return 0;
+}
+
+extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
+    if (aqc__step(s, token, pos, err, err_len)) return -1;
+    aqc_argmax_kernel<<<1, 1024, 0, s->stream>>>(s->logits, s->m->c.n_vocab, s->state);
+    return aqc__next_token(s, next, err, err_len);
+}
+
+extern "C" int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc_sampling *p, float r, int32_t *next,
+                               char *err, size_t err_len) {
+    if (p->temperature <= 0.0f || p->top_k < 1 || p->top_k > AQC_SAMPLE_MAX_K || p->top_k > s->m->c.n_vocab) {
+        aqc__err(err, err_len, "GPU sampling needs a temperature above 0 and top_k in [1, %d]", AQC_SAMPLE_MAX_K);
+        return -1;
+    }
+    if (aqc__step(s, token, pos, err, err_len)) return -1;
+    aqc_sample_kernel<<<1, AQC_TOPK_THREADS, 0, s->stream>>>(s->logits, s->m->c.n_vocab, p->temperature, p->top_k, p->top_p, p->min_p, r,
+                                                            s->state);
+    return aqc__next_token(s, next, err, err_len);
 }
 
 extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len) {

@@ -81,6 +81,15 @@ uint64_t     aqc_session_kv_bytes(const aqc_session *s);
 int aqc_eval(aqc_session *s, const int32_t *ids, int n, int pos0, float *logits, int all, char *err, size_t err_len);
 /* One decode step whose only copy back is the argmax token: the step of greedy generation. */
 int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len);
+/* One decode step whose only copy back is a sampled token: aq_sampler_sample's rules without the
+   repetition penalty (temperature > 0, top_k in [1, 1024], then top_p and min_p), r being the
+   host sampler's uniform draw in [0, 1). */
+typedef struct {
+    float temperature;
+    int top_k;
+    float top_p, min_p;
+} aqc_sampling;
+int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc_sampling *p, float r, int32_t *next, char *err, size_t err_len);
 /* Benchmarks: random keys and values (and their page bounds) in positions 0..n-1 of every layer. */
 int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len);
 

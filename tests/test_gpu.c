@@ -116,6 +116,46 @@ static void test_eval_greedy_is_the_argmax(void) {
     aq_model_free(m);
 }
 
+/* aq_eval_sample draws what aq_eval + aq_sampler_sample would, with the same RNG draws, for
+   sampled, greedy and penalised settings. */
+static void test_eval_sample_is_the_sampler(void) {
+    char err[512];
+    aq_model *m = load_model(stories());
+    const float temps[3] = {0.8f, 0.0f, 0.7f}, penalties[3] = {1.0f, 1.0f, 1.3f};
+    const int32_t prompt[3] = {1, 403, 407};
+    float *logits = (float *)malloc(sizeof(float) * 512);
+    int c, i;
+    if (!m) { free(logits); return; }
+    for (c = 0; c < 3; c++) {
+        aq_session *a = new_session(m, 2, 0, 0, 0), *b = new_session(m, 2, 0, 0, 0);
+        aq_sampler_params sp = aq_sampler_default_params();
+        aq_sampler *sa, *sb;
+        int32_t ta, tb;
+        sp.temperature = temps[c];
+        sp.repeat_penalty = penalties[c];
+        sp.seed = 1234 + (uint64_t)c;
+        sa = aq_sampler_new(&sp, 512);
+        sb = aq_sampler_new(&sp, 512);
+        CHECK(a && b && aq_eval(a, prompt, 3, logits, err, sizeof err) == 0 && aq_eval(b, prompt, 3, NULL, err, sizeof err) == 0);
+        ta = tb = aq_sampler_sample(sa, logits);
+        aq_sampler_sample(sb, logits);   /* keep the two RNGs in step */
+        for (i = 0; i < 30; i++) {
+            aq_sampler_accept(sa, ta);
+            aq_sampler_accept(sb, tb);
+            CHECK(aq_eval(a, &ta, 1, logits, err, sizeof err) == 0);
+            ta = aq_sampler_sample(sa, logits);
+            CHECKF(aq_eval_sample(b, sb, tb, &tb, err, sizeof err) == 0, "%s", err);
+            CHECKF(ta == tb, "setting %d, step %d: %d vs %d", c, i, ta, tb);
+        }
+        aq_sampler_free(sa);
+        aq_sampler_free(sb);
+        aq_session_free(a);
+        aq_session_free(b);
+    }
+    free(logits);
+    aq_model_free(m);
+}
+
 /* Asking for the GPU never fails the session: without one (this build, or this machine) it runs on
    the CPU, says why, and computes exactly what a CPU session does. */
 static void test_gpu_backend_falls_back_with_a_reason(void) {
@@ -164,5 +204,6 @@ static void gpu_tests(void) {
     RUN(test_gpu_int4_packing_decodes_like_the_cpu);
     RUN(test_gpu_ovp_packing_decodes_like_the_cpu);
     RUN(test_eval_greedy_is_the_argmax);
+    RUN(test_eval_sample_is_the_sampler);
     RUN(test_gpu_backend_falls_back_with_a_reason);
 }

@@ -5,7 +5,7 @@
         Quest score and top-k, sparse and dense paged attention, merge) for several shapes;
      2. whole models teacher-forced over the same tokens of real text on GPU and CPU: prompt
         batches and then decode steps, next-token argmax agreement and logit differences, and
-        greedy text;
+        greedy and sampled text (the draw on the device);
      3. one timing table: GEMV vs cuBLAS on Llama-2-7B shapes, dense vs Quest attention at 32K,
         and the whole decode step of a Llama-2-7B-shape int4 model.
    Exit status 1 when a check fails. */
@@ -273,6 +273,25 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
             while (same < nc && same < ng && tc[same] == tg[same]) same++;
         }
         printf("  %-40s greedy: first %d of 128 tokens identical to the CPU's\n", "", same);
+        {   /* sampled on the device (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05) against the CPU, same seed */
+            aq_sampler_params sp = aq_sampler_default_params();
+            aq_sampler *sc = aq_sampler_new(&sp, V), *sg = aq_sampler_new(&sp, V);
+            aq_session_reset(cpu);
+            aq_session_reset(gpu);
+            same = 0;
+            if (sc && sg && aq_eval(cpu, ids, 8, lc, err, sizeof err) == 0 && aq_eval(gpu, ids, 8, lg, err, sizeof err) == 0) {
+                tc[0] = aq_sampler_sample(sc, lc);
+                tg[0] = aq_sampler_sample(sg, lg);
+                for (nc = 1; nc < 128 && !aq_eval_sample(cpu, sc, tc[nc - 1], &tc[nc], err, sizeof err); nc++) {}
+                for (ng = 1; ng < 128 && !aq_eval_sample(gpu, sg, tg[ng - 1], &tg[ng], err, sizeof err); ng++) {}
+                while (same < nc && same < ng && tc[same] == tg[same]) same++;
+            }
+            printf("  %-40s sampled on the device: first %d of 128 tokens identical to the CPU's (%s)\n", "", same,
+                   ng == 128 ? "ran" : err);
+            if (ng != 128) failures++;
+            aq_sampler_free(sc);
+            aq_sampler_free(sg);
+        }
     }
 done:
     free(ids); free(lc); free(lg);
@@ -283,33 +302,41 @@ done:
 
 /* ---- 3. timing ---- */
 
-static void time_decode(aq_model *m, int ctx, int budget, int no_graph) {
+/* ms per decode step after a random KV cache of ctx positions: greedy (argmax on the device) or
+   sampled (the default sampler, its draw on the device). */
+static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int sample) {
     char err[512];
     aq_session_params p = aq_session_default_params();
+    aq_sampler_params spp = aq_sampler_default_params();
     aq_session *s;
+    aq_sampler *smp;
     int32_t tok = 1;
     int i, steps = 24;
     double t0, ms;
+    if (!sample) spp.temperature = 0.0f;
+    smp = aq_sampler_new(&spp, aq_model_config(m)->n_vocab);
     p.backend = AQ_BACKEND_CUDA;
     p.n_ctx = ctx + 64;
     p.n_batch = 8;
     p.quest_budget = budget;
     p.no_cuda_graph = no_graph;
     s = aq_session_new(m, &p, err, sizeof err);
-    if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
+    if (!smp || !s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
         printf("  decode step ctx %d: %s  FAIL\n", ctx, s ? (aq_session_backend(s) != AQ_BACKEND_CUDA ? aq_session_backend_note(s) : err) : err);
         failures++;
         aq_session_free(s);
+        aq_sampler_free(smp);
         return;
     }
-    for (i = 0; i < 4; i++) aq_eval_greedy(s, tok, &tok, err, sizeof err);
+    for (i = 0; i < 4; i++) aq_eval_sample(s, smp, tok, &tok, err, sizeof err);
     t0 = aq_time_seconds();
     for (i = 0; i < steps; i++)
-        if (aq_eval_greedy(s, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
+        if (aq_eval_sample(s, smp, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
     ms = (aq_time_seconds() - t0) * 1e3 / steps;
-    printf("  decode step, %5d context, %-12s %-9s %8.2f ms/token  %6.1f tok/s\n", ctx, budget ? "Quest 2048" : "dense",
-           no_graph ? "no graph" : "graph", ms, 1e3 / ms);
+    printf("  decode step, %5d context, %-10s %-8s %-7s %8.2f ms/token  %6.1f tok/s\n", ctx, budget ? "Quest 2048" : "dense",
+           no_graph ? "no graph" : "graph", sample ? "sampled" : "greedy", ms, 1e3 / ms);
     aq_session_free(s);
+    aq_sampler_free(smp);
 }
 
 static void check_kernels(void) {
@@ -369,11 +396,12 @@ static void timing_table(const char *model_7b) {
     if (model_7b) {
         aq_model *m = aq_model_load(model_7b, err, sizeof err);
         if (!m) { printf("  %s  FAIL\n", err); failures++; return; }
-        time_decode(m, 4096, 0, 1);
-        time_decode(m, 4096, 0, 0);
-        time_decode(m, 4096, 2048, 0);
-        time_decode(m, 32768, 0, 0);
-        time_decode(m, 32768, 2048, 0);
+        time_decode(m, 4096, 0, 1, 0);
+        time_decode(m, 4096, 0, 0, 0);
+        time_decode(m, 4096, 0, 0, 1);
+        time_decode(m, 4096, 2048, 0, 0);
+        time_decode(m, 32768, 0, 0, 0);
+        time_decode(m, 32768, 2048, 0, 0);
         aq_model_free(m);
     }
 }
