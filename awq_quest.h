@@ -20,8 +20,9 @@
          aq_sampler_free(smp); aq_session_free(s); aq_model_free(m);
 
    WHAT IS WHERE (sections of the implementation, in data-flow order)
-     utilities -> GGUF reader -> GGUF writer -> tensor types -> thread pool -> kernels ->
-     tokenizer -> model -> session (KV cache, forward pass) -> sampler -> generate
+     utilities -> GGUF reader -> GGUF writer -> tensor types (OVP among them) -> thread pool ->
+     kernels -> tokenizer -> model -> GPU upload -> session (KV cache, forward pass, or the GPU's)
+     -> sampler -> generate.  The CUDA kernels themselves live in kernels/ (see its README).
 
    OPTIONS (define before the implementation)
      AQ_MALLOC(n) / AQ_REALLOC(p,n) / AQ_FREE(p)   allocator (default: libc)
