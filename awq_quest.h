@@ -4580,13 +4580,23 @@ int aq_eval_all(aq_session *s, const int32_t *ids, int n, float *logits, char *e
     return aq__eval(s, ids, n, logits, 1, err, err_len);
 }
 
+#ifdef AQ_CUDA
+/* What aq__eval checks before a GPU decode step, which does not go through it. */
+static int aq__cuda_step_ok(const aq_session *s, int32_t token, char *err, size_t err_len) {
+    if (token < 0 || token >= s->m->cfg.n_vocab) {
+        aq__err(err, err_len, "token id %d is out of range [0, %d)", token, s->m->cfg.n_vocab);
+        return 0;
+    }
+    if (s->pos >= s->n_ctx) { aq__err(err, err_len, "context full: position %d, n_ctx %d", s->pos, s->n_ctx); return 0; }
+    return 1;
+}
+#endif
+
 int aq_eval_greedy(aq_session *s, int32_t token, int32_t *next, char *err, size_t err_len) {
     int32_t i, best = 0, n_vocab = s->m->cfg.n_vocab;
 #ifdef AQ_CUDA
     if (s->cuda) {
-        if (token < 0 || token >= n_vocab) { aq__err(err, err_len, "token id %d is out of range [0, %d)", token, n_vocab); return -1; }
-        if (s->pos >= s->n_ctx) { aq__err(err, err_len, "context full: position %d, n_ctx %d", s->pos, s->n_ctx); return -1; }
-        if (aqc_step_greedy(s->cuda, token, s->pos, next, err, err_len)) return -1;
+        if (!aq__cuda_step_ok(s, token, err, err_len) || aqc_step_greedy(s->cuda, token, s->pos, next, err, err_len)) return -1;
         s->pos++;
         s->stats.decode_steps++;
         return 0;
@@ -4769,11 +4779,7 @@ int aq_eval_sample(aq_session *s, aq_sampler *smp, int32_t token, int32_t *next,
     if (s->cuda && no_penalty && smp->p.top_k >= 1 && smp->p.top_k <= 1024 && smp->p.top_k <= s->m->cfg.n_vocab &&
         smp->p.temperature > 0.0f) {
         aqc_sampling sp;
-        if (token < 0 || token >= s->m->cfg.n_vocab) {
-            aq__err(err, err_len, "token id %d is out of range [0, %d)", token, s->m->cfg.n_vocab);
-            return -1;
-        }
-        if (s->pos >= s->n_ctx) { aq__err(err, err_len, "context full: position %d, n_ctx %d", s->pos, s->n_ctx); return -1; }
+        if (!aq__cuda_step_ok(s, token, err, err_len)) return -1;
         sp.temperature = smp->p.temperature;
         sp.top_k = smp->p.top_k;
         sp.top_p = smp->p.top_p;
