@@ -410,6 +410,7 @@ int main(int argc, char **argv) {
     const char *shared = AQ_SHARED_DIR, *int4_model = NULL, *model_7b = NULL, *part = "all";
     char err[512], name[256];
     int n_tokens = 2000, i;
+    setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }

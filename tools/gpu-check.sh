@@ -49,10 +49,11 @@ $B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf bui
 status=0
 : >"$LOG"
 for part in kernels:90 models:90 timing:180; do
-    echo "== aq-gpu-check --part ${part%:*} ($(($(date +%s) - start)) s)" >>"$LOG"
+    echo "== aq-gpu-check --part ${part%:*} ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     timeout "${part#*:}" $B/tools/aq-gpu-check --part "${part%:*}" --shared $SHARED --int4-model build/stories260K-rtn-g32.gguf \
-        --model-7b build/llama2-7b-aq4.gguf >>"$LOG" 2>&1 || { echo "   (exit status $?)" >>"$LOG"; status=1; }
+        --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 || { echo "   (exit status $?)" >>build/gpu-check-part.log; status=1; }
+    cat build/gpu-check-part.log
+    cat build/gpu-check-part.log >>"$LOG"
 done
-cat "$LOG"
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
