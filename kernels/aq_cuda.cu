@@ -43,7 +43,9 @@ static int aqc__cuda_failed(cudaError_t e, const char *what, char *err, size_t e
 }
 
 /* Every CUDA call and every launch is checked (a launch through cudaGetLastError). */
-#define AQC_TRY(call) do { if (aqc__cuda_failed((call), #call, err, err_len)) return -1; } while (0)
+#define AQC_STR2(x) #x
+#define AQC_STR(x) AQC_STR2(x)
+#define AQC_TRY(call) do { if (aqc__cuda_failed((call), #call " (aq_cuda.cu:" AQC_STR(__LINE__) ")", err, err_len)) return -1; } while (0)
 #define AQC_TRY_BLAS(call) do { cublasStatus_t st_ = (call); \
     if (st_ != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: %s: status %d", #call, (int)st_); return -1; } } while (0)
 
@@ -118,17 +120,33 @@ __global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_i
 /* ---- matrix products ---- */
 
 #define AQC_GEMV_WARPS 4
+#define AQC_GEMV_STAGE 4   /* 16-byte loads per lane per pipeline stage */
 
-/* 4-bit GEMV (int4 and OliVe), one warp per row, 32 codes (16 bytes) per lane per load.  Per
-   chunk of 32: y += scale * xscale * sum(v * x') + min * sum(x), the sum over pairs in f16.
+/* Decode GEMVs are a single pass over the weights, so their speed is the bytes they keep in
+   flight.  Each warp owns rows in a grid-stride loop and works through a row in stages of
+   AQC_GEMV_STAGE 16-byte loads per lane, issuing the next stage's loads (possibly the next row's)
+   before it computes the current one: with a grid sized to the machine there is no tail of
+   short-lived blocks, and a warp never waits for memory with nothing else requested. */
+__device__ __forceinline__ void aqc__gemv_next(int &row, int &c0, int loads_per_stage, int n_vec, int warps_total) {
+    c0 += 32 * loads_per_stage;
+    if (c0 >= n_vec) { c0 = 0; row += warps_total; }
+}
+
+/* 4-bit GEMV (int4 and OliVe): a lane's 16-byte load is a chunk of 32 codes.  Per chunk of 32:
+   y += scale * xscale * sum(v * x') + min * sum(x), the sum over pairs in f16.
    int4: a code q becomes the f16 1024 + q by OR-ing it into the mantissa of 1024.0 (0x6400),
    minus 1024 exactly: two integer ops and one subtraction per pair, then one f16 FMA per pair.
    OliVe: a byte is a pair of elements, decoded through the weight's 2 x 256-entry table of f16
    pairs (exact: the values are small integers) held in shared memory; the sign of a group's scale
    picks the table.  The table comes from the host's decoder, so the GPU cannot disagree with the
    CPU about what a byte means. */
+struct aqc__stage4 {
+    uint4 w[AQC_GEMV_STAGE];
+    __half d[AQC_GEMV_STAGE], m[AQC_GEMV_STAGE];
+};
+
 template <int FORMAT>
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, 4)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
                      const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
                      const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
@@ -137,65 +155,115 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
         __syncthreads();
     }
-    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
+    const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
-    const uint4 *w = codes + (size_t)row * n_chunks;
-    const __half *sc = scales + (size_t)row * n_groups, *mn = mins + (size_t)row * n_groups;
     const uint4 *x4 = (const uint4 *)xh;
     const half2 magic = __float2half2_rn(1024.0f);
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < n_chunks; c += 32) {
-        uint4 wv = __ldg(w + c);
-        uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-        int gi = c / chunks_per_group;
-        float d = __half2float(sc[gi]), m = __half2float(mn[gi]), qx = 0.0f;
-        const half2 *t = lut + ((__half_as_ushort(sc[gi]) & 0x8000u) ? 256 : 0);
+    int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
+    aqc__stage4 cur, nxt;
+    auto load = [&](aqc__stage4 &st, int r, int base) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            uint4 xv = __ldg(x4 + c * 4 + j);
-            const half2 *xp = (const half2 *)&xv;
-            half2 s2 = __float2half2_rn(0.0f);
-#pragma unroll
-            for (int s = 0; s < 4; s++) {
-                half2 v = FORMAT == AQC_OVP
-                              ? t[(words[j] >> (8 * s)) & 255u]
-                              : __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
-                s2 = __hfma2(v, xp[s], s2);
+        for (int u = 0; u < AQC_GEMV_STAGE; u++) {
+            const int c = base + 32 * u + lane;
+            if (c < n_chunks) {
+                const size_t gi = (size_t)r * n_groups + c / chunks_per_group;
+                st.w[u] = __ldg(codes + (size_t)r * n_chunks + c);
+                st.d[u] = scales[gi];
+                st.m[u] = mins[gi];
             }
-            float2 f = __half22float2(s2);
-            qx += f.x + f.y;
         }
-        acc += (FORMAT == AQC_OVP ? fabsf(d) : d) * xscale[c] * qx + m * xsum[c];
+    };
+    if (row >= rows) return;
+    load(cur, row, 0);
+    float acc = 0.0f;
+    for (;;) {
+        int next_row = row, next_c0 = c0;
+        aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
+        if (next_row < rows) load(nxt, next_row, next_c0);
+#pragma unroll
+        for (int u = 0; u < AQC_GEMV_STAGE; u++) {
+            const int c = c0 + 32 * u + lane;
+            if (c >= n_chunks) break;
+            const uint32_t words[4] = {cur.w[u].x, cur.w[u].y, cur.w[u].z, cur.w[u].w};
+            const float d = __half2float(cur.d[u]), m = __half2float(cur.m[u]);
+            const half2 *t = lut + ((__half_as_ushort(cur.d[u]) & 0x8000u) ? 256 : 0);
+            float qx = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint4 xv = __ldg(x4 + c * 4 + j);
+                const half2 *xp = (const half2 *)&xv;
+                half2 s2 = __float2half2_rn(0.0f);
+#pragma unroll
+                for (int s = 0; s < 4; s++) {
+                    half2 v = FORMAT == AQC_OVP
+                                  ? t[(words[j] >> (8 * s)) & 255u]
+                                  : __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
+                    s2 = __hfma2(v, xp[s], s2);
+                }
+                float2 f = __half22float2(s2);
+                qx += f.x + f.y;
+            }
+            acc += (FORMAT == AQC_OVP ? fabsf(d) : d) * xscale[c] * qx + m * xsum[c];
+        }
+        if (next_row != row) {
+            acc = aqc__warp_sum(acc);
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+            acc = 0.0f;
+        }
+        if (next_row >= rows) break;
+        cur = nxt;
+        row = next_row;
+        c0 = next_c0;
     }
-    acc = aqc__warp_sum(acc);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
-/* f16 GEMV, one warp per row, 8 weights (16 bytes) per lane per load, f32 arithmetic. */
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32)
+/* f16 GEMV: the same pipeline, a lane's 16-byte load is 8 weights, f32 arithmetic. */
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, 4)
 aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __half *__restrict__ xh,
                     const float *__restrict__ xscale, float *y, int accumulate) {
-    const int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= rows) return;
-    const uint4 *w = w16 + (size_t)row * (kp / 8);
+    const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS, n_vec = kp / 8;
     const uint4 *x4 = (const uint4 *)xh;
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int c = lane; c < kp / 8; c += 32) {
-        uint4 wv = __ldg(w + c), xv = __ldg(x4 + c);
-        const half2 *wp = (const half2 *)&wv, *xp = (const half2 *)&xv;
-        float s = 0.0f;
+    int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
+    uint4 cur[2 * AQC_GEMV_STAGE], nxt[2 * AQC_GEMV_STAGE];   /* 8 weights a load: twice the loads per stage */
+    auto load = [&](uint4 *st, int r, int base) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float2 a = __half22float2(wp[i]), b = __half22float2(xp[i]);
-            s += a.x * b.x + a.y * b.y;
+        for (int u = 0; u < 2 * AQC_GEMV_STAGE; u++) {
+            const int c = base + 32 * u + lane;
+            if (c < n_vec) st[u] = __ldg(w16 + (size_t)r * n_vec + c);
         }
-        acc += s * xscale[c / 4];
+    };
+    if (row >= rows) return;
+    load(cur, row, 0);
+    float acc = 0.0f;
+    for (;;) {
+        int next_row = row, next_c0 = c0;
+        aqc__gemv_next(next_row, next_c0, 2 * AQC_GEMV_STAGE, n_vec, warps_total);
+        if (next_row < rows) load(nxt, next_row, next_c0);
+#pragma unroll
+        for (int u = 0; u < 2 * AQC_GEMV_STAGE; u++) {
+            const int c = c0 + 32 * u + lane;
+            if (c >= n_vec) break;
+            uint4 xv = __ldg(x4 + c);
+            const half2 *wp = (const half2 *)&cur[u], *xp = (const half2 *)&xv;
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float2 a = __half22float2(wp[i]), b = __half22float2(xp[i]);
+                s += a.x * b.x + a.y * b.y;
+            }
+            acc += s * xscale[c / 4];
+        }
+        if (next_row != row) {
+            acc = aqc__warp_sum(acc);
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+            acc = 0.0f;
+        }
+        if (next_row >= rows) break;
+#pragma unroll
+        for (int u = 0; u < 2 * AQC_GEMV_STAGE; u++) cur[u] = nxt[u];
+        row = next_row;
+        c0 = next_c0;
     }
-    acc = aqc__warp_sum(acc);
-    if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
 }
 
 /* Prompt path: an OliVe matrix as f16, one thread per byte (pair). */
@@ -292,6 +360,7 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
    Steps whose context fits the budget stay dense: the score kernel does nothing and the top-k
    kernel lists every page. */
 #define AQC_SCORE_WARPS 4
+#define AQC_SCORE_PAGES 8
 
 __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
                                        int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
@@ -309,16 +378,35 @@ __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_laye
         coef[d] = 0.5f * (sum - abs_sum);
     }
     __syncthreads();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_complete = pos / page_size;
-    for (int p = blockIdx.x * AQC_SCORE_WARPS + warp; p < n_complete; p += gridDim.x * AQC_SCORE_WARPS) {
-        const __half2 *b = (const __half2 *)(bounds_layer + ((size_t)kvh * max_pages + p) * 2 * hd);
-        float s = 0.0f;
-        for (int i = lane; i < hd; i += 32) {
-            float2 f = __half22float2(b[i]);
-            s += f.x * coef[2 * i] + f.y * coef[2 * i + 1];
+    /* a page's bounds are 2 * hd f16, hd / 4 16-byte loads; a warp loads AQC_SCORE_PAGES pages
+       at once before it reduces any */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_complete = pos / page_size, n_vec = hd / 4;
+    for (int p0 = (blockIdx.x * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete;
+         p0 += gridDim.x * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
+        float sum[AQC_SCORE_PAGES];
+#pragma unroll
+        for (int u = 0; u < AQC_SCORE_PAGES; u++) sum[u] = 0.0f;
+        for (int v = lane; v < n_vec; v += 32) {
+            uint4 raw[AQC_SCORE_PAGES];
+#pragma unroll
+            for (int u = 0; u < AQC_SCORE_PAGES; u++)
+                raw[u] = p0 + u < n_complete ? __ldg((const uint4 *)(bounds_layer + ((size_t)kvh * max_pages + p0 + u) * 2 * hd) + v)
+                                             : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int u = 0; u < AQC_SCORE_PAGES; u++) {
+                const half2 *h2 = (const half2 *)&raw[u];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float2 f = __half22float2(h2[e]);
+                    sum[u] += f.x * coef[8 * v + 2 * e] + f.y * coef[8 * v + 2 * e + 1];
+                }
+            }
         }
-        s = aqc__warp_sum(s);
-        if (lane == 0) scores[(size_t)kvh * max_pages + p] = s;
+#pragma unroll
+        for (int u = 0; u < AQC_SCORE_PAGES; u++) {
+            const float t = aqc__warp_sum(sum[u]);
+            if (lane == 0 && p0 + u < n_complete) scores[(size_t)kvh * max_pages + p0 + u] = t;
+        }
     }
 }
 
@@ -369,9 +457,17 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
         __syncthreads();
-        for (int i = tid; i < n; i += nt) {
-            uint32_t key = aqc__order_key(vals[i]);
-            if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+        /* scores are alike, so most keys of a pass share a bucket: one atomic per bucket per warp
+           (lanes with the same bucket found by __match_any_sync), not one per key */
+        for (int base = 0; base < n; base += nt) {
+            const int i = base + tid;
+            uint32_t bucket = 0xffffffffu;   /* no bucket: past the end, or outside the prefix */
+            if (i < n) {
+                const uint32_t key = aqc__order_key(vals[i]);
+                if ((key & mask) == prefix) bucket = (key >> shift) & 255u;
+            }
+            const unsigned peers = __match_any_sync(0xffffffffu, bucket);
+            if (bucket != 0xffffffffu && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
         }
         __syncthreads();
         if (tid < 32) {   /* from the top bucket down, find the one holding the k-th key: lane l sums 8 buckets */
@@ -467,24 +563,38 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
         m[h] = -INFINITY;
         l[h] = 0.0f;
     }
-    for (int i = begin + warp; i < end; i += AQC_ATT_WARPS) {
-        const int page = lists ? lists[(size_t)kvh * max_pages + i] : i;
+    /* the warp's work is its pages' steps of 2 * keys_per_step keys; the loads of the next step
+       (the next page's first, through the page id read a page ahead) are issued before the
+       current step is computed, so that every warp keeps two steps of loads in flight */
+    const int steps_per_page = (page_size + 2 * keys_per_step - 1) / (2 * keys_per_step);
+    auto page_at = [&](int i) { return i < end ? (lists ? lists[(size_t)kvh * max_pages + i] : i) : 0; };
+    auto fetch = [&](int page, int step, uint4 *raw, bool &va, bool &vb) {
         const int n_valid = page == last ? pos % page_size + 1 : page_size;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
-        /* two steps of keys per iteration: four 16-byte loads in flight per lane, and one
-           softmax correction for both */
-        for (int j0 = 0; j0 < page_size; j0 += 2 * keys_per_step) {
-            const int ja = j0 + key_in_step, jb = ja + keys_per_step;
-            const bool va = ja < n_valid, vb = jb < n_valid;
-            uint4 raw[4] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-            if (va) {
-                raw[0] = __ldg((const uint4 *)(K + (size_t)ja * hd + part * 8));
-                raw[1] = __ldg((const uint4 *)(V + (size_t)ja * hd + part * 8));
-            }
-            if (vb) {
-                raw[2] = __ldg((const uint4 *)(K + (size_t)jb * hd + part * 8));
-                raw[3] = __ldg((const uint4 *)(V + (size_t)jb * hd + part * 8));
-            }
+        const int ja = step * 2 * keys_per_step + key_in_step, jb = ja + keys_per_step;
+        va = ja < n_valid;
+        vb = jb < n_valid;
+        raw[0] = raw[1] = raw[2] = raw[3] = make_uint4(0, 0, 0, 0);
+        if (va) {
+            raw[0] = __ldg((const uint4 *)(K + (size_t)ja * hd + part * 8));
+            raw[1] = __ldg((const uint4 *)(V + (size_t)ja * hd + part * 8));
+        }
+        if (vb) {
+            raw[2] = __ldg((const uint4 *)(K + (size_t)jb * hd + part * 8));
+            raw[3] = __ldg((const uint4 *)(V + (size_t)jb * hd + part * 8));
+        }
+    };
+    int i = begin + warp, step = 0, page = page_at(i), next_page = page_at(i + AQC_ATT_WARPS);
+    uint4 raw[4], nraw[4];
+    bool va = false, vb = false;
+    if (i < end) fetch(page, 0, raw, va, vb);
+    while (i < end) {
+        int ni = i, nstep = step + 1, npage = page;
+        bool nva = false, nvb = false;
+        if (nstep == steps_per_page) { nstep = 0; ni = i + AQC_ATT_WARPS; npage = next_page; }
+        if (ni < end) fetch(npage, nstep, nraw, nva, nvb);
+        if (nstep == 0) next_page = page_at(ni + AQC_ATT_WARPS);
+        {
             float f[4][8];   /* K of a, V of a, K of b, V of b */
 #pragma unroll
             for (int r = 0; r < 4; r++) {
@@ -522,6 +632,13 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
                 m[h] = m_new;
             }
         }
+#pragma unroll
+        for (int r = 0; r < 4; r++) raw[r] = nraw[r];
+        va = nva;
+        vb = nvb;
+        i = ni;
+        step = nstep;
+        page = npage;
     }
     /* lanes holding the same dimensions (same part) add up; lane 0 has the warp's sums */
 #pragma unroll
@@ -555,24 +672,45 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
     }
 }
 
-/* Block (query head, token): the splits' partial softmaxes into the attention output. */
+/* Block (query head, token): the splits' partial softmaxes into the attention output.  The
+   splits' maxima and weights are worked out in parallel first, so that the sums over splits
+   below are independent loads rather than a chain of them. */
+#define AQC_MAX_SPLITS 256
 __global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd, int splits, float *out,
                                            int64_t out_stride) {
+    __shared__ float weight[AQC_MAX_SPLITS], red[32];
     const int h = blockIdx.x, t = blockIdx.y, kvh = h / group, hh = h % group;
-    const float *base = partial + ((size_t)t * n_kv + kvh) * splits * group * (hd + 2);
+    const size_t stride = (size_t)group * (hd + 2);
+    const float *base = partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)hh * (hd + 2);
     float M = -INFINITY;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, base[((size_t)s * group + hh) * (hd + 2)]);
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, base[s * stride]);
+    M = aqc__warp_max(M);
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
+    __syncthreads();
+    M = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, red[w]);
+    float L = 0.0f;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float m = base[s * stride], f = m == -INFINITY ? 0.0f : __expf(m - M);
+        weight[s] = f;
+        L += f * base[s * stride + 1];
+    }
+    L = aqc__block_sum(L, red);   /* its barriers also publish weight[] */
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float L = 0.0f, O = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            const float *p = base + ((size_t)s * group + hh) * (hd + 2);
-            if (p[0] == -INFINITY) continue;
-            float f = __expf(p[0] - M);
-            L += p[1] * f;
-            O += p[2 + d] * f;
-        }
+        float O = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < splits; s++) O += weight[s] * base[s * stride + 2 + d];
         out[(size_t)t * out_stride + (size_t)h * hd + d] = O / L;
     }
+}
+
+/* Splits of one KV head's page list: enough blocks to keep every multiprocessor's loads in
+   flight, but at least a page per warp of a split. */
+static int aqc__attention_splits(int n_sms, int n_kv, int n_pages) {
+    int splits = (8 * n_sms + n_kv - 1) / n_kv, by_pages = (n_pages + AQC_ATT_WARPS - 1) / AQC_ATT_WARPS;
+    if (splits > by_pages) splits = by_pages;
+    if (splits > AQC_MAX_SPLITS) splits = AQC_MAX_SPLITS;
+    return splits < 1 ? 1 : splits;
 }
 
 /* ---- sampling side ---- */
@@ -690,7 +828,7 @@ struct aqc_session {
     aqc_session_config c;
     cudaStream_t stream;
     cublasHandle_t blas;
-    int max_pages, splits, n_sms, qkv_dim;
+    int max_pages, splits, quest_splits, n_sms, qkv_dim;   /* splits: dense attention's; quest_splits: over a selection */
     int64_t x_ld;                /* row stride of the prepped activations (widest padded input) */
     __half *kv, *bounds;         /* all layers */
     size_t kv_layer_elems, bounds_layer_elems;
@@ -908,17 +1046,22 @@ static int aqc__prep(cudaStream_t st, const float *in, const float *gate, int64_
 
 static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
                      float *y, int accumulate, char *err, size_t err_len) {
-    int blocks = (int)((w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS);
+    /* persistent grid: four blocks per multiprocessor (the kernels' launch bounds) or fewer rows */
+    int device = 0, n_sms = 0;
+    AQC_TRY(cudaGetDevice(&device));
+    AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
+    int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
+    if (blocks > 4 * (int64_t)n_sms) blocks = 4 * (int64_t)n_sms;
     if (w->format == AQC_INT4)
-        aqc_gemv_4bit_kernel<AQC_INT4><<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
+        aqc_gemv_4bit_kernel<AQC_INT4><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
                                                                                 (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
                                                                                 xsum, y, accumulate);
     else if (w->format == AQC_OVP)
-        aqc_gemv_4bit_kernel<AQC_OVP><<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
+        aqc_gemv_4bit_kernel<AQC_OVP><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
                                                                                (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
                                                                                xsum, y, accumulate);
     else
-        aqc_gemv_f16_kernel<<<blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
+        aqc_gemv_f16_kernel<<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
                                                                      y, accumulate);
     AQC_TRY(cudaGetLastError());
     return 0;
@@ -972,7 +1115,7 @@ static int aqc__attention(cudaStream_t st, const __half *kv_layer, const int *li
 static int aqc__quest_select(cudaStream_t st, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
                              int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists,
                              int *list_len, char *err, size_t err_len) {
-    int blocks = (max_pages + AQC_SCORE_WARPS * 8 - 1) / (AQC_SCORE_WARPS * 8);
+    int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
     aqc_quest_score_kernel<<<dim3(blocks < 1 ? 1 : blocks, n_kv), AQC_SCORE_WARPS * 32, 2 * hd * sizeof(float), st>>>(
         q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores);
     AQC_TRY(cudaGetLastError());
@@ -999,16 +1142,17 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     const aqc_model *m = s->m;
     const aqc_config *c = &m->c;
     const size_t nb = (size_t)s->c.n_batch, group = (size_t)(c->n_heads / c->n_kv_heads);
-    size_t wtmp = 0, part_tokens = nb > (size_t)s->splits ? nb : (size_t)s->splits;
+    size_t wtmp = 0, part_tokens;
     const aqc__weight *all[4];
     cudaDeviceProp prop;
     AQC_TRY(cudaGetDeviceProperties(&prop, 0));
     s->n_sms = prop.multiProcessorCount;
     s->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     s->max_pages = (s->c.n_ctx + s->c.page_size - 1) / s->c.page_size;
-    /* enough blocks of attention to keep every multiprocessor's loads in flight */
-    s->splits = (8 * s->n_sms + c->n_kv_heads - 1) / c->n_kv_heads;
-    if (s->splits > 256) s->splits = 256;
+    s->splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, s->max_pages);
+    s->quest_splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, std::min(s->c.quest_budget / s->c.page_size, s->max_pages));
+    /* partials: a decode step's splits, or a prompt's tokens times their share of the splits */
+    part_tokens = nb > (size_t)s->splits ? nb : (size_t)s->splits;
     s->x_ld = 32;
     for (int l = 0; l < c->n_layers; l++) {
         all[0] = &m->qkv[l]; all[1] = &m->wo[l]; all[2] = &m->gate_up[l]; all[3] = &m->down[l];
@@ -1103,7 +1247,7 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
             lists = s->lists;
         }
         if (aqc__attention(st, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
-                           pos_ptr, n, splits, s->partial, s->att, q_dim, err, err_len) ||
+                           pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->att, q_dim, err, err_len) ||
             aqc__prep(st, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, n, s->xh, s->xscale, s->xsum, xl,
                       err, err_len) ||
             AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1))
@@ -1287,7 +1431,7 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
-    int n_ctx, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits;
+    int n_ctx, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, n_sms;
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;
     int *lists, *list_len, *pos;
@@ -1300,8 +1444,8 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     r->n_ctx = n_ctx; r->n_heads = n_heads; r->n_kv = n_kv; r->hd = hd; r->P = P;
     r->max_pages = (n_ctx + P - 1) / P;
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
-    r->splits = (8 * prop.multiProcessorCount + n_kv - 1) / n_kv;
-    if (r->splits > 256) r->splits = 256;
+    r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
+    r->n_sms = prop.multiProcessorCount;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
@@ -1327,7 +1471,8 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
         lists = r->lists;
     }
     return aqc__attention(st, r->kv + kv_elems * layer, lists, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
-                          r->hd, r->P, r->pos, 1, r->splits, r->partial, r->out, r->n_heads * r->hd, err, err_len);
+                          r->hd, r->P, r->pos, 1, budget ? aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)) : r->splits,
+                          r->partial, r->out, r->n_heads * r->hd, err, err_len);
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
@@ -1362,7 +1507,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     AQC_TRY(cudaMemset(r.out, 0xff, (size_t)q_dim * 4));
     if (aqc__rig_step(&r, 0, budget, 0, err, err_len)) return -1;
     AQC_TRY(cudaMemcpy(out, r.out, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
-    if (pages && budget) {
+    if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
         const int keep = budget / page_size;
         for (int h = 0; h < n_kv_heads; h++)
             AQC_TRY(cudaMemcpy(pages + (size_t)h * keep, r.lists + (size_t)h * r.max_pages, (size_t)keep * 4, cudaMemcpyDeviceToHost));
@@ -1376,7 +1521,9 @@ static double aqc__median(std::vector<float> &v) {
     return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-/* Times fn(i) for iteration i with events around each call, after warm-up; median in us. */
+/* Times fn(i) for iteration i: after warm-up, batches of AQC_TIME_BATCH calls back to back (as
+   a decode step runs them) between two events; the median batch over the call count, in us. */
+#define AQC_TIME_BATCH 10
 template <class F>
 static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len) {
     cudaEvent_t a, b;
@@ -1385,14 +1532,15 @@ static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len) {
     AQC_TRY(cudaEventCreate(&b));
     for (int i = 0; i < 3; i++)
         if (fn(i)) return -1;
-    for (int i = 0; i < iters; i++) {
+    for (int i = 0; i < iters; i += AQC_TIME_BATCH) {
         float ms;
         AQC_TRY(cudaEventRecord(a));
-        if (fn(i)) return -1;
+        for (int j = 0; j < AQC_TIME_BATCH; j++)
+            if (fn(i + j)) return -1;
         AQC_TRY(cudaEventRecord(b));
         AQC_TRY(cudaEventSynchronize(b));
         AQC_TRY(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms * 1000.0f);
+        t.push_back(ms * 1000.0f / AQC_TIME_BATCH);
     }
     cudaEventDestroy(a);
     cudaEventDestroy(b);
@@ -1403,10 +1551,13 @@ static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len) {
 extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len) {
     aqc__scratch sc;
     cublasHandle_t blas;
-    /* several copies of every matrix, so that repeated calls read device memory, not L2 */
-    const int copies = 4;
+    /* copies of every matrix, four times the L2 in all, so that calls in turn read device memory */
+    int l2 = 0, device = 0;
+    AQC_TRY(cudaGetDevice(&device));
+    AQC_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    const int copies = (int)std::min<int64_t>(64, std::max<int64_t>(4, 4 * (int64_t)l2 / (rows * cols / 2) + 1));
     const size_t n_int4 = (size_t)rows * cols / 2, n_f16 = (size_t)rows * cols, n_groups = (size_t)rows * (cols / group);
-    aqc__weight w4[copies], wo[copies], w16[copies];
+    std::vector<aqc__weight> w4(copies), wo(copies), w16(copies);
     half2 *lut = (half2 *)sc.get(512 * sizeof(half2), err, err_len);
     __half *xh = (__half *)sc.get((size_t)cols * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
@@ -1463,9 +1614,14 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     aqc__scratch sc;
     aqc__attn_rig r;
     const size_t layer_bytes = (size_t)((n_ctx + page_size - 1) / page_size) * n_kv_heads * 2 * page_size * head_dim * 2;
-    /* enough layers that one pass over them does not fit in L2 */
-    int layers = (int)((512u << 20) / layer_bytes) + 1;
-    if (layers > 16) layers = 16;
+    /* enough layers that what a pass reads, dense or Quest (the selected pages and every page's
+       bounds), is four times the L2: each call reads device memory, as a decode step does */
+    int l2 = 0, device = 0;
+    AQC_TRY(cudaGetDevice(&device));
+    AQC_TRY(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+    const double quest_bytes = (double)layer_bytes * ((double)budget / n_ctx + 1.0 / page_size);
+    int layers = (int)std::min(16.0, std::ceil(4.0 * l2 / std::min((double)layer_bytes, quest_bytes)));
+    if (layers < 1) layers = 1;
     if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r.max_pages * n_kv_heads * 2 * page_size * head_dim;
     const size_t b_elems = (size_t)n_kv_heads * r.max_pages * 2 * head_dim;

@@ -24,12 +24,14 @@ static void usage(FILE *f) {
             "usage: aq-gpu-check [options]\n"
             "  --shared DIR       the shared data folder (models/stories260K.gguf, text/tinystories-valid.txt)\n"
             "                     (default: " AQ_SHARED_DIR ")\n"
-            "  --int4-model PATH  an int4 model to run teacher-forced too (e.g. stories260K through aq-quantize)\n"
+            "  --model PATH       a quantized model to run teacher-forced too (e.g. stories260K through aq-quantize\n"
+            "                     --method rtn or olive); up to 4\n"
             "  --model-7b PATH    a Llama-2-7B-shape int4 model for the decode-step timing (aq-synth --type aq4_g128)\n"
             "  --tokens N         teacher-forced tokens per model (default 2000)\n"
             "  --part P           run one part: kernels, models or timing (default: all three); separate\n"
             "                     processes keep a fault in one part (a bad address poisons the CUDA\n"
-            "                     context) from hiding the others\n"
+            "                     context) from hiding the others.  decode: only the decode-step timings\n"
+            "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
             "  -h, --help         this text\n");
 }
 
@@ -207,59 +209,131 @@ done:
 
 /* ---- 2. models ---- */
 
+/* The CPU's int4 and OliVe kernels round their activations to int8 (per group, for integer
+   dot products); the GPU keeps them in f16.  To see whether the GPU computes the model right,
+   it is also compared with the CPU running the same weights dequantized to f32, which has no
+   activation rounding at all.  Returns the f32 buffers to free, or NULL when there was nothing
+   to dequantize. */
+static float **dequantize_to_f32(aq_model *m) {
+    float **owned = NULL;
+    aq_weight *all[8];
+    int l, i, n = 0;
+    for (l = 0; l <= m->cfg.n_layers; l++) {
+        aq__layer *L = l < m->cfg.n_layers ? &m->layers[l] : NULL;
+        int k = 0;
+        if (L) { all[k++] = &L->wq; all[k++] = &L->wk; all[k++] = &L->wv; all[k++] = &L->wo; all[k++] = &L->w_gate; all[k++] = &L->w_up; all[k++] = &L->w_down; }
+        else all[k++] = &m->output;
+        for (i = 0; i < k; i++) {
+            aq_weight *w = all[i];
+            float *d;
+            int64_t r;
+            if (w->type == AQ_TYPE_F32 || w->type == AQ_TYPE_F16 || w->type == AQ_TYPE_BF16) continue;
+            d = (float *)malloc(sizeof(float) * (size_t)(w->rows * w->cols));
+            if (!d) { fprintf(stderr, "aq-gpu-check: out of memory\n"); exit(1); }
+            for (r = 0; r < w->rows; r++) aq_dequantize_row(w->type, (const uint8_t *)w->data + r * w->row_bytes, d + r * w->cols, w->cols);
+            w->type = AQ_TYPE_F32;
+            w->row_bytes = (size_t)w->cols * 4;
+            w->data = d;
+            owned = (float **)realloc(owned, sizeof(float *) * (size_t)(n + 2));
+            owned[n++] = d;
+            owned[n] = NULL;
+        }
+    }
+    return owned;
+}
+
+/* Teacher-forced logits of a session over ids[0..n), in windows of `window` tokens: the first
+   `prompt` as one prompt batch, the rest one decode step each.  Row t of out predicts ids[t+1]. */
+static int teacher_forced(aq_session *s, const int32_t *ids, int64_t n, int window, int prompt, float *out, int V, char *err,
+                          size_t err_len) {
+    int64_t pos;
+    int t;
+    for (pos = 0; pos + 1 < n; pos += window) {
+        int len = n - pos < window ? (int)(n - pos) : window, first = len < prompt ? len : prompt;
+        aq_session_reset(s);
+        if (aq_eval_all(s, ids + pos, first, out + (size_t)pos * V, err, err_len)) return -1;
+        for (t = first; t < len; t++)
+            if (aq_eval(s, ids + pos + t, 1, out + (size_t)(pos + t) * V, err, err_len)) return -1;
+    }
+    return 0;
+}
+
+/* Argmax agreement (fraction) of two teacher-forced logit sets, and their mean and largest
+   absolute logit difference; rows whose next token lies in the next window are not scored. */
+static double agreement(const float *a, const float *b, int64_t n, int window, int V, double *mean_diff, double *max_diff,
+                        int64_t *n_scored) {
+    int64_t pos, scored = 0, agree = 0;
+    double sum = 0;
+    int t, k;
+    *max_diff = 0;
+    for (pos = 0; pos + 1 < n; pos += window) {
+        int len = n - pos < window ? (int)(n - pos) : window;
+        for (t = 0; t + 1 < len; t++, scored++) {
+            const float *x = a + (size_t)(pos + t) * V, *y = b + (size_t)(pos + t) * V;
+            int bx = 0, by = 0;
+            for (k = 0; k < V; k++) {
+                double d = fabs((double)x[k] - y[k]);
+                *max_diff = d > *max_diff ? d : *max_diff;
+                sum += d;
+                bx = x[k] > x[bx] ? k : bx;
+                by = y[k] > y[by] ? k : by;
+            }
+            agree += bx == by;
+        }
+    }
+    *mean_diff = sum / ((double)(scored ? scored : 1) * V);
+    *n_scored = scored;
+    return scored ? (double)agree / (double)scored : 0.0;
+}
+
 static void check_model(const char *path, const char *text, int n_tokens, int budget) {
     char err[512];
-    aq_model *m = aq_model_load(path, err, sizeof err);
+    aq_model *m = aq_model_load(path, err, sizeof err), *exact_model = NULL;
     aq_session_params p = aq_session_default_params();
-    aq_session *cpu = NULL, *gpu = NULL;
+    aq_session *cpu = NULL, *gpu = NULL, *exact = NULL;
     int32_t *ids = NULL;
-    int64_t n = 0;
-    float *lc = NULL, *lg = NULL;
-    int V, window = 500, prompt = 100, pos, t, agree = 0, scored = 0, k;
-    double max_diff = 0, sum_diff = 0;
+    int64_t n = 0, scored = 0;
+    float *lc = NULL, *lg = NULL, *le = NULL, **owned = NULL;
+    int V, window = 500, prompt = 100, k;
+    double mean_diff, max_diff, gpu_cpu, gpu_exact = 0, cpu_exact = 0;
     if (!m) { printf("  %s: %s  FAIL\n", path, err); failures++; return; }
     V = aq_model_config(m)->n_vocab;
     ids = tool_tokenize_documents("aq-gpu-check", aq_model_vocab(m), text, n_tokens, &n);
     p.n_ctx = window; p.n_batch = window; p.quest_budget = budget;
     cpu = aq_session_new(m, &p, err, sizeof err);
+    if (!budget && (exact_model = aq_model_load(path, err, sizeof err)) && (owned = dequantize_to_f32(exact_model)))
+        exact = aq_session_new(exact_model, &p, err, sizeof err);
     p.backend = AQ_BACKEND_CUDA;
     gpu = aq_session_new(m, &p, err, sizeof err);
-    if (!ids || !cpu || !gpu || aq_session_backend(gpu) != AQ_BACKEND_CUDA) {
-        printf("  %s: %s  FAIL\n", path, gpu ? aq_session_backend_note(gpu) : err);
+    if (!ids || !cpu || !gpu || aq_session_backend(gpu) != AQ_BACKEND_CUDA || (owned && !exact)) {
+        printf("  %s: %s  FAIL\n", path, gpu && aq_session_backend(gpu) != AQ_BACKEND_CUDA ? aq_session_backend_note(gpu) : err);
         failures++;
         goto done;
     }
-    lc = (float *)malloc(sizeof(float) * (size_t)window * V);
-    lg = (float *)malloc(sizeof(float) * (size_t)window * V);
-    /* windows of 500 tokens: the first 100 as one prompt batch, the rest one decode step each */
-    for (pos = 0; pos + 1 < n; pos += window) {
-        int len = n - pos < window ? (int)(n - pos) : window, first = len < prompt ? len : prompt;
-        aq_session_reset(cpu);
-        aq_session_reset(gpu);
-        if (aq_eval_all(cpu, ids + pos, first, lc, err, sizeof err) || aq_eval_all(gpu, ids + pos, first, lg, err, sizeof err)) break;
-        for (t = first; t < len; t++)
-            if (aq_eval(cpu, ids + pos + t, 1, lc + (size_t)t * V, err, sizeof err) ||
-                aq_eval(gpu, ids + pos + t, 1, lg + (size_t)t * V, err, sizeof err))
-                break;
-        if (t < len) break;
-        for (t = 0; t + 1 < len; t++, scored++) {
-            const float *a = lc + (size_t)t * V, *b = lg + (size_t)t * V;
-            int ba = 0, bb = 0;
-            for (k = 0; k < V; k++) {
-                double dd = fabs((double)a[k] - b[k]);
-                max_diff = dd > max_diff ? dd : max_diff;
-                sum_diff += dd;
-                ba = a[k] > a[ba] ? k : ba;
-                bb = b[k] > b[bb] ? k : bb;
-            }
-            agree += ba == bb;
-        }
+    lc = (float *)malloc(sizeof(float) * (size_t)n * V);
+    lg = (float *)malloc(sizeof(float) * (size_t)n * V);
+    le = exact ? (float *)malloc(sizeof(float) * (size_t)n * V) : NULL;
+    if (!lc || !lg || (exact && !le)) { printf("  %s: out of memory  FAIL\n", path); failures++; goto done; }
+    if (teacher_forced(cpu, ids, n, window, prompt, lc, V, err, sizeof err) || teacher_forced(gpu, ids, n, window, prompt, lg, V, err, sizeof err) ||
+        (exact && teacher_forced(exact, ids, n, window, prompt, le, V, err, sizeof err))) {
+        printf("  %s: %s  FAIL\n", path, err);
+        failures++;
+        goto done;
     }
-    if (pos + 1 < n) { printf("  %s: %s  FAIL\n", path, err); failures++; goto done; }
-    printf("  %-40s %s%d tokens: argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f  %s\n", path, budget ? "Quest 64, " : "",
-           scored, 100.0 * agree / scored, sum_diff / ((double)scored * V), max_diff,
-           budget || agree >= 0.99 * scored ? "ok" : "FAIL");
-    if (!budget && agree < 0.99 * scored) failures++;
+    gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
+    printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
+           budget ? "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
+           budget ? "" : exact ? "" : gpu_cpu >= 0.99 ? "  ok" : "  FAIL");
+    if (exact) {
+        double md2, mx2;
+        gpu_exact = agreement(le, lg, n, window, V, &mean_diff, &max_diff, &scored);
+        cpu_exact = agreement(le, lc, n, window, V, &md2, &mx2, &scored);
+        printf("  %-40s GPU vs CPU with the weights in f32 (no activation rounding) %.2f%%, |logit diff| mean %.4f max %.4f  %s\n", "",
+               100 * gpu_exact, mean_diff, max_diff, gpu_exact >= 0.99 ? "ok" : "FAIL");
+        printf("  %-40s (the CPU's int8 activations against that: %.2f%%, |logit diff| mean %.4f)\n", "", 100 * cpu_exact, md2);
+        if (gpu_exact < 0.99) failures++;
+    } else if (!budget && gpu_cpu < 0.99)
+        failures++;
     if (!budget) {   /* greedy generation: the decode loop with the argmax on the device */
         int32_t tc[128], tg[128];
         int nc = 0, ng = 0, same = 0;
@@ -294,10 +368,14 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
         }
     }
 done:
-    free(ids); free(lc); free(lg);
+    free(ids); free(lc); free(lg); free(le);
     aq_session_free(cpu);
     aq_session_free(gpu);
+    aq_session_free(exact);
     aq_model_free(m);
+    aq_model_free(exact_model);
+    for (k = 0; owned && owned[k]; k++) free(owned[k]);
+    free(owned);
 }
 
 /* ---- 3. timing ---- */
@@ -328,7 +406,14 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
         aq_sampler_free(smp);
         return;
     }
-    for (i = 0; i < 4; i++) aq_eval_sample(s, smp, tok, &tok, err, sizeof err);
+    for (i = 0; i < 4; i++)
+        if (aq_eval_sample(s, smp, tok, &tok, err, sizeof err)) {
+            printf("  decode step ctx %d, warm-up: %s  FAIL\n", ctx, err);
+            failures++;
+            aq_session_free(s);
+            aq_sampler_free(smp);
+            return;
+        }
     t0 = aq_time_seconds();
     for (i = 0; i < steps; i++)
         if (aq_eval_sample(s, smp, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
@@ -361,17 +446,18 @@ static void check_kernels(void) {
     check_attention(100, 32, 8, 128, 16, 512);   /* fits the budget: dense */
 }
 
-static void check_models(const char *shared, const char *int4_model, int n_tokens) {
+static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
+    int i;
     char path[1024], text[1024];
     printf("\n2. models teacher-forced on GPU and CPU\n");
     snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
     snprintf(text, sizeof text, "%s/text/tinystories-valid.txt", shared);
     check_model(path, text, n_tokens, 0);
     check_model(path, text, n_tokens, 64);
-    if (int4_model) check_model(int4_model, text, n_tokens, 0);
+    for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0);
 }
 
-static void timing_table(const char *model_7b) {
+static void timing_table(void) {
     static const int64_t shapes[4][2] = {{12288, 4096}, {22016, 4096}, {4096, 11008}, {4096, 4096}};
     aqc_attention_timing at;
     aqc_gemv_timing gt;
@@ -393,35 +479,52 @@ static void timing_table(const char *model_7b) {
                kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
                at.dense_us / at.quest_us);
     }
-    if (model_7b) {
-        aq_model *m = aq_model_load(model_7b, err, sizeof err);
-        if (!m) { printf("  %s  FAIL\n", err); failures++; return; }
+}
+
+/* the whole decode step of a Llama-2-7B-shape int4 model: at 4K and 32K, dense and Quest;
+   decode_ctx > 0: only at that context (one dense and one Quest run) */
+static void decode_table(const char *model_7b, int decode_ctx) {
+    char err[512];
+    aq_model *m;
+    if (!model_7b) return;
+    if (!(m = aq_model_load(model_7b, err, sizeof err))) { printf("  %s  FAIL\n", err); failures++; return; }
+    if (decode_ctx) {
+        time_decode(m, decode_ctx, 0, 1, 0);
+        time_decode(m, decode_ctx, 2048, 1, 0);
+    } else {
         time_decode(m, 4096, 0, 1, 0);
         time_decode(m, 4096, 0, 0, 0);
         time_decode(m, 4096, 0, 0, 1);
         time_decode(m, 4096, 2048, 0, 0);
         time_decode(m, 32768, 0, 0, 0);
+        time_decode(m, 32768, 2048, 1, 0);
         time_decode(m, 32768, 2048, 0, 0);
-        aq_model_free(m);
+        time_decode(m, 32768, 2048, 0, 1);
     }
+    aq_model_free(m);
 }
 
 int main(int argc, char **argv) {
-    const char *shared = AQ_SHARED_DIR, *int4_model = NULL, *model_7b = NULL, *part = "all";
+    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *part = "all";
     char err[512], name[256];
-    int n_tokens = 2000, i;
+    int n_tokens = 2000, n_models = 0, decode_ctx = 0, i;
     setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--shared")) shared = tool_arg("aq-gpu-check", argc, argv, &i);
-        else if (!strcmp(a, "--int4-model")) int4_model = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--model")) {
+            if (n_models == 4) { fprintf(stderr, "aq-gpu-check: at most 4 --model\n"); return 2; }
+            models[n_models++] = tool_arg("aq-gpu-check", argc, argv, &i);
+        }
+        else if (!strcmp(a, "--decode-ctx")) decode_ctx = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 64, 1 << 20);
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
         else if (!strcmp(a, "--part")) {
             part = tool_arg("aq-gpu-check", argc, argv, &i);
-            if (strcmp(part, "kernels") && strcmp(part, "models") && strcmp(part, "timing") && strcmp(part, "all")) {
-                fprintf(stderr, "aq-gpu-check: --part must be kernels, models, timing or all, got '%s'\n", part);
+            if (strcmp(part, "kernels") && strcmp(part, "models") && strcmp(part, "timing") && strcmp(part, "decode") &&
+                strcmp(part, "all")) {
+                fprintf(stderr, "aq-gpu-check: --part must be kernels, models, timing, decode or all, got '%s'\n", part);
                 return 2;
             }
         }
@@ -429,9 +532,11 @@ int main(int argc, char **argv) {
     }
     if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
     printf("device: %s\n", name);
+    if (decode_ctx) part = "decode";
     if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
-    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, int4_model, n_tokens);
-    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(model_7b);
+    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
+    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table();
+    if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(model_7b, decode_ctx);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

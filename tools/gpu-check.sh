@@ -30,6 +30,7 @@ STB=/usr/include/stb
 [ -f $STB/stb_ds.h ] || STB=third_party/stb
 LOG=${OUT:-build}/gpu-check.log
 mkdir -p build "$(dirname "$LOG")"
+unset OUT   # the Makefile's output folder is also called OUT
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null || true
 
 echo "== build (CUDA_ARCH=${CUDA_ARCH:-90})"
@@ -39,6 +40,8 @@ B=build/cuda
 
 echo "== models ($(($(date +%s) - start)) s)"
 $B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf \
+    >>build/gpu-check-build.log 2>&1
+$B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf build/stories260K-olive-g32.gguf \
     >>build/gpu-check-build.log 2>&1
 [ -f build/llama2-7b-aq4.gguf ] ||
     $B/tools/aq-synth --preset llama2-7b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
@@ -50,10 +53,17 @@ status=0
 : >"$LOG"
 for part in kernels:90 models:90 timing:180; do
     echo "== aq-gpu-check --part ${part%:*} ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    timeout "${part#*:}" $B/tools/aq-gpu-check --part "${part%:*}" --shared $SHARED --int4-model build/stories260K-rtn-g32.gguf \
+    timeout "${part#*:}" $B/tools/aq-gpu-check --part "${part%:*}" --shared $SHARED --model build/stories260K-rtn-g32.gguf \
+        --model build/stories260K-olive-g32.gguf \
         --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 || { echo "   (exit status $?)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
 done
+# a fault in the decode timings: find the kernel and the address under compute-sanitizer
+if grep -q "illegal\|misaligned\|unspecified launch" "$LOG" && command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer, decode at 32K ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --decode-ctx 32768 \
+        --model-7b build/llama2-7b-aq4.gguf 2>&1 | tail -60 | tee -a "$LOG"
+fi
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
