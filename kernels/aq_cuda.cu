@@ -85,15 +85,21 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
    The GEMV kernels read their input as f16 in chunks of 32 values, each divided by its chunk's
    largest magnitude (so products with 4-bit codes summed in f16 cannot overflow, whatever the
    activations' range), plus each chunk's scale and the sum of its unscaled values (for the
-   weights' per-group offsets).  The prompt path wants plain f16 (scaled = 0).  One block per
-   token; mode: RMSNorm with weights `norm`, SwiGLU silu(gate) * in, or a copy. */
-__global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
-                                float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
+   weights' per-group offsets).  The prompt path wants plain f16 (scaled = 0).  Blocks (chunks,
+   token): a warp per chunk, and blocks enough for the width, because one block alone takes
+   microseconds on a vector this long; each block of a token works out the RMSNorm factor itself
+   (re-reading the vector from L2 costs less than a second kernel).  Mode: RMSNorm with weights
+   `norm`, SwiGLU silu(gate) * in, or a copy. */
+#define AQC_PREP_THREADS 1024
+__global__ void __launch_bounds__(AQC_PREP_THREADS)
+aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
+                float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
     __shared__ float red[32];
-    const float *x = in + (size_t)blockIdx.x * ld_in;
-    const float *g = gate ? gate + (size_t)blockIdx.x * ld_in : NULL;
-    __half *out = xh + (size_t)blockIdx.x * ld_out;
-    float *os = xscale + (size_t)blockIdx.x * (ld_out / 32), *osum = xsum + (size_t)blockIdx.x * (ld_out / 32);
+    const int token = blockIdx.y;
+    const float *x = in + (size_t)token * ld_in;
+    const float *g = gate ? gate + (size_t)token * ld_in : NULL;
+    __half *out = xh + (size_t)token * ld_out;
+    float *os = xscale + (size_t)token * (ld_out / 32), *osum = xsum + (size_t)token * (ld_out / 32);
     float inv = 1.0f;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
     if (norm) {
@@ -102,7 +108,7 @@ __global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_i
         ss = aqc__block_sum(ss, red);
         inv = 1.0f / sqrtf(ss / (float)n + eps);
     }
-    for (int c = warp; c < kp / 32; c += n_warps) {
+    for (int c = blockIdx.x * n_warps + warp; c < kp / 32; c += gridDim.x * n_warps) {
         int i = c * 32 + lane;
         float v = 0.0f;
         if (i < n) {
@@ -121,6 +127,7 @@ __global__ void aqc_prep_kernel(const float *in, const float *gate, int64_t ld_i
 
 #define AQC_GEMV_WARPS 4
 #define AQC_GEMV_STAGE 4   /* 16-byte loads per lane per pipeline stage */
+#define AQC_GEMV_BLOCKS_PER_SM 5   /* the persistent grid; the launch bounds keep registers to fit it */
 
 /* Decode GEMVs are a single pass over the weights, so their speed is the bytes they keep in
    flight.  Each warp owns rows in a grid-stride loop and works through a row in stages of
@@ -135,30 +142,33 @@ __device__ __forceinline__ void aqc__gemv_next(int &row, int &c0, int loads_per_
 /* 4-bit GEMV (int4 and OliVe): a lane's 16-byte load is a chunk of 32 codes.  Per chunk of 32:
    y += scale * xscale * sum(v * x') + min * sum(x), the sum over pairs in f16.
    int4: a code q becomes the f16 1024 + q by OR-ing it into the mantissa of 1024.0 (0x6400),
-   minus 1024 exactly: two integer ops and one subtraction per pair, then one f16 FMA per pair.
+   then q - 8 exactly by one f16 subtraction or FMA: one logic op and two f16 ops per pair.
    OliVe: a byte is a pair of elements, decoded through the weight's 2 x 256-entry table of f16
    pairs (exact: the values are small integers) held in shared memory; the sign of a group's scale
    picks the table.  The table comes from the host's decoder, so the GPU cannot disagree with the
-   CPU about what a byte means. */
+   CPU about what a byte means.
+   A chunk needs 64 bytes of x per lane, lanes 64 bytes apart: read from global memory that is
+   16 cache lines per warp load.  So each block first copies x into shared memory, the four
+   16-byte pieces of chunk c at c * 4 + (piece ^ ((c >> 1) & 3)): the eight lanes of a quarter
+   warp then hit eight different 16-byte bank groups.  The first stage of weights is requested
+   before the copy, so the copy costs no memory latency of its own. */
 struct aqc__stage4 {
     uint4 w[AQC_GEMV_STAGE];
     __half d[AQC_GEMV_STAGE], m[AQC_GEMV_STAGE];
 };
 
+__device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
+
 template <int FORMAT>
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, 4)
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
                      const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
                      const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
+    extern __shared__ uint4 x_sm[];   /* kp / 8 pieces, swizzled */
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
-    if (FORMAT == AQC_OVP) {
-        for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
-        __syncthreads();
-    }
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
     const uint4 *x4 = (const uint4 *)xh;
-    const half2 magic = __float2half2_rn(1024.0f);
     int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
     auto load = [&](aqc__stage4 &st, int r, int base) {
@@ -173,8 +183,12 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             }
         }
     };
+    if (row < rows) load(cur, row, 0);
+    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = __ldg(x4 + i);
+    if (FORMAT == AQC_OVP)
+        for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
+    __syncthreads();
     if (row >= rows) return;
-    load(cur, row, 0);
     float acc = 0.0f;
     for (;;) {
         int next_row = row, next_c0 = c0;
@@ -186,24 +200,42 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             if (c >= n_chunks) break;
             const uint32_t words[4] = {cur.w[u].x, cur.w[u].y, cur.w[u].z, cur.w[u].w};
             const float d = __half2float(cur.d[u]), m = __half2float(cur.m[u]);
-            const half2 *t = lut + ((__half_as_ushort(cur.d[u]) & 0x8000u) ? 256 : 0);
-            float qx = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint4 xv = __ldg(x4 + c * 4 + j);
-                const half2 *xp = (const half2 *)&xv;
+            if (FORMAT == AQC_INT4) {
+                /* AWQ's dequantization, centred: a word's nibbles (0,4) and (2,6) are OR-ed into
+                   1024.0 as they stand, (1,5) and (3,7) in place, 16 times too large, and scaled back
+                   by the FMA that subtracts; every pair comes out as q - 8 exactly.  Centred codes
+                   keep the chunk's 32 products summed in f16 small, so one conversion per chunk
+                   does; the 8 comes back through the offset: y += d*xs*sum((q-8)x') + (m+8d)*sum(x). */
+                const half2 bias_lo = __float2half2_rn(1032.0f), sixteenth = __float2half2_rn(1.0f / 16.0f),
+                            bias_hi = __float2half2_rn(-72.0f);
                 half2 s2 = __float2half2_rn(0.0f);
 #pragma unroll
-                for (int s = 0; s < 4; s++) {
-                    half2 v = FORMAT == AQC_OVP
-                                  ? t[(words[j] >> (8 * s)) & 255u]
-                                  : __hsub2(aqc__bits_to_half2(((words[j] >> (4 * s)) & 0x000f000fu) | 0x64006400u), magic);
-                    s2 = __hfma2(v, xp[s], s2);
+                for (int j = 0; j < 4; j++) {
+                    const uint4 xv = x_sm[aqc__x_slot(c, j)];
+                    const half2 *xp = (const half2 *)&xv;
+                    const uint32_t lo = words[j], hi = words[j] >> 8;
+                    s2 = __hfma2(__hsub2(aqc__bits_to_half2((lo & 0x000f000fu) | 0x64006400u), bias_lo), xp[0], s2);
+                    s2 = __hfma2(__hfma2(aqc__bits_to_half2((lo & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[1], s2);
+                    s2 = __hfma2(__hsub2(aqc__bits_to_half2((hi & 0x000f000fu) | 0x64006400u), bias_lo), xp[2], s2);
+                    s2 = __hfma2(__hfma2(aqc__bits_to_half2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[3], s2);
                 }
-                float2 f = __half22float2(s2);
-                qx += f.x + f.y;
+                const float2 f = __half22float2(s2);
+                acc += d * xscale[c] * (f.x + f.y) + (m + 8.0f * d) * xsum[c];
+            } else {
+                const half2 *t = lut + ((__half_as_ushort(cur.d[u]) & 0x8000u) ? 256 : 0);
+                float qx = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const uint4 xv = x_sm[aqc__x_slot(c, j)];
+                    const half2 *xp = (const half2 *)&xv;
+                    half2 s2 = __float2half2_rn(0.0f);
+#pragma unroll
+                    for (int s = 0; s < 4; s++) s2 = __hfma2(t[(words[j] >> (8 * s)) & 255u], xp[s], s2);
+                    const float2 f = __half22float2(s2);
+                    qx += f.x + f.y;
+                }
+                acc += fabsf(d) * xscale[c] * qx + m * xsum[c];
             }
-            acc += (FORMAT == AQC_OVP ? fabsf(d) : d) * xscale[c] * qx + m * xsum[c];
         }
         if (next_row != row) {
             acc = aqc__warp_sum(acc);
@@ -218,7 +250,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
 }
 
 /* f16 GEMV: the same pipeline, a lane's 16-byte load is 8 weights, f32 arithmetic. */
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, 4)
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __half *__restrict__ xh,
                     const float *__restrict__ xscale, float *y, int accumulate) {
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS, n_vec = kp / 8;
@@ -309,9 +341,11 @@ __global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const
    page of one head is two contiguous blocks.  Bounds per layer: [kv head][page][min | max] f16
    over head_dim; keys are stored as f16, so their bounds are exact. */
 
-/* RoPE on q and k of token blockIdx.x (position *pos + blockIdx.x), then k and v into the cache. */
+/* RoPE on q and k of token blockIdx.x (position *pos + blockIdx.x), then k and v into the cache.
+   A decode step (one token, bounds_layer given) also updates its page's key bounds in place,
+   which for one new key is a min and a max: the bounds kernel then has nothing left to do. */
 __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
-                                       const int *pos_ptr, __half *kv_layer, int page_size) {
+                                       const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer, int max_pages) {
     const int t = blockIdx.x, pos = *pos_ptr + t, half_rot = n_rot / 2;
     float *q = qkv + (size_t)t * qkv_dim, *k = q + (size_t)n_heads * hd, *v = k + (size_t)n_kv * hd;
     for (int i = threadIdx.x; i < (n_heads + n_kv) * half_rot; i += blockDim.x) {
@@ -327,8 +361,14 @@ __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int
     for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {
         int kvh = i / hd, d = i % hd;
         __half *base = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
-        base[(size_t)slot * hd + d] = __float2half(k[i]);
+        const __half key = __float2half(k[i]);
+        base[(size_t)slot * hd + d] = key;
         base[(size_t)(page_size + slot) * hd + d] = __float2half(v[i]);
+        if (bounds_layer) {   /* [min | max] over the page's keys, compared as the bounds kernel does */
+            __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
+            b[d] = slot == 0 || __hlt(key, b[d]) ? key : b[d];
+            b[hd + d] = slot == 0 || __hgt(key, b[hd + d]) ? key : b[hd + d];
+        }
     }
 }
 
@@ -364,23 +404,13 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
 
 __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
                                        int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
-    extern __shared__ float coef[];   /* [B | A], matching [kmin | kmax] */
     const int kvh = blockIdx.y, pos = *pos_ptr, group = n_heads / n_kv;
     if (pos + 1 <= budget) return;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float sum = 0.0f, abs_sum = 0.0f;
-        for (int h = 0; h < group; h++) {
-            float v = q[(size_t)(kvh * group + h) * hd + d];
-            sum += v;
-            abs_sum += fabsf(v);
-        }
-        coef[hd + d] = 0.5f * (sum + abs_sum);
-        coef[d] = 0.5f * (sum - abs_sum);
-    }
-    __syncthreads();
-    /* a page's bounds are 2 * hd f16, hd / 4 16-byte loads; a warp loads AQC_SCORE_PAGES pages
-       at once before it reduces any */
+    /* a page's bounds are 2 * hd f16 [min | max], hd / 4 16-byte loads; a warp loads
+       AQC_SCORE_PAGES pages at once, and only then works out the coefficients of its lanes' 8
+       dimensions from the queries (no shared memory, no barrier in front of the loads) */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_complete = pos / page_size, n_vec = hd / 4;
+    const float *qk = q + (size_t)kvh * group * hd;
     for (int p0 = (blockIdx.x * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete;
          p0 += gridDim.x * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
         float sum[AQC_SCORE_PAGES];
@@ -392,13 +422,26 @@ __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_laye
             for (int u = 0; u < AQC_SCORE_PAGES; u++)
                 raw[u] = p0 + u < n_complete ? __ldg((const uint4 *)(bounds_layer + ((size_t)kvh * max_pages + p0 + u) * 2 * hd) + v)
                                              : make_uint4(0, 0, 0, 0);
+            const int d0 = (8 * v) % hd;
+            const bool is_max = 8 * v >= hd;
+            float coef[8];
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                float total = 0.0f, magnitude = 0.0f;
+                for (int h = 0; h < group; h++) {
+                    const float x = qk[(size_t)h * hd + d0 + e];
+                    total += x;
+                    magnitude += fabsf(x);
+                }
+                coef[e] = 0.5f * (is_max ? total + magnitude : total - magnitude);
+            }
 #pragma unroll
             for (int u = 0; u < AQC_SCORE_PAGES; u++) {
                 const half2 *h2 = (const half2 *)&raw[u];
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     float2 f = __half22float2(h2[e]);
-                    sum[u] += f.x * coef[8 * v + 2 * e] + f.y * coef[8 * v + 2 * e + 1];
+                    sum[u] += f.x * coef[2 * e] + f.y * coef[2 * e + 1];
                 }
             }
         }
@@ -441,34 +484,49 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
 }
 
 #define AQC_TOPK_THREADS 1024
+#define AQC_TOPK_CACHE 8   /* Quest's page scores kept in registers up to 8192 pages (128K tokens at 16) */
 
 /* The k largest of vals[0..n) (0 < k <= n), ties to the lower index, written to out in
    ascending index order.  Every thread of the block calls it.  A radix select (four passes over
-   8 bits of an order-preserving key) finds the k-th largest key; a block scan then writes the
-   values above it and the first ties equal to it.  Used for Quest's pages and the sampler's
-   top-k. */
+   8 bits of an order-preserving key) finds the k-th largest key; then, in rounds of one key per
+   thread, one block scan places the keys above it and the first ties equal to it.  CACHE > 0
+   keeps each thread's keys in registers (n <= CACHE * blockDim.x), so that the passes read
+   memory once; CACHE = 0 reads vals in every pass.  Used for Quest's pages (cached) and the
+   sampler's top-k over the vocabulary. */
+template <int CACHE>
 __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
     __shared__ int scan[32];
     __shared__ uint32_t s_prefix;
     __shared__ int s_k;
-    const int tid = threadIdx.x, nt = blockDim.x;
+    const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
+    const int rounds = (n + nt - 1) / nt;   /* at most CACHE when CACHE > 0 */
+    uint32_t cache[CACHE ? CACHE : 1];
+    if (CACHE) {
+#pragma unroll
+        for (int r = 0; r < (CACHE ? CACHE : 1); r++) {
+            const int i = r * nt + tid;
+            cache[r] = i < n ? aqc__order_key(vals[i]) : 0u;
+        }
+    }
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
         __syncthreads();
         /* scores are alike, so most keys of a pass share a bucket: one atomic per bucket per warp
            (lanes with the same bucket found by __match_any_sync), not one per key */
-        for (int base = 0; base < n; base += nt) {
-            const int i = base + tid;
+        auto count = [&](int r, uint32_t key) {
             uint32_t bucket = 0xffffffffu;   /* no bucket: past the end, or outside the prefix */
-            if (i < n) {
-                const uint32_t key = aqc__order_key(vals[i]);
-                if ((key & mask) == prefix) bucket = (key >> shift) & 255u;
-            }
+            if (r * nt + tid < n && (key & mask) == prefix) bucket = (key >> shift) & 255u;
             const unsigned peers = __match_any_sync(0xffffffffu, bucket);
-            if (bucket != 0xffffffffu && (int)(threadIdx.x % 32) == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
-        }
+            if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
+        };
+        if (CACHE) {
+#pragma unroll
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++)
+                if (r < rounds) count(r, cache[r]);
+        } else
+            for (int r = 0; r < rounds; r++) count(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
         __syncthreads();
         if (tid < 32) {   /* from the top bucket down, find the one holding the k-th key: lane l sums 8 buckets */
             const int top = 255 - 8 * tid;
@@ -492,22 +550,25 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         mask |= 255u << shift;
         __syncthreads();
     }
-    /* prefix is now the k-th best key; take everything above it and the first k equal to it */
-    const int per = (n + nt - 1) / nt, b0 = min(n, tid * per), b1 = min(n, b0 + per);
-    int ties = 0;
-    for (int i = b0; i < b1; i++) ties += aqc__order_key(vals[i]) == prefix;
-    const int ties_before = aqc__block_exclusive_scan(ties, scan);
-    int selected = 0, seen = ties_before;
-    for (int i = b0; i < b1; i++) {
-        uint32_t key = aqc__order_key(vals[i]);
-        if (key > prefix || (key == prefix && seen++ < k)) selected++;
-    }
-    int o = aqc__block_exclusive_scan(selected, scan);
-    seen = ties_before;
-    for (int i = b0; i < b1; i++) {
-        uint32_t key = aqc__order_key(vals[i]);
-        if (key > prefix || (key == prefix && seen++ < k)) out[o++] = i;
-    }
+    /* prefix is now the k-th best key: take every key above it and the first k equal to it, in
+       index order.  One scan per round counts both (above in the low 16 bits, ties in the high). */
+    int written = 0, ties_seen = 0;
+    auto place = [&](int r, uint32_t key) {
+        const int i = r * nt + tid;
+        const int above = i < n && key > prefix, tie = i < n && key == prefix;
+        const int before = aqc__block_exclusive_scan(above | (tie << 16), scan);
+        const int ties_left = max(0, k - ties_seen), tie_before = before >> 16;
+        if (above || (tie && tie_before < ties_left)) out[written + (before & 0xffff) + min(tie_before, ties_left)] = i;
+        const int n_above = __syncthreads_count(above), n_tie = __syncthreads_count(tie);
+        written += n_above + min(n_tie, ties_left);
+        ties_seen += n_tie;
+    };
+    if (CACHE) {
+#pragma unroll
+        for (int r = 0; r < (CACHE ? CACHE : 1); r++)
+            if (r < rounds) place(r, cache[r]);
+    } else
+        for (int r = 0; r < rounds; r++) place(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
 }
 
 /* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
@@ -522,7 +583,8 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
         return;
     }
     const int keep = budget / page_size - 1;
-    aqc__block_top_k(scores + (size_t)kvh * max_pages, last, keep, out);
+    if (last <= AQC_TOPK_CACHE * AQC_TOPK_THREADS) aqc__block_top_k<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
+    else aqc__block_top_k<0>(scores + (size_t)kvh * max_pages, last, keep, out);
     if (tid == 0) {
         out[keep] = last;
         list_len[kvh] = keep + 1;
@@ -749,7 +811,7 @@ __global__ void __launch_bounds__(AQC_TOPK_THREADS)
 aqc_sample_kernel(const float *logits, int n, float temperature, int top_k, float top_p, float min_p, float r, int *state) {
     __shared__ int cand[AQC_SAMPLE_MAX_K], sorted_id[AQC_SAMPLE_MAX_K];
     __shared__ float sorted_p[AQC_SAMPLE_MAX_K];
-    aqc__block_top_k(logits, n, top_k, cand);
+    aqc__block_top_k<0>(logits, n, top_k, cand);
     __syncthreads();
     for (int i = threadIdx.x; i < top_k; i += blockDim.x) {   /* rank sort: descending, ties by id */
         const float v = logits[cand[i]];
@@ -1036,28 +1098,43 @@ static int aqc__model_complete(const aqc_model *m, char *err, size_t err_len) {
 
 /* ---- launches shared by the forward pass and the checks ---- */
 
+/* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
+   default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
+   captured). */
+static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
+    const int x_bytes = (int)(max_kp * 2);
+    if (x_bytes > 48 * 1024) {
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4>, cudaFuncAttributeMaxDynamicSharedMemorySize, x_bytes));
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP>, cudaFuncAttributeMaxDynamicSharedMemorySize, x_bytes));
+    }
+    return 0;
+}
+
 static int aqc__prep(cudaStream_t st, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
                      float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
                      char *err, size_t err_len) {
-    aqc_prep_kernel<<<n_tokens, 256, 0, st>>>(in, gate, ld_in, norm, n, kp, eps, scaled, xh, xscale, xsum, ld_out);
+    const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
+    aqc_prep_kernel<<<dim3(blocks, n_tokens), AQC_PREP_THREADS, 0, st>>>(in, gate, ld_in, norm, n, kp, eps, scaled, xh, xscale,
+                                                                        xsum, ld_out);
     AQC_TRY(cudaGetLastError());
     return 0;
 }
 
 static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
                      float *y, int accumulate, char *err, size_t err_len) {
-    /* persistent grid: four blocks per multiprocessor (the kernels' launch bounds) or fewer rows */
+    /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor, or fewer rows */
     int device = 0, n_sms = 0;
     AQC_TRY(cudaGetDevice(&device));
     AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
     int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
-    if (blocks > 4 * (int64_t)n_sms) blocks = 4 * (int64_t)n_sms;
+    if (blocks > AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms) blocks = AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms;
+    const size_t x_bytes = (size_t)w->kp * 2;   /* the 4-bit kernels keep x in shared memory */
     if (w->format == AQC_INT4)
-        aqc_gemv_4bit_kernel<AQC_INT4><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
+        aqc_gemv_4bit_kernel<AQC_INT4><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, x_bytes, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
                                                                                 (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
                                                                                 xsum, y, accumulate);
     else if (w->format == AQC_OVP)
-        aqc_gemv_4bit_kernel<AQC_OVP><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
+        aqc_gemv_4bit_kernel<AQC_OVP><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, x_bytes, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
                                                                                (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
                                                                                xsum, y, accumulate);
     else
@@ -1116,7 +1193,7 @@ static int aqc__quest_select(cudaStream_t st, const float *q, const __half *boun
                              int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists,
                              int *list_len, char *err, size_t err_len) {
     int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
-    aqc_quest_score_kernel<<<dim3(blocks < 1 ? 1 : blocks, n_kv), AQC_SCORE_WARPS * 32, 2 * hd * sizeof(float), st>>>(
+    aqc_quest_score_kernel<<<dim3(blocks < 1 ? 1 : blocks, n_kv), AQC_SCORE_WARPS * 32, 0, st>>>(
         q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores);
     AQC_TRY(cudaGetLastError());
     aqc_quest_topk_kernel<<<n_kv, AQC_TOPK_THREADS, 0, st>>>(scores, max_pages, page_size, budget, pos_ptr, lists, list_len);
@@ -1165,6 +1242,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
+    if (aqc__allow_shared_memory(s->x_ld, err, err_len)) return -1;
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
@@ -1235,11 +1313,13 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
             AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0))
             return -1;
         aqc_rope_append_kernel<<<n, 256, 0, st>>>(s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base,
-                                                  pos_ptr, kv_layer, P);
+                                                  pos_ptr, kv_layer, P, n == 1 ? bounds_layer : NULL, s->max_pages);
         AQC_TRY(cudaGetLastError());
-        aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, pages_touched), hd < 32 ? 32 : hd, 0, st>>>(
-            kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n);
-        AQC_TRY(cudaGetLastError());
+        if (n > 1) {   /* a prompt's pages: their bounds from scratch */
+            aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, pages_touched), hd < 32 ? 32 : hd, 0, st>>>(
+                kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n);
+            AQC_TRY(cudaGetLastError());
+        }
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
             if (aqc__quest_select(st, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages, s->c.quest_budget,
                                   pos_ptr, s->scores, s->lists, s->list_len, err, err_len))
@@ -1385,6 +1465,7 @@ struct aqc__scratch {
 };
 
 extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, char *err, size_t err_len) {
+    if (aqc__allow_shared_memory(w->cols_padded, err, err_len)) return -1;
     aqc__scratch sc;
     aqc__weight dw;
     memset(&dw, 0, sizeof dw);
@@ -1496,7 +1577,8 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     }
     AQC_TRY(cudaMemcpy(tokens, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemset(r.pos, 0, 4));
-    aqc_rope_append_kernel<<<n_ctx, 256>>>(tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size);
+    aqc_rope_append_kernel<<<n_ctx, 256>>>(tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
+                                           r.max_pages);
     AQC_TRY(cudaGetLastError());
     aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(r.kv, r.bounds, n_kv_heads, head_dim,
                                                                                              page_size, r.max_pages, r.pos, n_ctx);
@@ -1516,39 +1598,77 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     return 0;
 }
 
+template <int CACHE>
+__global__ void __launch_bounds__(AQC_TOPK_THREADS) aqc_top_k_check_kernel(const float *vals, int n, int k, int *out) {
+    aqc__block_top_k<CACHE>(vals, n, k, out);
+}
+
+extern "C" int aqc_check_top_k(const float *vals, int n, int k, int cached, int *out, char *err, size_t err_len) {
+    aqc__scratch sc;
+    if (k < 1 || k > n || (cached && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS)) { aqc__err(err, err_len, "top-k check: bad n %d, k %d", n, k); return -1; }
+    float *dv = (float *)sc.get((size_t)n * 4, err, err_len);
+    int *dout = (int *)sc.get((size_t)k * 4, err, err_len);
+    if (!dv || !dout) return -1;
+    AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
+    if (cached) aqc_top_k_check_kernel<AQC_TOPK_CACHE><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
+    else aqc_top_k_check_kernel<0><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
+    AQC_TRY(cudaGetLastError());
+    AQC_TRY(cudaMemcpy(out, dout, (size_t)k * 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
 static double aqc__median(std::vector<float> &v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-/* Times fn(i) for iteration i: after warm-up, batches of AQC_TIME_BATCH calls back to back (as
-   a decode step runs them) between two events; the median batch over the call count, in us. */
-#define AQC_TIME_BATCH 10
+/* Times fn(i, stream) for i = 0 .. iters-1 as a decode step runs kernels: captured into one CUDA
+   graph (so that host launch costs, which the graph removes, are not counted), launched once to
+   warm up and then AQC_TIME_REPS times; the median launch over iters, in us.  Where capture
+   fails (a library that cannot be captured), or with graph = false, the calls are timed back to
+   back on the stream. */
+#define AQC_TIME_REPS 5
 template <class F>
-static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len) {
+static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len, bool graph = true) {
+    cudaStream_t st;
     cudaEvent_t a, b;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
     std::vector<float> t;
+    int captured = 0;
+    AQC_TRY(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     AQC_TRY(cudaEventCreate(&a));
     AQC_TRY(cudaEventCreate(&b));
-    for (int i = 0; i < 3; i++)
-        if (fn(i)) return -1;
-    for (int i = 0; i < iters; i += AQC_TIME_BATCH) {
+    if (graph && cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+        int ok = 1;
+        for (int i = 0; i < iters && ok; i++) ok = fn(i, st) == 0;
+        cudaError_t e = cudaStreamEndCapture(st, &g);
+        captured = ok && e == cudaSuccess && g && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess;
+        if (g) cudaGraphDestroy(g);
+    }
+    cudaGetLastError();   /* a failed capture leaves its error behind */
+    for (int rep = 0; rep <= AQC_TIME_REPS; rep++) {
         float ms;
-        AQC_TRY(cudaEventRecord(a));
-        for (int j = 0; j < AQC_TIME_BATCH; j++)
-            if (fn(i + j)) return -1;
-        AQC_TRY(cudaEventRecord(b));
+        AQC_TRY(cudaEventRecord(a, st));
+        if (captured) AQC_TRY(cudaGraphLaunch(ge, st));
+        else
+            for (int i = 0; i < iters; i++)
+                if (fn(i, st)) return -1;
+        AQC_TRY(cudaEventRecord(b, st));
         AQC_TRY(cudaEventSynchronize(b));
         AQC_TRY(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms * 1000.0f / AQC_TIME_BATCH);
+        if (rep > 0) t.push_back(ms * 1000.0f / iters);   /* rep 0 warms up */
     }
+    if (ge) cudaGraphExecDestroy(ge);
     cudaEventDestroy(a);
     cudaEventDestroy(b);
+    cudaStreamDestroy(st);
     *us = aqc__median(t);
     return 0;
 }
 
 extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len) {
+    if (aqc__allow_shared_memory(cols, err, err_len)) return -1;
     aqc__scratch sc;
     cublasHandle_t blas;
     /* copies of every matrix, four times the L2 in all, so that calls in turn read device memory */
@@ -1593,15 +1713,31 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
         AQC_TRY(cudaMemcpy(xsum, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
     }
     if (cublasCreate(&blas) != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS: cannot create a handle"); return -1; }
+    {   /* a workspace of its own, so that cuBLAS allocates nothing while a graph is captured */
+        const size_t ws_bytes = 32u << 20;
+        void *ws = sc.get(ws_bytes, err, err_len);
+        if (!ws || cublasSetWorkspace(blas, ws, ws_bytes) != CUBLAS_STATUS_SUCCESS) {
+            cublasDestroy(blas);
+            aqc__err(err, err_len, "cuBLAS: cannot set a workspace");
+            return -1;
+        }
+    }
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-    int rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->int4_us, err, err_len);
-    if (!rc) rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->ovp_us, err, err_len);
-    if (!rc) rc = aqc__time(iters, [&](int i) { return aqc__gemv(0, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); }, &t->f16_us, err, err_len);
+    int rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+                       &t->int4_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i) {
-            cublasStatus_t st_ = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, 1, (int)cols, &one, w16[i % copies].data, CUDA_R_16F,
-                                              (int)cols, xh, CUDA_R_16F, (int)cols, &zero, yh, CUDA_R_16F, (int)rows, CUBLAS_COMPUTE_16F,
-                                              CUBLAS_GEMM_DEFAULT);
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+                       &t->ovp_us, err, err_len);
+    if (!rc)
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+                       &t->f16_us, err, err_len);
+    if (!rc)
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) {
+            cublasStatus_t st_ = cublasSetStream(blas, st);
+            if (st_ == CUBLAS_STATUS_SUCCESS)
+                st_ = cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)rows, 1, (int)cols, &one, w16[i % copies].data, CUDA_R_16F,
+                                   (int)cols, xh, CUDA_R_16F, (int)cols, &zero, yh, CUDA_R_16F, (int)rows, CUBLAS_COMPUTE_16F,
+                                   CUBLAS_GEMM_DEFAULT);
             if (st_ != CUBLAS_STATUS_SUCCESS) { aqc__err(err, err_len, "cuBLAS GEMV: status %d", (int)st_); return -1; }
             return 0;
         }, &t->cublas_us, err, err_len);
@@ -1644,22 +1780,26 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         }
         AQC_TRY(cudaMemcpy(r.qkv, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
     }
-    /* device-to-device copy bandwidth: the ceiling for the dense kernel */
+    /* device-to-device copy bandwidth: the ceiling for the dense kernel (copies of 512 MB back to
+       back on a stream: as copy nodes of a graph they ran slower) */
     {
         size_t bytes = 512u << 20;
         void *a = sc.get(bytes, err, err_len), *b = sc.get(bytes, err, err_len);
         double us;
         if (!a || !b) return -1;
-        if (aqc__time(iters, [&](int) { return aqc__cuda_failed(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice), "copy", err, err_len) ? -1 : 0; },
-                      &us, err, err_len))
+        if (aqc__time(20, [&](int, cudaStream_t st) { return aqc__cuda_failed(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st), "copy", err, err_len) ? -1 : 0; },
+                      &us, err, err_len, false))
             return -1;
         t->copy_gbps = 2.0 * (double)bytes / (us * 1e-6) / 1e9;
     }
-    if (aqc__time(iters, [&](int i) { return aqc__rig_step(&r, i % layers, 0, 0, err, err_len); }, &t->dense_us, err, err_len)) return -1;
+    if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, 0, st, err, err_len); }, &t->dense_us, err, err_len))
+        return -1;
     t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
-    if (aqc__time(iters, [&](int i) { return aqc__rig_step(&r, i % layers, budget, 0, err, err_len); }, &t->quest_us, err, err_len)) return -1;
-    if (aqc__time(iters, [&](int i) {
-            return aqc__quest_select(0, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size, r.max_pages,
+    if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, &t->quest_us, err,
+                  err_len))
+        return -1;
+    if (aqc__time(iters, [&](int i, cudaStream_t st) {
+            return aqc__quest_select(st, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size, r.max_pages,
                                      budget, r.pos, r.scores, r.lists, r.list_len, err, err_len);
         }, &t->select_us, err, err_len))
         return -1;

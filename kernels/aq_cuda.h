@@ -106,6 +106,10 @@ int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *e
 int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
                         const float *k, const float *v, const float *q, float *out, int *pages,
                         char *err, size_t err_len);
+/* The block top-k kernel shared by Quest and the sampler: the k largest of vals[0..n) (ties to
+   the lower index) in ascending index order, into out[k], through the register-cached path
+   (cached = 1, n <= 8192) or the path that reads vals in every pass (cached = 0). */
+int aqc_check_top_k(const float *vals, int n, int k, int cached, int *out, char *err, size_t err_len);
 
 typedef struct {
     double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */

@@ -65,5 +65,17 @@ if grep -q "illegal\|misaligned\|unspecified launch" "$LOG" && command -v comput
     timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --decode-ctx 32768 \
         --model-7b build/llama2-7b-aq4.gguf 2>&1 | tail -60 | tee -a "$LOG"
 fi
+# PROFILE=1: Nsight Compute on one int4 GEMV (12288 x 4096) and on the four kernels of one Quest
+# step (32 KV heads) of the timing part
+if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
+    echo "== ncu ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    for k in "gemv_4bit_kernel 20 1" "quest_score|quest_topk|attention_kernel|attention_merge 1600 4"; do
+        set -- $k
+        timeout 100 ncu --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+            --log-file build/ncu.txt $B/tools/aq-gpu-check --part timing >/dev/null 2>&1
+        cat build/ncu.txt | tee -a "$LOG"
+    done
+fi
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
