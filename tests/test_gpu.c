@@ -2,13 +2,19 @@
    through a C model of the kernel's dequantization), greedy steps, and the CUDA backend's
    fallback to the CPU.  The kernels themselves are checked on a GPU by tools/gpu-check.sh. */
 
-/* What aqc_gemv_4bit_kernel<AQC_INT4> makes of element e of a packed row: the code OR-ed into
-   the mantissa of f16 1024.0 (0x6400), read back as f16, minus 1024, then times the scale plus
-   the offset. */
+/* What aqc_gemv_4bit_kernel<AQC_INT4> makes of element e of a packed row, step by step as the
+   kernel does it: pair s = (e % 8) / 2 comes from the word (s = 0, 1) or the word shifted right
+   by 8 (s = 2, 3), masked with 0x000f000f (even s) or 0x00f000f0 (odd s, 16 times too large),
+   OR-ed into the mantissa of f16 1024.0 (0x6400) and read back as f16; then minus 1032, or times
+   1/16 minus 72, gives q - 8, and the value is (q - 8) * scale + (offset + 8 * scale). */
 static float gpu_int4_value(const uint32_t *codes, const uint16_t *scales, const uint16_t *mins, int64_t group, int64_t e) {
-    uint32_t word = codes[e / 8], bits = ((word >> (4 * ((e % 8) / 2))) & 0x000f000fu) | 0x64006400u;
-    float q = aq_f16_to_f32((uint16_t)(e % 2 ? bits >> 16 : bits & 0xffffu)) - 1024.0f;
-    return q * aq_f16_to_f32(scales[e / group]) + aq_f16_to_f32(mins[e / group]);
+    const int s = (int)(e % 8) / 2;
+    const uint32_t word = codes[e / 8] >> (s < 2 ? 0 : 8);
+    const uint32_t bits = (word & (s % 2 ? 0x00f000f0u : 0x000f000fu)) | 0x64006400u;
+    const float v = aq_f16_to_f32((uint16_t)(e % 2 ? bits >> 16 : bits & 0xffffu));
+    const float centred = s % 2 ? v * (1.0f / 16.0f) - 72.0f : v - 1032.0f;
+    const float d = aq_f16_to_f32(scales[e / group]), m = aq_f16_to_f32(mins[e / group]);
+    return centred * d + (m + 8.0f * d);
 }
 
 static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
