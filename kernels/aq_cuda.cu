@@ -129,11 +129,12 @@ aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *
 #define AQC_GEMV_STAGE 4   /* 16-byte loads per lane per pipeline stage */
 #define AQC_GEMV_BLOCKS_PER_SM 5   /* the persistent grid; the launch bounds keep registers to fit it */
 
-/* Decode GEMVs are a single pass over the weights, so their speed is the bytes they keep in
-   flight.  Each warp owns rows in a grid-stride loop and works through a row in stages of
-   AQC_GEMV_STAGE 16-byte loads per lane, issuing the next stage's loads (possibly the next row's)
-   before it computes the current one: with a grid sized to the machine there is no tail of
-   short-lived blocks, and a warp never waits for memory with nothing else requested. */
+/* Decode GEMVs are a single pass over the weights.  Each warp owns rows in a grid-stride loop
+   and works through a row in stages of AQC_GEMV_STAGE 16-byte loads per lane, issuing the next
+   stage's loads (possibly the next row's) before it computes the current one: with a grid sized
+   to the machine there is no tail of short-lived blocks, and a warp never waits for memory with
+   nothing else requested.  Keeping more in flight (two rows per warp; a cp.async ring three
+   stages deep) measured slower on an H100 (kernels/NOTES.md). */
 __device__ __forceinline__ void aqc__gemv_next(int &row, int &c0, int loads_per_stage, int n_vec, int warps_total) {
     c0 += 32 * loads_per_stage;
     if (c0 >= n_vec) { c0 = 0; row += warps_total; }
