@@ -510,6 +510,15 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
             cache[r] = i < n ? aqc__order_key(vals[i]) : 0u;
         }
     }
+    /* f(r, key) for every round r, the key from the registers or from memory */
+    auto for_each_key = [&](auto f) {
+        if (CACHE) {
+#pragma unroll
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++)
+                if (r < rounds) f(r, cache[r]);
+        } else
+            for (int r = 0; r < rounds; r++) f(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
+    };
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
@@ -522,12 +531,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
             const unsigned peers = __match_any_sync(0xffffffffu, bucket);
             if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
         };
-        if (CACHE) {
-#pragma unroll
-            for (int r = 0; r < (CACHE ? CACHE : 1); r++)
-                if (r < rounds) count(r, cache[r]);
-        } else
-            for (int r = 0; r < rounds; r++) count(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
+        for_each_key(count);
         __syncthreads();
         if (tid < 32) {   /* from the top bucket down, find the one holding the k-th key: lane l sums 8 buckets */
             const int top = 255 - 8 * tid;
@@ -564,12 +568,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         written += n_above + min(n_tie, ties_left);
         ties_seen += n_tie;
     };
-    if (CACHE) {
-#pragma unroll
-        for (int r = 0; r < (CACHE ? CACHE : 1); r++)
-            if (r < rounds) place(r, cache[r]);
-    } else
-        for (int r = 0; r < rounds; r++) place(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
+    for_each_key(place);
 }
 
 /* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
