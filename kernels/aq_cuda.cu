@@ -52,7 +52,69 @@ static int aqc__cuda_failed(cudaError_t e, const char *what, char *err, size_t e
 /* Positions of the small per-session state block in device memory. */
 enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
 
+/* ---- variants and launches ----
+   Kernels not yet measured on a GPU wait behind AQ_CUDA_VARIANT (read when a session, check or
+   timing starts), a sum of the bits below; 0, the default, runs the kernels kernels/NOTES.md
+   measured.  tools/gpu-check.sh checks and times both, side by side, and a variant becomes the
+   default (and the code it replaces goes) only after it has run there.
+     AQC_V_PDL     programmatic dependent launch (sm_90): each kernel of a step may start while the
+                   one before it drains; it waits (griddepcontrol.wait) before it touches what that
+                   one wrote, and a GEMV requests its first weights before waiting
+     AQC_V_FUSED   Quest's score and top-k in one kernel, the attention's merge in the attention
+                   kernel: the last block to finish a KV head does the second half
+     AQC_V_ROPE    RoPE and the cache append with a block per head instead of one block */
+enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_ALL = 7 };
+
+static unsigned aqc__variant(void) {
+    const char *e = getenv("AQ_CUDA_VARIANT");
+    return e ? (unsigned)strtoul(e, NULL, 0) & AQC_V_ALL : 0u;
+}
+
+/* Launches kernel<<<grid, block, smem, st>>>(args), as a programmatic dependent launch when pdl
+   is set (the caller checks that the device is sm_90 or newer). */
+template <typename... KArgs, typename... Args>
+static cudaError_t aqc__launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                               Args... args) {
+    cudaLaunchConfig_t cfg;
+    cudaLaunchAttribute attr[1];
+    memset(&cfg, 0, sizeof cfg);
+    memset(attr, 0, sizeof attr);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, ((KArgs)args)...);
+}
+
 /* ---- device helpers ---- */
+
+/* Programmatic dependent launch, device side.  aqc__let_next_start lets the next kernel of the
+   stream be scheduled (its blocks then wait in aqc__wait_prior); aqc__wait_prior returns once the
+   kernel before this one has finished and its writes are visible.  A kernel must wait before it
+   reads anything an earlier kernel of the step wrote and before it writes anything at all (the
+   kernel before may still be reading it).  Without a programmatic launch, and before sm_90, both
+   do nothing. */
+__device__ __forceinline__ void aqc__let_next_start(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void aqc__wait_prior(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* The start of a kernel with nothing to do before its wait. */
+__device__ __forceinline__ void aqc__enter(void) {
+    aqc__let_next_start();
+    aqc__wait_prior();
+}
 
 __device__ __forceinline__ float aqc__warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -95,6 +157,7 @@ __global__ void __launch_bounds__(AQC_PREP_THREADS)
 aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
                 float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
     __shared__ float red[32];
+    aqc__enter();
     const int token = blockIdx.y;
     const float *x = in + (size_t)token * ld_in;
     const float *g = gate ? gate + (size_t)token * ld_in : NULL;
@@ -184,8 +247,10 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             }
         }
     };
-    if (row < rows) load(cur, row, 0);
-    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = __ldg(x4 + i);
+    aqc__let_next_start();
+    if (row < rows) load(cur, row, 0);   /* weights: written before the step, safe to read before the wait */
+    aqc__wait_prior();
+    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
     if (FORMAT == AQC_OVP)
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
     __syncthreads();
@@ -265,8 +330,10 @@ aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __hal
             if (c < n_vec) st[u] = __ldg(w16 + (size_t)r * n_vec + c);
         }
     };
+    aqc__let_next_start();
+    if (row < rows) load(cur, row, 0);
+    aqc__wait_prior();
     if (row >= rows) return;
-    load(cur, row, 0);
     float acc = 0.0f;
     for (;;) {
         int next_row = row, next_c0 = c0;
@@ -276,7 +343,7 @@ aqc_gemv_f16_kernel(const uint4 *__restrict__ w16, int rows, int kp, const __hal
         for (int u = 0; u < 2 * AQC_GEMV_STAGE; u++) {
             const int c = c0 + 32 * u + lane;
             if (c >= n_vec) break;
-            uint4 xv = __ldg(x4 + c);
+            uint4 xv = x4[c];
             const half2 *wp = (const half2 *)&cur[u], *xp = (const half2 *)&xv;
             float s = 0.0f;
 #pragma unroll
@@ -333,6 +400,7 @@ __global__ void aqc_dequant_int4_kernel(const uint32_t *codes, const __half *sca
 /* ---- embedding ---- */
 
 __global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const int *ids, float *x) {
+    aqc__enter();
     const __half *row = table + (size_t)ids[blockIdx.x] * ld;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)blockIdx.x * dim + i] = __half2float(row[i]);
 }
@@ -347,6 +415,7 @@ __global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const
    which for one new key is a min and a max: the bounds kernel then has nothing left to do. */
 __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
                                        const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer, int max_pages) {
+    aqc__enter();
     const int t = blockIdx.x, pos = *pos_ptr + t, half_rot = n_rot / 2;
     float *q = qkv + (size_t)t * qkv_dim, *k = q + (size_t)n_heads * hd, *v = k + (size_t)n_kv * hd;
     for (int i = threadIdx.x; i < (n_heads + n_kv) * half_rot; i += blockDim.x) {
@@ -373,9 +442,48 @@ __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int
     }
 }
 
+/* AQC_V_ROPE: the same with a block per (head, token) and a thread per pair of dimensions, the
+   query heads first, then the KV heads (which also append).  The kernel above gives each token one
+   block, whose 256 threads each work out ~10 accurate sines and cosines in turn. */
+__global__ void aqc_rope_append_heads_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
+                                             const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
+                                             int max_pages) {
+    aqc__enter();
+    const int h = blockIdx.x, t = blockIdx.y, pos = *pos_ptr + t, half_rot = n_rot / 2;
+    const int page = pos / page_size, slot = pos % page_size, kvh = h - n_heads;
+    float *vec = qkv + (size_t)t * qkv_dim + (size_t)h * hd;   /* q heads, then k heads, adjacent */
+    for (int j = threadIdx.x; j < hd / 2; j += blockDim.x) {
+        float x0 = vec[2 * j], x1 = vec[2 * j + 1];
+        if (j < half_rot) {
+            const float angle = (float)pos * (1.0f / powf(rope_base, (float)(2 * j) / (float)n_rot));
+            const float c = cosf(angle), s = sinf(angle), r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+            x0 = r0;
+            x1 = r1;
+        }
+        vec[2 * j] = x0;
+        vec[2 * j + 1] = x1;
+        if (kvh < 0) continue;
+        const float *v = qkv + (size_t)t * qkv_dim + (size_t)(n_heads + n_kv + kvh) * hd;
+        __half *base = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
+        const float xs[2] = {x0, x1};
+        for (int e = 0; e < 2; e++) {
+            const int d = 2 * j + e;
+            const __half key = __float2half(xs[e]);
+            base[(size_t)slot * hd + d] = key;
+            base[(size_t)(page_size + slot) * hd + d] = __float2half(v[d]);
+            if (bounds_layer) {
+                __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
+                b[d] = slot == 0 || __hlt(key, b[d]) ? key : b[d];
+                b[hd + d] = slot == 0 || __hgt(key, b[hd + d]) ? key : b[hd + d];
+            }
+        }
+    }
+}
+
 /* Bounds of the pages holding positions *pos .. *pos + n_tokens - 1: block (kv head, page). */
 __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_layer, int n_kv, int hd, int page_size,
                                        int max_pages, const int *pos_ptr, int n_tokens) {
+    aqc__enter();
     const int kvh = blockIdx.x, first = *pos_ptr, last = first + n_tokens - 1;
     const int page = first / page_size + blockIdx.y;
     if (page > last / page_size) return;
@@ -403,14 +511,15 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
 #define AQC_SCORE_WARPS 4
 #define AQC_SCORE_PAGES 8
 
-__global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                                       int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
-    const int kvh = blockIdx.y, pos = *pos_ptr, group = n_heads / n_kv;
-    if (pos + 1 <= budget) return;
+/* The block's share of KV head kvh's n_complete page scores (blocks (x, kv head), x striding
+   over the pages). */
+__device__ __forceinline__ void aqc__score_pages(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                                                 int max_pages, int n_complete, float *scores) {
     /* a page's bounds are 2 * hd f16 [min | max], hd / 4 16-byte loads; a warp loads
        AQC_SCORE_PAGES pages at once, and only then works out the coefficients of its lanes' 8
        dimensions from the queries (no shared memory, no barrier in front of the loads) */
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_complete = pos / page_size, n_vec = hd / 4;
+    const int kvh = blockIdx.y, group = n_heads / n_kv;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_vec = hd / 4;
     const float *qk = q + (size_t)kvh * group * hd;
     for (int p0 = (blockIdx.x * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete;
          p0 += gridDim.x * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
@@ -454,6 +563,14 @@ __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_laye
     }
 }
 
+__global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                                       int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
+    aqc__enter();
+    const int pos = *pos_ptr;
+    if (pos + 1 <= budget) return;
+    aqc__score_pages(q, bounds_layer, n_heads, n_kv, hd, max_pages, pos / page_size, scores);
+}
+
 __device__ __forceinline__ uint32_t aqc__order_key(float f) {   /* larger float, larger key */
     uint32_t u = __float_as_uint(f);
     return (u & 0x80000000u) ? ~u : u | 0x80000000u;
@@ -493,8 +610,12 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
    thread, one block scan places the keys above it and the first ties equal to it.  CACHE > 0
    keeps each thread's keys in registers (n <= CACHE * blockDim.x), so that the passes read
    memory once; CACHE = 0 reads vals in every pass.  Used for Quest's pages (cached) and the
-   sampler's top-k over the vocabulary. */
-template <int CACHE>
+   sampler's top-k over the vocabulary.
+   A thread's keys are those at r * blockDim + thread (coalesced loads), or with CONTIG the
+   adjacent ones from thread * rounds: then one scan places every key, where the other layout
+   needs one per round.  CONTIG is the fused Quest selection's (AQC_V_FUSED), whose scores were
+   written by other blocks of the same grid, so it reads them through L2 (__ldcg). */
+template <int CACHE, bool CONTIG = false>
 __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
     __shared__ int scan[32];
@@ -502,13 +623,12 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int s_k;
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
     const int rounds = (n + nt - 1) / nt;   /* at most CACHE when CACHE > 0 */
+    auto index = [&](int r) { return CONTIG ? tid * rounds + r : r * nt + tid; };
+    auto key_at = [&](int i) { return i < n ? aqc__order_key(CONTIG ? __ldcg(vals + i) : vals[i]) : 0u; };
     uint32_t cache[CACHE ? CACHE : 1];
     if (CACHE) {
 #pragma unroll
-        for (int r = 0; r < (CACHE ? CACHE : 1); r++) {
-            const int i = r * nt + tid;
-            cache[r] = i < n ? aqc__order_key(vals[i]) : 0u;
-        }
+        for (int r = 0; r < (CACHE ? CACHE : 1); r++) cache[r] = r < rounds ? key_at(index(r)) : 0u;
     }
     /* f(r, key) for every round r, the key from the registers or from memory */
     auto for_each_key = [&](auto f) {
@@ -517,7 +637,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
             for (int r = 0; r < (CACHE ? CACHE : 1); r++)
                 if (r < rounds) f(r, cache[r]);
         } else
-            for (int r = 0; r < rounds; r++) f(r, r * nt + tid < n ? aqc__order_key(vals[r * nt + tid]) : 0u);
+            for (int r = 0; r < rounds; r++) f(r, key_at(index(r)));
     };
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -527,7 +647,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
            (lanes with the same bucket found by __match_any_sync), not one per key */
         auto count = [&](int r, uint32_t key) {
             uint32_t bucket = 0xffffffffu;   /* no bucket: past the end, or outside the prefix */
-            if (r * nt + tid < n && (key & mask) == prefix) bucket = (key >> shift) & 255u;
+            if (index(r) < n && (key & mask) == prefix) bucket = (key >> shift) & 255u;
             const unsigned peers = __match_any_sync(0xffffffffu, bucket);
             if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
         };
@@ -556,7 +676,25 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         __syncthreads();
     }
     /* prefix is now the k-th best key: take every key above it and the first k equal to it, in
-       index order.  One scan per round counts both (above in the low 16 bits, ties in the high). */
+       index order.  CONTIG: a key's place is the number of keys above before it plus the number
+       of ties before it, up to k; two scans give each thread the counts before its first key. */
+    if (CONTIG) {
+        int above = 0, ties = 0;
+        for_each_key([&](int r, uint32_t key) {
+            above += index(r) < n && key > prefix;
+            ties += index(r) < n && key == prefix;
+        });
+        above = aqc__block_exclusive_scan(above, scan);
+        ties = aqc__block_exclusive_scan(ties, scan);
+        for_each_key([&](int r, uint32_t key) {
+            const int i = index(r);
+            if (i >= n) return;
+            if (key > prefix) out[above++ + min(ties, k)] = i;
+            else if (key == prefix && ties < k) out[above + ties++] = i;
+        });
+        return;
+    }
+    /* One scan per round counts both (above in the low 16 bits, ties in the high). */
     int written = 0, ties_seen = 0;
     auto place = [&](int r, uint32_t key) {
         const int i = r * nt + tid;
@@ -575,6 +713,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
    page order, then the current page. */
 __global__ void __launch_bounds__(AQC_TOPK_THREADS)
 aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
+    aqc__enter();
     const int kvh = blockIdx.x, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
     int *out = lists + (size_t)kvh * max_pages;
     if (pos + 1 <= budget) {
@@ -591,22 +730,95 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
     }
 }
 
+/* AQC_V_FUSED: the score kernel whose last block to finish a KV head (counted in done[kv head],
+   which it sets back to 0 for the next step) selects that head's pages, as the top-k kernel
+   above does: no launch between the two, and the heads' selections overlap the other heads'
+   scoring.  Its 128 threads keep up to AQC_SELECT_CACHE keys each in registers (2048 pages, 32K
+   tokens at 16 a page) and read longer lists in every pass. */
+#define AQC_SELECT_CACHE 16
+__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
+aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
+                        int budget, const int *pos_ptr, float *scores, int *done, int *lists, int *list_len) {
+    __shared__ int s_ticket;
+    aqc__enter();
+    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size;
+    int *out = lists + (size_t)kvh * max_pages;
+    if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
+        if (blockIdx.x == 0) {
+            for (int i = threadIdx.x; i <= last; i += blockDim.x) out[i] = i;
+            if (threadIdx.x == 0) list_len[kvh] = last + 1;
+        }
+        return;
+    }
+    aqc__score_pages(q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
+    __threadfence();   /* this block's scores reach L2 before its ticket is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(done + kvh, 1);
+    __syncthreads();
+    if (s_ticket != (int)gridDim.x - 1) return;
+    const int keep = budget / page_size - 1;
+    if (last <= AQC_SELECT_CACHE * AQC_SCORE_WARPS * 32)
+        aqc__block_top_k<AQC_SELECT_CACHE, true>(scores + (size_t)kvh * max_pages, last, keep, out);
+    else
+        aqc__block_top_k<0, true>(scores + (size_t)kvh * max_pages, last, keep, out);
+    if (threadIdx.x == 0) {
+        out[keep] = last;
+        list_len[kvh] = keep + 1;
+        done[kvh] = 0;
+    }
+}
+
 /* ---- attention ----
    Block (KV head, split, token): the split's share of the page list, warps taking pages in turn.
    A key's head_dim values are head_dim / 8 lanes' 16-byte loads, so one warp instruction reads
    32 / (head_dim / 8) whole keys (two for head_dim 128): K and V come straight from the cache
    in 512-byte rows and every query head of the group uses them (GQA reads a page once).  Each
    lane keeps an online softmax over its keys; the warps' states are merged in shared memory and
-   the block writes (max, sum, unnormalized output) per head for the merge kernel. */
+   the block writes (max, sum, unnormalized output) per head for the merge.
+   The merge (a head's output from its splits' partial softmaxes) is a kernel of its own, or with
+   FUSED (AQC_V_FUSED) the work of the last block to finish a (KV head, token): done[token][kv
+   head] counts them, and that block sets it back to 0. */
 #define AQC_ATT_WARPS 4
+#define AQC_MAX_SPLITS 256
 
-template <int MAXG>
+/* out[hd] for one query head from its splits' (max, sum, output[hd]) at base, stride apart; every
+   thread of the block calls it.  The splits' weights are worked out in parallel first, so that
+   the sums over splits below are independent loads rather than a chain of them.  The partials
+   come from other blocks (of this grid, when fused): loads through L2. */
+__device__ void aqc__merge_head(const float *base, size_t stride, int splits, int hd, float *out, float *weight, float *red) {
+    float M = -INFINITY;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, __ldcg(base + s * stride));
+    M = aqc__warp_max(M);
+    __syncthreads();   /* red and weight may still be read by the previous head's merge */
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
+    __syncthreads();
+    M = -INFINITY;
+    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, red[w]);
+    float L = 0.0f;
+    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+        const float m = __ldcg(base + s * stride), f = m == -INFINITY ? 0.0f : __expf(m - M);
+        weight[s] = f;
+        L += f * __ldcg(base + s * stride + 1);
+    }
+    L = aqc__block_sum(L, red);   /* its barriers also publish weight[] */
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float O = 0.0f;
+#pragma unroll 8
+        for (int s = 0; s < splits; s++) O += weight[s] * __ldcg(base + s * stride + 2 + d);
+        out[d] = O / L;
+    }
+}
+
+template <int MAXG, bool FUSED>
 __global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
 aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
                      int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
-                     float *partial) {
+                     float *partial, int *done, float *att_out, int64_t out_stride) {
     extern __shared__ float sm_acc[];   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
+    __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
+    __shared__ int s_ticket;
+    aqc__enter();
     const int kvh = blockIdx.x, split = blockIdx.y, splits = gridDim.y, t = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pos = *pos_ptr + t, last = pos / page_size;
@@ -732,38 +944,28 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
         out[2 + d] = O;
         if (d == 0) { out[0] = M; out[1] = L; }
     }
+    if (!FUSED) return;
+    __threadfence();   /* this block's partials reach L2 before its ticket is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(done + (size_t)t * n_kv + kvh, 1);
+    __syncthreads();
+    if (s_ticket != splits - 1) return;
+    const size_t stride = (size_t)group * (hd + 2);
+    for (int h = 0; h < group; h++)
+        aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)h * (hd + 2), stride, splits, hd,
+                        att_out + (size_t)t * out_stride + ((size_t)kvh * group + h) * hd, merge_weight, merge_red);
+    if (threadIdx.x == 0) done[(size_t)t * n_kv + kvh] = 0;
 }
 
-/* Block (query head, token): the splits' partial softmaxes into the attention output.  The
-   splits' maxima and weights are worked out in parallel first, so that the sums over splits
-   below are independent loads rather than a chain of them. */
-#define AQC_MAX_SPLITS 256
+/* Block (query head, token): the merge, when the attention kernel does not do it. */
 __global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd, int splits, float *out,
                                            int64_t out_stride) {
     __shared__ float weight[AQC_MAX_SPLITS], red[32];
+    aqc__enter();
     const int h = blockIdx.x, t = blockIdx.y, kvh = h / group, hh = h % group;
     const size_t stride = (size_t)group * (hd + 2);
-    const float *base = partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)hh * (hd + 2);
-    float M = -INFINITY;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, base[s * stride]);
-    M = aqc__warp_max(M);
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
-    __syncthreads();
-    M = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, red[w]);
-    float L = 0.0f;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-        const float m = base[s * stride], f = m == -INFINITY ? 0.0f : __expf(m - M);
-        weight[s] = f;
-        L += f * base[s * stride + 1];
-    }
-    L = aqc__block_sum(L, red);   /* its barriers also publish weight[] */
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float O = 0.0f;
-#pragma unroll 8
-        for (int s = 0; s < splits; s++) O += weight[s] * base[s * stride + 2 + d];
-        out[(size_t)t * out_stride + (size_t)h * hd + d] = O / L;
-    }
+    aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)hh * (hd + 2), stride, splits, hd,
+                    out + (size_t)t * out_stride + (size_t)h * hd, weight, red);
 }
 
 /* Splits of one KV head's page list: enough blocks to keep every multiprocessor's loads in
@@ -781,6 +983,7 @@ static int aqc__attention_splits(int n_sms, int n_kv, int n_pages) {
 __global__ void aqc_argmax_kernel(const float *logits, int n, int *state) {
     __shared__ float best_v[1024];
     __shared__ int best_i[1024];
+    aqc__enter();
     float v = -INFINITY;
     int idx = 0x7fffffff;
     for (int i = threadIdx.x; i < n; i += blockDim.x)
@@ -811,6 +1014,7 @@ __global__ void __launch_bounds__(AQC_TOPK_THREADS)
 aqc_sample_kernel(const float *logits, int n, float temperature, int top_k, float top_p, float min_p, float r, int *state) {
     __shared__ int cand[AQC_SAMPLE_MAX_K], sorted_id[AQC_SAMPLE_MAX_K];
     __shared__ float sorted_p[AQC_SAMPLE_MAX_K];
+    aqc__enter();
     aqc__block_top_k<0>(logits, n, top_k, cand);
     __syncthreads();
     for (int i = threadIdx.x; i < top_k; i += blockDim.x) {   /* rank sort: descending, ties by id */
@@ -896,6 +1100,8 @@ struct aqc_session {
     size_t kv_layer_elems, bounds_layer_elems;
     float *scores;               /* [n_kv][max_pages] */
     int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
+    int *done;                   /* AQC_V_FUSED's counters: [n_kv] for the selection, then [n_batch][n_kv] */
+    unsigned variant;            /* AQ_CUDA_VARIANT at creation, for this device */
     float *partial;
     float *x, *qkv, *att, *hb, *logits;
     __half *xh;
@@ -905,6 +1111,15 @@ struct aqc_session {
     int *host_state;             /* pinned: token and position in, next token out */
     cudaGraphExec_t graph;
     int graph_ready;
+    struct aqc__profile *prof;   /* while aqc_profile_step runs */
+};
+
+/* aqc_profile_step's events: one after each stage of a step, named by the stage. */
+struct aqc__profile {
+    std::vector<cudaEvent_t> events;
+    std::vector<const char *> names;
+    size_t used;
+    ~aqc__profile() { for (size_t i = 0; i < events.size(); i++) cudaEventDestroy(events[i]); }
 };
 
 static int aqc__malloc(void **p, size_t bytes, const char *what, char *err, size_t err_len) {
@@ -1110,17 +1325,26 @@ static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
     return 0;
 }
 
-static int aqc__prep(cudaStream_t st, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
-                     float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
-                     char *err, size_t err_len) {
-    const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
-    aqc_prep_kernel<<<dim3(blocks, n_tokens), AQC_PREP_THREADS, 0, st>>>(in, gate, ld_in, norm, n, kp, eps, scaled, xh, xscale,
-                                                                        xsum, ld_out);
-    AQC_TRY(cudaGetLastError());
+/* AQ_CUDA_VARIANT for the current device: no programmatic launches before sm_90. */
+static int aqc__device_variant(unsigned *v, char *err, size_t err_len) {
+    int device = 0, major = 0;
+    AQC_TRY(cudaGetDevice(&device));
+    AQC_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    *v = aqc__variant();
+    if (major < 9) *v &= ~(unsigned)AQC_V_PDL;
     return 0;
 }
 
-static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
+static int aqc__prep(cudaStream_t st, unsigned v, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
+                     float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
+                     char *err, size_t err_len) {
+    const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
+    AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(AQC_PREP_THREADS), 0, st, in, gate, ld_in,
+                        norm, n, kp, eps, scaled, xh, xscale, xsum, ld_out));
+    return 0;
+}
+
+static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
                      float *y, int accumulate, char *err, size_t err_len) {
     /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor, or fewer rows */
     int device = 0, n_sms = 0;
@@ -1129,18 +1353,18 @@ static int aqc__gemv(cudaStream_t st, const aqc__weight *w, const __half *xh, co
     int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
     if (blocks > AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms) blocks = AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms;
     const size_t x_bytes = (size_t)w->kp * 2;   /* the 4-bit kernels keep x in shared memory */
+    const bool pdl = v & AQC_V_PDL;
+    const dim3 grid((unsigned)blocks), block(AQC_GEMV_WARPS * 32);
+    const uint4 *codes = (const uint4 *)w->data;
+    const half2 *no_table = NULL;
     if (w->format == AQC_INT4)
-        aqc_gemv_4bit_kernel<AQC_INT4><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, x_bytes, st>>>((const uint4 *)w->data, w->scales, w->mins, NULL,
-                                                                                (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
-                                                                                xsum, y, accumulate);
+        AQC_TRY(aqc__launch(pdl, aqc_gemv_4bit_kernel<AQC_INT4>, grid, block, x_bytes, st, codes, w->scales, w->mins, no_table,
+                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
     else if (w->format == AQC_OVP)
-        aqc_gemv_4bit_kernel<AQC_OVP><<<(unsigned)blocks, AQC_GEMV_WARPS * 32, x_bytes, st>>>((const uint4 *)w->data, w->scales, w->mins, w->lut,
-                                                                               (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
-                                                                               xsum, y, accumulate);
+        AQC_TRY(aqc__launch(pdl, aqc_gemv_4bit_kernel<AQC_OVP>, grid, block, x_bytes, st, codes, w->scales, w->mins, w->lut,
+                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
     else
-        aqc_gemv_f16_kernel<<<(unsigned)blocks, AQC_GEMV_WARPS * 32, 0, st>>>((const uint4 *)w->data, (int)w->rows, (int)w->kp, xh, xscale,
-                                                                     y, accumulate);
-    AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__launch(pdl, aqc_gemv_f16_kernel, grid, block, 0, st, codes, (int)w->rows, (int)w->kp, xh, xscale, y, accumulate));
     return 0;
 }
 
@@ -1168,36 +1392,62 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
     return 0;
 }
 
-static int aqc__attention(cudaStream_t st, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
+/* done: AQC_V_FUSED's counters, [n_tokens][n_kv] zeros. */
+static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
                           const float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int page_size, const int *pos_ptr,
-                          int n_tokens, int splits, float *partial, float *out, int64_t out_stride, char *err, size_t err_len) {
+                          int n_tokens, int splits, float *partial, int *done, float *out, int64_t out_stride, char *err,
+                          size_t err_len) {
     const int group = n_heads / n_kv;
     const float scale = 1.0f / sqrtf((float)hd);
-    dim3 grid(n_kv, splits, n_tokens);
+    const dim3 grid(n_kv, splits, n_tokens), block(AQC_ATT_WARPS * 32);
     const int maxg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
     const size_t shm = (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
-#define AQC_ATTN(G) aqc_attention_kernel<G><<<grid, AQC_ATT_WARPS * 32, shm, st>>>(kv_layer, lists, list_len, max_pages, qkv, \
-        qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial)
+    const bool pdl = v & AQC_V_PDL, fused = v & AQC_V_FUSED;
+#define AQC_ATTN(G) AQC_TRY(aqc__launch(pdl, fused ? aqc_attention_kernel<G, true> : aqc_attention_kernel<G, false>, grid, block, shm, \
+                                        st, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group, scale, \
+                                        pos_ptr, partial, done, out, out_stride))
     if (maxg == 1) AQC_ATTN(1);
     else if (maxg == 2) AQC_ATTN(2);
     else if (maxg == 4) AQC_ATTN(4);
     else AQC_ATTN(8);
 #undef AQC_ATTN
-    AQC_TRY(cudaGetLastError());
-    aqc_attention_merge_kernel<<<dim3(n_heads, n_tokens), hd < 32 ? 32 : hd, 0, st>>>(partial, n_kv, group, hd, splits, out, out_stride);
-    AQC_TRY(cudaGetLastError());
+    if (!fused)
+        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(hd < 32 ? 32 : hd), 0, st, partial, n_kv,
+                            group, hd, splits, out, out_stride));
     return 0;
 }
 
-static int aqc__quest_select(cudaStream_t st, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists,
+/* done: AQC_V_FUSED's counters, [n_kv] zeros. */
+static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *done, int *lists,
                              int *list_len, char *err, size_t err_len) {
     int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
-    aqc_quest_score_kernel<<<dim3(blocks < 1 ? 1 : blocks, n_kv), AQC_SCORE_WARPS * 32, 0, st>>>(
-        q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores);
-    AQC_TRY(cudaGetLastError());
-    aqc_quest_topk_kernel<<<n_kv, AQC_TOPK_THREADS, 0, st>>>(scores, max_pages, page_size, budget, pos_ptr, lists, list_len);
-    AQC_TRY(cudaGetLastError());
+    const dim3 grid(blocks < 1 ? 1 : blocks, n_kv), block(AQC_SCORE_WARPS * 32);
+    const bool pdl = v & AQC_V_PDL;
+    if (v & AQC_V_FUSED) {
+        AQC_TRY(aqc__launch(pdl, aqc_quest_select_kernel, grid, block, 0, st, q, bounds_layer, n_heads, n_kv, hd, page_size,
+                            max_pages, budget, pos_ptr, scores, done, lists, list_len));
+        return 0;
+    }
+    AQC_TRY(aqc__launch(pdl, aqc_quest_score_kernel, grid, block, 0, st, q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages,
+                        budget, pos_ptr, scores));
+    AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(AQC_TOPK_THREADS), 0, st, scores, max_pages, page_size, budget,
+                        pos_ptr, lists, list_len));
+    return 0;
+}
+
+/* RoPE and the cache append for n_tokens tokens (bounds_layer: a decode step's page bounds). */
+static int aqc__rope_append(cudaStream_t st, unsigned v, float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot,
+                            float rope_base, const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
+                            int max_pages, int n_tokens, char *err, size_t err_len) {
+    const bool pdl = v & AQC_V_PDL;
+    if (v & AQC_V_ROPE) {
+        const int threads = ((hd / 2 + 31) / 32) * 32;
+        AQC_TRY(aqc__launch(pdl, aqc_rope_append_heads_kernel, dim3(n_heads + n_kv, n_tokens), dim3(threads), 0, st, qkv, qkv_dim,
+                            n_heads, n_kv, hd, n_rot, rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
+    } else
+        AQC_TRY(aqc__launch(pdl, aqc_rope_append_kernel, dim3(n_tokens), dim3(256), 0, st, qkv, qkv_dim, n_heads, n_kv, hd, n_rot,
+                            rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
     return 0;
 }
 
@@ -1206,9 +1456,10 @@ static int aqc__quest_select(cudaStream_t st, const float *q, const __half *boun
 extern "C" void aqc_session_free(aqc_session *s) {
     if (!s) return;
     if (s->graph_ready) cudaGraphExecDestroy(s->graph);
+    delete s->prof;
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
-    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len);
+    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len); cudaFree(s->done);
     cudaFree(s->partial); cudaFree(s->x); cudaFree(s->qkv); cudaFree(s->att); cudaFree(s->hb); cudaFree(s->logits);
     cudaFree(s->xh); cudaFree(s->xscale); cudaFree(s->xsum); cudaFree(s->wtmp); cudaFree(s->state); cudaFree(s->ids);
     cudaFreeHost(s->host_state);
@@ -1223,6 +1474,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     const aqc__weight *all[4];
     cudaDeviceProp prop;
     AQC_TRY(cudaGetDeviceProperties(&prop, 0));
+    if (aqc__device_variant(&s->variant, err, err_len)) return -1;
     s->n_sms = prop.multiProcessorCount;
     s->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     s->max_pages = (s->c.n_ctx + s->c.page_size - 1) / s->c.page_size;
@@ -1250,6 +1502,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
+        aqc__malloc((void **)&s->done, (nb + 1) * c->n_kv_heads * 4, "attention counters", err, err_len) ||
         aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * (c->head_dim + 2) * 4, "attention partials", err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->qkv, nb * s->qkv_dim * 4, "activations", err, err_len) ||
@@ -1265,6 +1518,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         return -1;
     AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
+    AQC_TRY(cudaMemset(s->done, 0, (nb + 1) * c->n_kv_heads * 4));
     return 0;
 }
 
@@ -1285,6 +1539,21 @@ extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
     return (uint64_t)(s->kv_layer_elems + s->bounds_layer_elems) * s->m->c.n_layers * 2;
 }
 
+/* The end of a stage of the step, when a profile is being taken. */
+static int aqc__mark(aqc_session *s, const char *name, char *err, size_t err_len) {
+    aqc__profile *p = s->prof;
+    if (!p) return 0;
+    if (p->used == p->events.size()) {
+        cudaEvent_t e;
+        AQC_TRY(cudaEventCreate(&e));
+        p->events.push_back(e);
+        p->names.push_back(name);
+    }
+    p->names[p->used] = name;
+    AQC_TRY(cudaEventRecord(p->events[p->used++], s->stream));
+    return 0;
+}
+
 /* Enqueues the model over n tokens whose ids are at `ids` (device) at positions state[AQC_POS]..
    Logits: none (want = 0), the last token's (1) or every token's (2), into s->logits; a decode
    step (n == 1) always computes them. */
@@ -1297,61 +1566,62 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     const int pages_touched = (pos0 + n - 1) / P - pos0 / P + 1;
     const int splits = n == 1 ? s->splits : (s->splits / n > 1 ? s->splits / n : 1);
     cudaStream_t st = s->stream;
+    const unsigned v = s->variant;
+    const __half *embd = (const __half *)m->tok_embd.data;
 
 #define AQC_MATMUL(w, in_h, out, ldo, acc)                                                                                \
-    ((n == 1) ? aqc__gemv(st, (w), (in_h), s->xscale, s->xsum, (out), (acc), err, err_len)                               \
+    ((n == 1) ? aqc__gemv(st, v, (w), (in_h), s->xscale, s->xsum, (out), (acc), err, err_len)                            \
               : aqc__gemm(st, s->blas, (w), s->wtmp, (in_h), xl, n, (out), (ldo), (acc), err, err_len))
+    /* each stage, then its mark for aqc_profile_step */
+#define AQC_DO(call, name) do { if (call) return -1; if (aqc__mark(s, name, err, err_len)) return -1; } while (0)
 
-    aqc_embed_kernel<<<n, 256, 0, st>>>((const __half *)m->tok_embd.data, m->tok_embd.kp, dim, ids, s->x);
-    AQC_TRY(cudaGetLastError());
+    AQC_DO(aqc__cuda_failed(aqc__launch(v & AQC_V_PDL, aqc_embed_kernel, dim3(n), dim3(256), 0, st, embd, m->tok_embd.kp, dim, ids,
+                                        s->x), "embedding", err, err_len), "embedding");
     for (int l = 0; l < c->n_layers; l++) {
         __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
         const int *lists = NULL;
         /* attention block */
-        if (aqc__prep(st, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
-                      s->xsum, xl, err, err_len) ||
-            AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0))
-            return -1;
-        aqc_rope_append_kernel<<<n, 256, 0, st>>>(s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base,
-                                                  pos_ptr, kv_layer, P, n == 1 ? bounds_layer : NULL, s->max_pages);
-        AQC_TRY(cudaGetLastError());
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+                         s->xsum, xl, err, err_len), "RMSNorm");
+        AQC_DO(AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0), "q, k, v");
+        AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
+                                P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
         if (n > 1) {   /* a prompt's pages: their bounds from scratch */
             aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, pages_touched), hd < 32 ? 32 : hd, 0, st>>>(
                 kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n);
             AQC_TRY(cudaGetLastError());
         }
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
-            if (aqc__quest_select(st, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages, s->c.quest_budget,
-                                  pos_ptr, s->scores, s->lists, s->list_len, err, err_len))
-                return -1;
+            AQC_DO(aqc__quest_select(st, v, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
+                                     s->c.quest_budget, pos_ptr, s->scores, s->done, s->lists, s->list_len, err, err_len),
+                   "Quest selection");
             lists = s->lists;
         }
-        if (aqc__attention(st, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
-                           pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->att, q_dim, err, err_len) ||
-            aqc__prep(st, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, n, s->xh, s->xscale, s->xsum, xl,
-                      err, err_len) ||
-            AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1))
-            return -1;
+        AQC_DO(aqc__attention(st, v, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
+                              pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err,
+                              err_len), lists ? "attention, Quest" : "attention, dense");
+        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, n, s->xh, s->xscale, s->xsum, xl,
+                         err, err_len), "attention out to f16");
+        AQC_DO(AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1), "o");
         /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
-        if (aqc__prep(st, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
-                      s->xsum, xl, err, err_len) ||
-            AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0) ||
-            aqc__prep(st, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, n, s->xh,
-                      s->xscale, s->xsum, xl, err, err_len) ||
-            AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1))
-            return -1;
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+                         s->xsum, xl, err, err_len), "RMSNorm");
+        AQC_DO(AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0), "gate, up");
+        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, n,
+                         s->xh, s->xscale, s->xsum, xl, err, err_len), "SwiGLU");
+        AQC_DO(AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1), "down");
     }
     if (want == 2) {
-        if (aqc__prep(st, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, n, s->xh, s->xscale, s->xsum,
+        if (aqc__prep(st, v, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, n, s->xh, s->xscale, s->xsum,
                       xl, err, err_len) ||
             aqc__gemm(st, s->blas, &m->output, s->wtmp, s->xh, xl, n, s->logits, c->n_vocab, 0, err, err_len))
             return -1;
     } else if (want == 1 || n == 1) {
-        if (aqc__prep(st, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1, 1,
-                      s->xh, s->xscale, s->xsum, xl, err, err_len) ||
-            aqc__gemv(st, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len))
-            return -1;
+        AQC_DO(aqc__prep(st, v, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1, 1,
+                         s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
+        AQC_DO(aqc__gemv(st, v, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len), "output");
     }
+#undef AQC_DO
 #undef AQC_MATMUL
     return 0;
 }
@@ -1404,6 +1674,57 @@ static int aqc__step(aqc_session *s, int32_t token, int pos, char *err, size_t e
     return 0;
 }
 
+/* One decode step captured with its marks into a graph of its own (the marks' events become
+   nodes of it, so that no host launch gap is timed), launched twice (the first warms up); each
+   stage's time is from the mark before it to its own. */
+extern "C" int aqc_profile_step(aqc_session *s, int32_t token, int pos, aqc_profile_entry *out, int max_entries, char *err,
+                                size_t err_len) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    int n_out = 0, rc = -1;
+    if (pos < 0 || pos >= s->c.n_ctx) { aqc__err(err, err_len, "GPU profile: position %d is outside the context of %d", pos, s->c.n_ctx); return -1; }
+    if (aqc__set_state(s, token, pos, err, err_len)) return -1;
+    if (!s->prof) s->prof = new aqc__profile();
+    s->prof->used = 0;
+    while (s->prof->events.size() < (size_t)(16 * s->m->c.n_layers + 16)) {   /* made before the capture, not in it */
+        cudaEvent_t ev;
+        AQC_TRY(cudaEventCreate(&ev));
+        s->prof->events.push_back(ev);
+        s->prof->names.push_back("");
+    }
+    AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+    const int fwd = aqc__mark(s, "start", err, err_len) || aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len);
+    const cudaError_t e = cudaStreamEndCapture(s->stream, &g);
+    aqc__profile *p = s->prof;
+    s->prof = NULL;   /* later steps take no marks */
+    if (!fwd && !aqc__cuda_failed(e, "capture of a profiled step", err, err_len) &&
+        !aqc__cuda_failed(cudaGraphInstantiate(&ge, g, 0), "instantiate a profiled step", err, err_len) &&
+        !aqc__cuda_failed(cudaGraphLaunch(ge, s->stream), "warm-up of a profiled step", err, err_len) &&
+        !aqc__cuda_failed(cudaGraphLaunch(ge, s->stream), "profiled step", err, err_len) &&
+        !aqc__cuda_failed(cudaStreamSynchronize(s->stream), "profiled step", err, err_len)) {
+        rc = 0;
+        for (size_t i = 1; i < p->used && !rc; i++) {
+            float ms = 0.0f;
+            int j;
+            if (aqc__cuda_failed(cudaEventElapsedTime(&ms, p->events[i - 1], p->events[i]), "profile events", err, err_len)) rc = -1;
+            for (j = 0; j < n_out && strcmp(out[j].name, p->names[i]); j++) {}
+            if (j == n_out) {
+                if (n_out == max_entries) continue;
+                out[n_out].name = p->names[i];
+                out[n_out].calls = 0;
+                out[n_out].us = 0.0;
+                n_out++;
+            }
+            out[j].calls++;
+            out[j].us += ms * 1000.0;
+        }
+    }
+    s->prof = p;
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    return rc ? -1 : n_out;
+}
+
 /* The token the step's last kernel left in state[AQC_NEXT]: the only copy back. */
 static int aqc__next_token(aqc_session *s, int32_t *next, char *err, size_t err_len) {
     AQC_TRY(cudaGetLastError());
@@ -1415,7 +1736,8 @@ static int aqc__next_token(aqc_session *s, int32_t *next, char *err, size_t err_
 
 extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    aqc_argmax_kernel<<<1, 1024, 0, s->stream>>>(s->logits, s->m->c.n_vocab, s->state);
+    AQC_TRY(aqc__launch(s->variant & AQC_V_PDL, aqc_argmax_kernel, dim3(1), dim3(1024), 0, s->stream, (const float *)s->logits,
+                        s->m->c.n_vocab, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
 
@@ -1426,8 +1748,8 @@ extern "C" int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc
         return -1;
     }
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    aqc_sample_kernel<<<1, AQC_TOPK_THREADS, 0, s->stream>>>(s->logits, s->m->c.n_vocab, p->temperature, p->top_k, p->top_p, p->min_p, r,
-                                                            s->state);
+    AQC_TRY(aqc__launch(s->variant & AQC_V_PDL, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, s->stream,
+                        (const float *)s->logits, s->m->c.n_vocab, p->temperature, p->top_k, p->top_p, p->min_p, r, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
 
@@ -1474,10 +1796,12 @@ extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, cha
     __half *xh = (__half *)sc.get((size_t)w->cols_padded * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len), *xsum = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len);
     int rc = -1;
-    if (dx && dy && xh && xs && xsum && !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
+    unsigned v = 0;
+    if (dx && dy && xh && xs && xsum && !aqc__device_variant(&v, err, err_len) &&
+        !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
         !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)w->rows * 4), "poison y", err, err_len) &&
-        !aqc__prep(0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, 1, xh, xs, xsum, w->cols_padded, err, err_len) &&
-        !aqc__gemv(0, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
+        !aqc__prep(0, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, 1, xh, xs, xsum, w->cols_padded, err, err_len) &&
+        !aqc__gemv(0, v, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
         rc = 0;
     aqc__weight_free(&dw);
@@ -1500,7 +1824,7 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
         if (dx && dy && xh && xs && xsum && wtmp &&
             !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)n * w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
             !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)n * w->rows * 4), "poison y", err, err_len) &&
-            !aqc__prep(0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, n, xh, xs, xsum, w->cols_padded, err, err_len) &&
+            !aqc__prep(0, 0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, n, xh, xs, xsum, w->cols_padded, err, err_len) &&
             !aqc__gemm(0, blas, &dw, wtmp, xh, w->cols_padded, n, dy, w->rows, 0, err, err_len) &&
             !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)n * w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
             rc = 0;
@@ -1513,9 +1837,10 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
     int n_ctx, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, n_sms;
+    unsigned v;
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;
-    int *lists, *list_len, *pos;
+    int *lists, *list_len, *pos, *done;
 };
 
 static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_heads, int n_kv, int hd, int P, int layers,
@@ -1527,6 +1852,7 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
     r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
     r->n_sms = prop.multiProcessorCount;
+    if (aqc__device_variant(&r->v, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
@@ -1537,7 +1863,10 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
-    return r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos ? 0 : -1;
+    r->done = (int *)sc->get((size_t)2 * n_kv * 4, err, err_len);   /* the selection's, then the attention's */
+    if (!(r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos && r->done)) return -1;
+    AQC_TRY(cudaMemset(r->done, 0, (size_t)2 * n_kv * 4));
+    return 0;
 }
 
 /* Attention for the query in r->qkv at position n_ctx - 1 over layer `layer` of the rig. */
@@ -1546,14 +1875,15 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
     const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
     const int *lists = NULL;
     if (budget) {
-        if (aqc__quest_select(st, r->qkv, r->bounds + b_elems * layer, r->n_heads, r->n_kv, r->hd, r->P, r->max_pages, budget,
-                              r->pos, r->scores, r->lists, r->list_len, err, err_len))
+        if (aqc__quest_select(st, r->v, r->qkv, r->bounds + b_elems * layer, r->n_heads, r->n_kv, r->hd, r->P, r->max_pages, budget,
+                              r->pos, r->scores, r->done, r->lists, r->list_len, err, err_len))
             return -1;
         lists = r->lists;
     }
-    return aqc__attention(st, r->kv + kv_elems * layer, lists, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
-                          r->hd, r->P, r->pos, 1, budget ? aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)) : r->splits,
-                          r->partial, r->out, r->n_heads * r->hd, err, err_len);
+    return aqc__attention(st, r->v, r->kv + kv_elems * layer, lists, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads,
+                          r->n_kv, r->hd, r->P, r->pos, 1,
+                          budget ? aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)) : r->splits,
+                          r->partial, r->done + r->n_kv, r->out, r->n_heads * r->hd, err, err_len);
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
@@ -1577,9 +1907,9 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     }
     AQC_TRY(cudaMemcpy(tokens, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemset(r.pos, 0, 4));
-    aqc_rope_append_kernel<<<n_ctx, 256>>>(tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
-                                           r.max_pages);
-    AQC_TRY(cudaGetLastError());
+    if (aqc__rope_append(0, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
+                         r.max_pages, n_ctx, err, err_len))
+        return -1;
     aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(r.kv, r.bounds, n_kv_heads, head_dim,
                                                                                              page_size, r.max_pages, r.pos, n_ctx);
     AQC_TRY(cudaGetLastError());
@@ -1598,20 +1928,26 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     return 0;
 }
 
-template <int CACHE>
+template <int CACHE, bool CONTIG>
 __global__ void __launch_bounds__(AQC_TOPK_THREADS) aqc_top_k_check_kernel(const float *vals, int n, int k, int *out) {
-    aqc__block_top_k<CACHE>(vals, n, k, out);
+    aqc__block_top_k<CACHE, CONTIG>(vals, n, k, out);
 }
 
-extern "C" int aqc_check_top_k(const float *vals, int n, int k, int cached, int *out, char *err, size_t err_len) {
+extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len) {
     aqc__scratch sc;
-    if (k < 1 || k > n || (cached && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS)) { aqc__err(err, err_len, "top-k check: bad n %d, k %d", n, k); return -1; }
+    if (k < 1 || k > n || (mode == 1 && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS) || mode < 0 || mode > 2) {
+        aqc__err(err, err_len, "top-k check: bad n %d, k %d or mode %d", n, k, mode);
+        return -1;
+    }
     float *dv = (float *)sc.get((size_t)n * 4, err, err_len);
     int *dout = (int *)sc.get((size_t)k * 4, err, err_len);
     if (!dv || !dout) return -1;
     AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
-    if (cached) aqc_top_k_check_kernel<AQC_TOPK_CACHE><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
-    else aqc_top_k_check_kernel<0><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
+    const int select_threads = AQC_SCORE_WARPS * 32;   /* the fused selection's block */
+    if (mode == 1) aqc_top_k_check_kernel<AQC_TOPK_CACHE, false><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
+    else if (mode == 0) aqc_top_k_check_kernel<0, false><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
+    else if (n <= AQC_SELECT_CACHE * select_threads) aqc_top_k_check_kernel<AQC_SELECT_CACHE, true><<<1, select_threads>>>(dv, n, k, dout);
+    else aqc_top_k_check_kernel<0, true><<<1, select_threads>>>(dv, n, k, dout);
     AQC_TRY(cudaGetLastError());
     AQC_TRY(cudaMemcpy(out, dout, (size_t)k * 4, cudaMemcpyDeviceToHost));
     return 0;
@@ -1723,13 +2059,16 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
         }
     }
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-    int rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+    unsigned v = 0;
+    int rc = aqc__device_variant(&v, err, err_len);
+    if (!rc)
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->int4_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->ovp_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->f16_us, err, err_len);
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) {
@@ -1799,8 +2138,8 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                   err_len))
         return -1;
     if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__quest_select(st, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size, r.max_pages,
-                                     budget, r.pos, r.scores, r.lists, r.list_len, err, err_len);
+            return aqc__quest_select(st, r.v, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
+                                     r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
         }, &t->select_us, err, err_len))
         return -1;
     AQC_TRY(cudaDeviceSynchronize());

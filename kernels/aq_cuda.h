@@ -90,6 +90,17 @@ typedef struct {
     float top_p, min_p;
 } aqc_sampling;
 int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc_sampling *p, float r, int32_t *next, char *err, size_t err_len);
+/* Where a decode step's time goes: one step (token at pos, as aqc_step_greedy's without the argmax)
+   with an event after each stage, replayed as a CUDA graph; per stage (named as "q, k, v",
+   "Quest selection", ...) the number of times it ran and its total in us, in the order first
+   seen.  Events between kernels keep programmatic launches from overlapping them.  Returns the
+   number of entries written (at most max_entries) or -1. */
+typedef struct {
+    const char *name;
+    int calls;
+    double us;
+} aqc_profile_entry;
+int aqc_profile_step(aqc_session *s, int32_t token, int pos, aqc_profile_entry *out, int max_entries, char *err, size_t err_len);
 /* Benchmarks: random keys and values (and their page bounds) in positions 0..n-1 of every layer. */
 int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len);
 
@@ -106,10 +117,11 @@ int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *e
 int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
                         const float *k, const float *v, const float *q, float *out, int *pages,
                         char *err, size_t err_len);
-/* The block top-k kernel shared by Quest and the sampler: the k largest of vals[0..n) (ties to
-   the lower index) in ascending index order, into out[k], through the register-cached path
-   (cached = 1, n <= 8192) or the path that reads vals in every pass (cached = 0). */
-int aqc_check_top_k(const float *vals, int n, int k, int cached, int *out, char *err, size_t err_len);
+/* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the
+   lower index) in ascending index order, into out[k], through the path that reads vals in every
+   pass (mode 0), the register-cached one (mode 1, n <= 8192), or the fused selection's (mode 2:
+   AQ_CUDA_VARIANT's fused Quest, 128 threads, each with adjacent keys). */
+int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len);
 
 typedef struct {
     double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */

@@ -32,6 +32,9 @@ static void usage(FILE *f) {
             "                     processes keep a fault in one part (a bad address poisons the CUDA\n"
             "                     context) from hiding the others.  decode: only the decode-step timings\n"
             "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
+            "  --short            timing: two GEMV shapes, the attention, and the decode step in graphs\n"
+            "                     at 4K dense and 32K, with the 32K Quest step's profile (to compare variants)\n"
+            "Environment: AQ_CUDA_VARIANT (kernels/aq_cuda.cu) picks kernels not yet made the default.\n"
             "  -h, --help         this text\n");
 }
 
@@ -210,7 +213,8 @@ done:
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 /* the block top-k (Quest's pages, the sampler's candidates) against a sort, with many ties */
-static void check_top_k(int n, int k, int cached) {
+static void check_top_k(int n, int k, int mode) {
+    static const char *modes[3] = {"keys read per pass", "keys in registers", "fused selection's"};
     char err[512], what[128];
     float *v = (float *)malloc(sizeof(float) * (size_t)n);
     int *got = (int *)malloc(sizeof(int) * (size_t)k), *want = (int *)malloc(sizeof(int) * (size_t)k), i, wrong = 0;
@@ -223,8 +227,8 @@ static void check_top_k(int n, int k, int cached) {
     qsort(ps, (size_t)n, sizeof *ps, by_score_desc);
     for (i = 0; i < k; i++) want[i] = ps[i].page;
     qsort(want, (size_t)k, sizeof *want, by_int);
-    snprintf(what, sizeof what, "top-k %d of %d, keys %s", k, n, cached ? "in registers" : "read per pass");
-    if (aqc_check_top_k(v, n, k, cached, got, err, sizeof err)) {
+    snprintf(what, sizeof what, "top-k %d of %d, %s", k, n, modes[mode]);
+    if (aqc_check_top_k(v, n, k, mode, got, err, sizeof err)) {
         printf("  %s: %s  FAIL\n", what, err);
         failures++;
     } else {
@@ -452,6 +456,35 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
     aq_sampler_free(smp);
 }
 
+/* where one decode step's time goes, stage by stage (aqc_profile_step) */
+static void profile_decode(aq_model *m, int ctx, int budget) {
+    char err[512];
+    aq_session_params p = aq_session_default_params();
+    aq_session *s;
+    aqc_profile_entry e[32];
+    int n, i;
+    double total = 0;
+    p.backend = AQ_BACKEND_CUDA;
+    p.n_ctx = ctx + 64;
+    p.n_batch = 8;
+    p.quest_budget = budget;
+    s = aq_session_new(m, &p, err, sizeof err);
+    if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err) ||
+        (n = aqc_profile_step(s->cuda, 1, ctx, e, 32, err, sizeof err)) < 0) {
+        printf("  profile ctx %d: %s  FAIL\n", ctx, s && aq_session_backend(s) != AQ_BACKEND_CUDA ? aq_session_backend_note(s) : err);
+        failures++;
+        aq_session_free(s);
+        return;
+    }
+    for (i = 0; i < n; i++) total += e[i].us;
+    printf("  one step, %d context, %s, stage by stage (an event after each stage, in a graph): %.0f us\n", ctx,
+           budget ? "Quest 2048" : "dense", total);
+    for (i = 0; i < n; i++)
+        printf("    %-22s %4d x %7.1f us = %8.0f us  %5.1f%%\n", e[i].name, e[i].calls, e[i].us / e[i].calls, e[i].us,
+               100.0 * e[i].us / total);
+    aq_session_free(s);
+}
+
 static void check_kernels(void) {
     printf("\n1. kernels against the CPU (fresh random inputs)\n");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1);
@@ -477,6 +510,9 @@ static void check_kernels(void) {
     check_top_k(8192, 1000, 1);
     check_top_k(32000, 40, 0);
     check_top_k(5000, 1024, 0);
+    check_top_k(2047, 127, 2);
+    check_top_k(2048, 1, 2);
+    check_top_k(5000, 300, 2);   /* past the registers: read per pass */
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
@@ -490,8 +526,8 @@ static void check_models(const char *shared, const char **models, int n_models, 
     for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0);
 }
 
-static void timing_table(void) {
-    static const int64_t shapes[4][2] = {{12288, 4096}, {22016, 4096}, {4096, 11008}, {4096, 4096}};
+static void timing_table(int short_set) {
+    static const int64_t shapes[4][2] = {{12288, 4096}, {4096, 11008}, {22016, 4096}, {4096, 4096}};
     aqc_attention_timing at;
     aqc_gemv_timing gt;
     char err[512];
@@ -500,7 +536,7 @@ static void timing_table(void) {
            "   matrices and caches rotated so that they come from memory, not L2)\n");
     printf("  %-16s %10s %10s %10s %10s %12s %10s\n", "GEMV", "int4 g128", "OliVe g128", "f16 (ours)", "cuBLAS f16", "int4 speedup",
            "int4 GB/s");
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < (short_set ? 2 : 4); i++) {
         if (aqc_time_gemv(shapes[i][0], shapes[i][1], 128, 100, &gt, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
         printf("  %6lld x %-7lld %8.1f us %8.1f us %8.1f us %8.1f us %11.2fx %10.0f\n", (long long)shapes[i][0], (long long)shapes[i][1],
                gt.int4_us, gt.ovp_us, gt.f16_us, gt.cublas_us, gt.cublas_us / gt.int4_us,
@@ -515,9 +551,10 @@ static void timing_table(void) {
     }
 }
 
-/* the whole decode step of a Llama-2-7B-shape int4 model: at 4K and 32K, dense and Quest;
-   decode_ctx > 0: only at that context (one dense and one Quest run) */
-static void decode_table(const char *model_7b, int decode_ctx) {
+/* the whole decode step of a Llama-2-7B-shape int4 model: at 4K and 32K, dense and Quest, and
+   where the 32K Quest step's time goes; decode_ctx > 0: only at that context (one dense and one
+   Quest run); short_set: the graph runs and the profile only */
+static void decode_table(const char *model_7b, int decode_ctx, int short_set) {
     char err[512];
     aq_model *m;
     if (!model_7b) return;
@@ -525,6 +562,11 @@ static void decode_table(const char *model_7b, int decode_ctx) {
     if (decode_ctx) {
         time_decode(m, decode_ctx, 0, 1, 0);
         time_decode(m, decode_ctx, 2048, 1, 0);
+    } else if (short_set) {
+        time_decode(m, 4096, 0, 0, 0);
+        time_decode(m, 32768, 0, 0, 0);
+        time_decode(m, 32768, 2048, 0, 0);
+        profile_decode(m, 32768, 2048);
     } else {
         time_decode(m, 4096, 0, 1, 0);
         time_decode(m, 4096, 0, 0, 0);
@@ -534,6 +576,8 @@ static void decode_table(const char *model_7b, int decode_ctx) {
         time_decode(m, 32768, 2048, 1, 0);
         time_decode(m, 32768, 2048, 0, 0);
         time_decode(m, 32768, 2048, 0, 1);
+        profile_decode(m, 4096, 0);
+        profile_decode(m, 32768, 2048);
     }
     aq_model_free(m);
 }
@@ -541,7 +585,7 @@ static void decode_table(const char *model_7b, int decode_ctx) {
 int main(int argc, char **argv) {
     const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *part = "all";
     char err[512], name[256];
-    int n_tokens = 2000, n_models = 0, decode_ctx = 0, i;
+    int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, i;
     setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -552,6 +596,7 @@ int main(int argc, char **argv) {
             models[n_models++] = tool_arg("aq-gpu-check", argc, argv, &i);
         }
         else if (!strcmp(a, "--decode-ctx")) decode_ctx = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 64, 1 << 20);
+        else if (!strcmp(a, "--short")) short_set = 1;
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
         else if (!strcmp(a, "--part")) {
@@ -565,12 +610,12 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "aq-gpu-check: unknown option %s\n", a); usage(stderr); return 2; }
     }
     if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
-    printf("device: %s\n", name);
+    printf("device: %s, AQ_CUDA_VARIANT=%s\n", name, getenv("AQ_CUDA_VARIANT") ? getenv("AQ_CUDA_VARIANT") : "0");
     if (decode_ctx) part = "decode";
     if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
     if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
-    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table();
-    if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(model_7b, decode_ctx);
+    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
+    if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(model_7b, decode_ctx, short_set);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }
