@@ -62,8 +62,15 @@ enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
                    one wrote, and a GEMV requests its first weights before waiting
      AQC_V_FUSED   Quest's score and top-k in one kernel, the attention's merge in the attention
                    kernel: the last block to finish a KV head does the second half
-     AQC_V_ROPE    RoPE and the cache append with a block per head instead of one block */
-enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_ALL = 7 };
+     AQC_V_ROPE    RoPE and the cache append with a block per head instead of one block
+     AQC_V_GEMV    the 4-bit GEMV with less integer work per chunk (a shift for the group, 32-bit
+                   offsets), the chunks' scales and sums in shared memory beside x, and a grid
+                   sized so that every warp gets the same number of rows
+     AQC_V_DP4A    int4 GEMVs on int8 activations, rounded per weight group as the CPU rounds them
+                   (aq__x8_quantize), with integer dot products (dp4a): about a third of the
+                   instructions per weight of the f16 arithmetic; implies AQC_V_GEMV's changes */
+enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_GEMV = 8, AQC_V_DP4A = 16, AQC_V_ALL = 31 };
+enum { AQC__INT4_X8 = 3 };   /* the GEMV's format for int4 codes against int8 activations (AQC_V_DP4A) */
 
 static unsigned aqc__variant(void) {
     const char *e = getenv("AQ_CUDA_VARIANT");
@@ -153,6 +160,24 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
    (re-reading the vector from L2 costs less than a second kernel).  Mode: RMSNorm with weights
    `norm`, SwiGLU silu(gate) * in, or a copy. */
 #define AQC_PREP_THREADS 1024
+__device__ __forceinline__ float aqc__prep_value(const float *x, const float *g, const float *norm, float inv, int i, int n) {
+    float v = 0.0f;
+    if (i < n) {
+        v = x[i];
+        if (norm) v = norm[i] * (inv * v);
+        if (g) v = g[i] / (1.0f + expf(-g[i])) * v;
+    }
+    return v;
+}
+
+/* 1 / RMS of the token's vector, worked out by every block that needs it. */
+__device__ float aqc__prep_rms_inverse(const float *x, int n, float eps, float *red) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
+    ss = aqc__block_sum(ss, red);
+    return 1.0f / sqrtf(ss / (float)n + eps);
+}
+
 __global__ void __launch_bounds__(AQC_PREP_THREADS)
 aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
                 float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
@@ -165,24 +190,49 @@ aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *
     float *os = xscale + (size_t)token * (ld_out / 32), *osum = xsum + (size_t)token * (ld_out / 32);
     float inv = 1.0f;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    if (norm) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
-        ss = aqc__block_sum(ss, red);
-        inv = 1.0f / sqrtf(ss / (float)n + eps);
-    }
+    if (norm) inv = aqc__prep_rms_inverse(x, n, eps, red);
     for (int c = blockIdx.x * n_warps + warp; c < kp / 32; c += gridDim.x * n_warps) {
-        int i = c * 32 + lane;
-        float v = 0.0f;
-        if (i < n) {
-            v = x[i];
-            if (norm) v = norm[i] * (inv * v);
-            if (g) v = g[i] / (1.0f + expf(-g[i])) * v;
-        }
+        const int i = c * 32 + lane;
+        const float v = aqc__prep_value(x, g, norm, inv, i, n);
         float amax = aqc__warp_max(fabsf(v)), sum = aqc__warp_sum(v);
         float scale = scaled && amax > 0.0f ? amax : 1.0f;
         out[i] = __float2half(v / scale);
         if (lane == 0) { os[c] = scale; osum[c] = sum; }
+    }
+}
+
+/* AQC_V_DP4A, a decode step: the same value as int8, rounded as the CPU's aq__x8_quantize rounds
+   it (per weight group: scale max|x| / 127, the value lrint(x * 127 / max|x|)), a warp per group.
+   Each chunk's 32 bytes go in the order the GEMV's nibble masks produce the elements, {0, 4, 1,
+   5, 2, 6, 3, 7} for every 8 (see aq_cuda.h's int4 layout), so that a word of codes masked with
+   0x0f0f0f0f, or shifted by 4 and masked, meets its four activations in one int32.  xscale[chunk]
+   is the group's scale, xsum[chunk] the chunk's sum of unrounded values. */
+#define AQC_PREP_MAX_GROUP 128
+__global__ void __launch_bounds__(AQC_PREP_THREADS)
+aqc_prep_int8_kernel(const float *x, const float *g, const float *norm, int n, int kp, int group, float eps, int8_t *xq,
+                     float *xscale, float *xsum) {
+    __shared__ float red[32];
+    aqc__enter();
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, chunks = group / 32;
+    const float inv = norm ? aqc__prep_rms_inverse(x, n, eps, red) : 1.0f;
+    const int e = lane % 8, place = (lane & ~7) + (e < 4 ? 2 * e : 2 * (e - 4) + 1);
+    for (int gi = blockIdx.x * n_warps + warp; gi < kp / group; gi += gridDim.x * n_warps) {
+        float v[AQC_PREP_MAX_GROUP / 32], amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < AQC_PREP_MAX_GROUP / 32; k++) {
+            v[k] = k < chunks ? aqc__prep_value(x, g, norm, inv, gi * group + k * 32 + lane, n) : 0.0f;
+            amax = fmaxf(amax, fabsf(v[k]));
+        }
+        amax = aqc__warp_max(amax);
+        const float to_int = amax > 0.0f ? 127.0f / amax : 0.0f;
+#pragma unroll
+        for (int k = 0; k < AQC_PREP_MAX_GROUP / 32; k++) {
+            if (k >= chunks) break;
+            const int c = gi * chunks + k;
+            const float sum = aqc__warp_sum(v[k]);
+            xq[(size_t)c * 32 + place] = (int8_t)__float2int_rn(v[k] * to_int);
+            if (lane == 0) { xscale[c] = amax / 127.0f; xsum[c] = sum; }
+        }
     }
 }
 
@@ -223,15 +273,22 @@ struct aqc__stage4 {
 
 __device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
 
-template <int FORMAT>
+/* V2 (AQC_V_GEMV): group_shift = log2(group / 32) and offsets in 32 bits (the host checks that
+   they fit), where the other version divides by the group per chunk; (xscale, xsum) per chunk in
+   shared memory after x. */
+template <int FORMAT, bool V2>
 __global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
-                     const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
+                     const half2 *__restrict__ table, int rows, int kp, int group, int group_shift, const __half *__restrict__ xh,
                      const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
-    extern __shared__ uint4 x_sm[];   /* kp / 8 pieces, swizzled */
+    /* x: kp / 8 f16 pieces, swizzled, or AQC__INT4_X8's kp / 16 int8 pieces, all the chunks'
+       first halves and then their second (consecutive lanes, consecutive 16 bytes); V2: then
+       n_chunks (xscale, xsum) */
+    extern __shared__ uint4 x_sm[];
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
+    float2 *xs_sm = (float2 *)(x_sm + (FORMAT == AQC__INT4_X8 ? kp / 16 : kp / 8));
     const uint4 *x4 = (const uint4 *)xh;
     int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
@@ -240,17 +297,29 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
             const int c = base + 32 * u + lane;
             if (c < n_chunks) {
-                const size_t gi = (size_t)r * n_groups + c / chunks_per_group;
-                st.w[u] = __ldg(codes + (size_t)r * n_chunks + c);
-                st.d[u] = scales[gi];
-                st.m[u] = mins[gi];
+                if (V2) {
+                    const unsigned gi = (unsigned)r * (unsigned)n_groups + ((unsigned)c >> group_shift);
+                    st.w[u] = __ldg(codes + ((unsigned)r * (unsigned)n_chunks + (unsigned)c));
+                    st.d[u] = scales[gi];
+                    st.m[u] = mins[gi];
+                } else {
+                    const size_t gi = (size_t)r * n_groups + c / chunks_per_group;
+                    st.w[u] = __ldg(codes + (size_t)r * n_chunks + c);
+                    st.d[u] = scales[gi];
+                    st.m[u] = mins[gi];
+                }
             }
         }
     };
     aqc__let_next_start();
     if (row < rows) load(cur, row, 0);   /* weights: written before the step, safe to read before the wait */
     aqc__wait_prior();
-    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
+    if (FORMAT == AQC__INT4_X8)
+        for (int i = threadIdx.x; i < kp / 16; i += blockDim.x) x_sm[(i & 1) * n_chunks + (i >> 1)] = x4[i];
+    else
+        for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
+    if (V2)
+        for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) xs_sm[i] = make_float2(xscale[i], xsum[i]);
     if (FORMAT == AQC_OVP)
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
     __syncthreads();
@@ -266,6 +335,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             if (c >= n_chunks) break;
             const uint32_t words[4] = {cur.w[u].x, cur.w[u].y, cur.w[u].z, cur.w[u].w};
             const float d = __half2float(cur.d[u]), m = __half2float(cur.m[u]);
+            const float2 xs = V2 ? xs_sm[c] : make_float2(xscale[c], xsum[c]);   /* (scale, sum) of x's chunk */
             if (FORMAT == AQC_INT4) {
                 /* AWQ's dequantization, centred: a word's nibbles (0,4) and (2,6) are OR-ed into
                    1024.0 as they stand, (1,5) and (3,7) in place, 16 times too large, and scaled back
@@ -286,7 +356,18 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                     s2 = __hfma2(__hfma2(aqc__bits_to_half2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[3], s2);
                 }
                 const float2 f = __half22float2(s2);
-                acc += d * xscale[c] * (f.x + f.y) + (m + 8.0f * d) * xsum[c];
+                acc += d * xs.x * (f.x + f.y) + (m + 8.0f * d) * xs.y;
+            } else if (FORMAT == AQC__INT4_X8) {
+                /* a word's low nibbles meet activations {0, 4, 1, 5}, its high ones {2, 6, 3, 7} */
+                const uint4 xa = x_sm[c], xb = x_sm[n_chunks + c];
+                const int xw[8] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w, (int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
+                int isum = 0;
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    isum = __dp4a((int)(words[j] & 0x0f0f0f0fu), xw[2 * j], isum);
+                    isum = __dp4a((int)((words[j] >> 4) & 0x0f0f0f0fu), xw[2 * j + 1], isum);
+                }
+                acc += d * xs.x * (float)isum + m * xs.y;
             } else {
                 const half2 *t = lut + ((__half_as_ushort(cur.d[u]) & 0x8000u) ? 256 : 0);
                 float qx = 0.0f;
@@ -300,7 +381,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                     const float2 f = __half22float2(s2);
                     qx += f.x + f.y;
                 }
-                acc += fabsf(d) * xscale[c] * qx + m * xsum[c];
+                acc += fabsf(d) * xs.x * qx + m * xs.y;
             }
         }
         if (next_row != row) {
@@ -1111,7 +1192,7 @@ struct aqc_session {
     int *host_state;             /* pinned: token and position in, next token out */
     cudaGraphExec_t graph;
     int graph_ready;
-    struct aqc__profile *prof;   /* while aqc_profile_step runs */
+    struct aqc__profile *prof;   /* aqc_profile_step's events, kept for its next call */
 };
 
 /* aqc_profile_step's events: one after each stage of a step, named by the stage. */
@@ -1119,6 +1200,7 @@ struct aqc__profile {
     std::vector<cudaEvent_t> events;
     std::vector<const char *> names;
     size_t used;
+    bool on;   /* while aqc_profile_step captures its step */
     ~aqc__profile() { for (size_t i = 0; i < events.size(); i++) cudaEventDestroy(events[i]); }
 };
 
@@ -1316,13 +1398,35 @@ static int aqc__model_complete(const aqc_model *m, char *err, size_t err_len) {
 /* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
    default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
    captured). */
+/* The 4-bit GEMV's shared memory: x (f16, or int8 for AQC__INT4_X8), and V2's (scale, sum) per chunk. */
+static size_t aqc__gemv_shared_bytes(int64_t kp, bool v2, bool x8) {
+    return (size_t)kp * (x8 ? 1 : 2) + (v2 ? (size_t)(kp / 32) * sizeof(float2) : 0);
+}
+
 static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
-    const int x_bytes = (int)(max_kp * 2);
-    if (x_bytes > 48 * 1024) {
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4>, cudaFuncAttributeMaxDynamicSharedMemorySize, x_bytes));
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP>, cudaFuncAttributeMaxDynamicSharedMemorySize, x_bytes));
+    const int bytes = (int)aqc__gemv_shared_bytes(max_kp, false, false), bytes_v2 = (int)aqc__gemv_shared_bytes(max_kp, true, false);
+    if (bytes > 48 * 1024) {
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    }
+    if (bytes_v2 > 48 * 1024) {
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
+        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC__INT4_X8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
     }
     return 0;
+}
+
+/* Whether a decode GEMV of w runs as V2 (AQC_V_GEMV: a power-of-two group, offsets within 32
+   bits) and on int8 activations (AQC_V_DP4A: int4, groups up to AQC_PREP_MAX_GROUP). */
+static bool aqc__gemv_v2(unsigned v, const aqc__weight *w) {
+    const int64_t chunks_per_group = w->group / 32;
+    return (v & (AQC_V_GEMV | AQC_V_DP4A)) && w->format != AQC_F16 && chunks_per_group > 0 &&
+           (chunks_per_group & (chunks_per_group - 1)) == 0 && w->rows * (w->kp / 32) < ((int64_t)1 << 32);
+}
+
+static bool aqc__gemv_x8(unsigned v, const aqc__weight *w) {
+    return (v & AQC_V_DP4A) && w->format == AQC_INT4 && w->group <= AQC_PREP_MAX_GROUP && aqc__gemv_v2(v, w);
 }
 
 /* AQ_CUDA_VARIANT for the current device: no programmatic launches before sm_90. */
@@ -1335,10 +1439,20 @@ static int aqc__device_variant(unsigned *v, char *err, size_t err_len) {
     return 0;
 }
 
+/* The input of the next matrix product: f16, scaled per chunk (scaled, the decode GEMVs) or not
+   (prompts), or, for a decode GEMV that aqc__gemv_x8 puts on int8 activations (int8_group: its
+   weight's group), int8 in xh's memory. */
 static int aqc__prep(cudaStream_t st, unsigned v, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
-                     float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
+                     float eps, int scaled, int int8_group, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
                      char *err, size_t err_len) {
     const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
+    if (int8_group) {
+        const int groups_per_block = AQC_PREP_THREADS / 32, gblocks = (kp / int8_group + groups_per_block - 1) / groups_per_block;
+        if (n_tokens != 1) { aqc__err(err, err_len, "int8 activations are for decode steps only"); return -1; }
+        AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_int8_kernel, dim3(gblocks), dim3(AQC_PREP_THREADS), 0, st, in, gate, norm, n, kp,
+                            int8_group, eps, (int8_t *)xh, xscale, xsum));
+        return 0;
+    }
     AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(AQC_PREP_THREADS), 0, st, in, gate, ld_in,
                         norm, n, kp, eps, scaled, xh, xscale, xsum, ld_out));
     return 0;
@@ -1352,18 +1466,27 @@ static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const __
     AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
     int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
     if (blocks > AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms) blocks = AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms;
-    const size_t x_bytes = (size_t)w->kp * 2;   /* the 4-bit kernels keep x in shared memory */
+    int group_shift = 0;
+    while (w->format != AQC_F16 && (1 << group_shift) < w->group / 32) group_shift++;
+    const bool v2 = aqc__gemv_v2(v, w), x8 = aqc__gemv_x8(v, w);
+    if (v2) {   /* as many rows for every warp: fewer warps, if that leaves the rounds as they are */
+        const int64_t rounds = (w->rows + blocks * AQC_GEMV_WARPS - 1) / (blocks * AQC_GEMV_WARPS);
+        blocks = (w->rows + rounds * AQC_GEMV_WARPS - 1) / (rounds * AQC_GEMV_WARPS);
+    }
+    const size_t x_bytes = aqc__gemv_shared_bytes(w->kp, v2, x8);   /* the 4-bit kernels keep x in shared memory */
     const bool pdl = v & AQC_V_PDL;
     const dim3 grid((unsigned)blocks), block(AQC_GEMV_WARPS * 32);
     const uint4 *codes = (const uint4 *)w->data;
-    const half2 *no_table = NULL;
-    if (w->format == AQC_INT4)
-        AQC_TRY(aqc__launch(pdl, aqc_gemv_4bit_kernel<AQC_INT4>, grid, block, x_bytes, st, codes, w->scales, w->mins, no_table,
-                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
-    else if (w->format == AQC_OVP)
-        AQC_TRY(aqc__launch(pdl, aqc_gemv_4bit_kernel<AQC_OVP>, grid, block, x_bytes, st, codes, w->scales, w->mins, w->lut,
-                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
-    else
+    const half2 *table = w->format == AQC_OVP ? w->lut : NULL;
+    if (w->format != AQC_F16) {
+        void (*kernel)(const uint4 *, const __half *, const __half *, const half2 *, int, int, int, int, const __half *,
+                       const float *, const float *, float *, int) =
+            x8                    ? aqc_gemv_4bit_kernel<AQC__INT4_X8, true>
+            : w->format == AQC_INT4 ? (v2 ? aqc_gemv_4bit_kernel<AQC_INT4, true> : aqc_gemv_4bit_kernel<AQC_INT4, false>)
+                                  : (v2 ? aqc_gemv_4bit_kernel<AQC_OVP, true> : aqc_gemv_4bit_kernel<AQC_OVP, false>);
+        AQC_TRY(aqc__launch(pdl, kernel, grid, block, x_bytes, st, codes, w->scales, w->mins, table, (int)w->rows, (int)w->kp,
+                            (int)w->group, group_shift, xh, xscale, xsum, y, accumulate));
+    } else
         AQC_TRY(aqc__launch(pdl, aqc_gemv_f16_kernel, grid, block, 0, st, codes, (int)w->rows, (int)w->kp, xh, xscale, y, accumulate));
     return 0;
 }
@@ -1542,7 +1665,7 @@ extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
 /* The end of a stage of the step, when a profile is being taken. */
 static int aqc__mark(aqc_session *s, const char *name, char *err, size_t err_len) {
     aqc__profile *p = s->prof;
-    if (!p) return 0;
+    if (!p || !p->on) return 0;
     if (p->used == p->events.size()) {
         cudaEvent_t e;
         AQC_TRY(cudaEventCreate(&e));
@@ -1572,6 +1695,8 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
 #define AQC_MATMUL(w, in_h, out, ldo, acc)                                                                                \
     ((n == 1) ? aqc__gemv(st, v, (w), (in_h), s->xscale, s->xsum, (out), (acc), err, err_len)                            \
               : aqc__gemm(st, s->blas, (w), s->wtmp, (in_h), xl, n, (out), (ldo), (acc), err, err_len))
+    /* the prep before a decode GEMV of w: int8 for the integer dot products, or f16 */
+#define AQC_Q8(w) (n == 1 && aqc__gemv_x8(v, (w)) ? (int)(w)->group : 0)
     /* each stage, then its mark for aqc_profile_step */
 #define AQC_DO(call, name) do { if (call) return -1; if (aqc__mark(s, name, err, err_len)) return -1; } while (0)
 
@@ -1581,7 +1706,7 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
         const int *lists = NULL;
         /* attention block */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, AQC_Q8(&m->qkv[l]), n, s->xh, s->xscale,
                          s->xsum, xl, err, err_len), "RMSNorm");
         AQC_DO(AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0), "q, k, v");
         AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
@@ -1600,28 +1725,30 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         AQC_DO(aqc__attention(st, v, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
                               pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err,
                               err_len), lists ? "attention, Quest" : "attention, dense");
-        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, n, s->xh, s->xscale, s->xsum, xl,
+        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, AQC_Q8(&m->wo[l]), n, s->xh, s->xscale, s->xsum, xl,
                          err, err_len), "attention out to f16");
         AQC_DO(AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1), "o");
         /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, n, s->xh, s->xscale,
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, AQC_Q8(&m->gate_up[l]), n, s->xh, s->xscale,
                          s->xsum, xl, err, err_len), "RMSNorm");
         AQC_DO(AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0), "gate, up");
-        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, n,
+        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, AQC_Q8(&m->down[l]), n,
                          s->xh, s->xscale, s->xsum, xl, err, err_len), "SwiGLU");
         AQC_DO(AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1), "down");
     }
     if (want == 2) {
-        if (aqc__prep(st, v, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, n, s->xh, s->xscale, s->xsum,
+        if (aqc__prep(st, v, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, 0, n, s->xh, s->xscale, s->xsum,
                       xl, err, err_len) ||
             aqc__gemm(st, s->blas, &m->output, s->wtmp, s->xh, xl, n, s->logits, c->n_vocab, 0, err, err_len))
             return -1;
     } else if (want == 1 || n == 1) {
-        AQC_DO(aqc__prep(st, v, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1, 1,
+        AQC_DO(aqc__prep(st, v, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1,
+                         aqc__gemv_x8(v, &m->output) ? (int)m->output.group : 0, 1,
                          s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
         AQC_DO(aqc__gemv(st, v, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len), "output");
     }
 #undef AQC_DO
+#undef AQC_Q8
 #undef AQC_MATMUL
     return 0;
 }
@@ -1685,18 +1812,19 @@ extern "C" int aqc_profile_step(aqc_session *s, int32_t token, int pos, aqc_prof
     if (pos < 0 || pos >= s->c.n_ctx) { aqc__err(err, err_len, "GPU profile: position %d is outside the context of %d", pos, s->c.n_ctx); return -1; }
     if (aqc__set_state(s, token, pos, err, err_len)) return -1;
     if (!s->prof) s->prof = new aqc__profile();
-    s->prof->used = 0;
-    while (s->prof->events.size() < (size_t)(16 * s->m->c.n_layers + 16)) {   /* made before the capture, not in it */
+    aqc__profile *p = s->prof;
+    p->used = 0;
+    while (p->events.size() < (size_t)(16 * s->m->c.n_layers + 16)) {   /* made before the capture, not in it */
         cudaEvent_t ev;
         AQC_TRY(cudaEventCreate(&ev));
-        s->prof->events.push_back(ev);
-        s->prof->names.push_back("");
+        p->events.push_back(ev);
+        p->names.push_back("");
     }
     AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
+    p->on = true;
     const int fwd = aqc__mark(s, "start", err, err_len) || aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len);
+    p->on = false;   /* later steps take no marks */
     const cudaError_t e = cudaStreamEndCapture(s->stream, &g);
-    aqc__profile *p = s->prof;
-    s->prof = NULL;   /* later steps take no marks */
     if (!fwd && !aqc__cuda_failed(e, "capture of a profiled step", err, err_len) &&
         !aqc__cuda_failed(cudaGraphInstantiate(&ge, g, 0), "instantiate a profiled step", err, err_len) &&
         !aqc__cuda_failed(cudaGraphLaunch(ge, s->stream), "warm-up of a profiled step", err, err_len) &&
@@ -1719,7 +1847,6 @@ extern "C" int aqc_profile_step(aqc_session *s, int32_t token, int pos, aqc_prof
             out[j].us += ms * 1000.0;
         }
     }
-    s->prof = p;
     if (ge) cudaGraphExecDestroy(ge);
     if (g) cudaGraphDestroy(g);
     return rc ? -1 : n_out;
@@ -1800,7 +1927,8 @@ extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, cha
     if (dx && dy && xh && xs && xsum && !aqc__device_variant(&v, err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
         !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)w->rows * 4), "poison y", err, err_len) &&
-        !aqc__prep(0, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, 1, xh, xs, xsum, w->cols_padded, err, err_len) &&
+        !aqc__prep(0, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, aqc__gemv_x8(v, &dw) ? (int)dw.group : 0, 1, xh,
+                   xs, xsum, w->cols_padded, err, err_len) &&
         !aqc__gemv(0, v, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
         rc = 0;
@@ -1824,7 +1952,8 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
         if (dx && dy && xh && xs && xsum && wtmp &&
             !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)n * w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
             !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)n * w->rows * 4), "poison y", err, err_len) &&
-            !aqc__prep(0, 0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, n, xh, xs, xsum, w->cols_padded, err, err_len) &&
+            !aqc__prep(0, 0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, 0, n, xh, xs, xsum, w->cols_padded, err,
+                       err_len) &&
             !aqc__gemm(0, blas, &dw, wtmp, xh, w->cols_padded, n, dy, w->rows, 0, err, err_len) &&
             !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)n * w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
             rc = 0;

@@ -34,7 +34,8 @@ static void usage(FILE *f) {
             "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
             "  --short            timing: two GEMV shapes, the attention, and the decode step in graphs\n"
             "                     at 4K dense and 32K, with the 32K Quest step's profile (to compare variants)\n"
-            "Environment: AQ_CUDA_VARIANT (kernels/aq_cuda.cu) picks kernels not yet made the default.\n"
+            "  --variants LIST    run the parts once for each AQ_CUDA_VARIANT in LIST (e.g. 0,1,2): kernels\n"
+            "                     not yet made the default (kernels/aq_cuda.cu); default: the environment's, or 0\n"
             "  -h, --help         this text\n");
 }
 
@@ -352,6 +353,9 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
         failures++;
         goto done;
     }
+    /* A quantized model passes when the GPU agrees with either CPU run: the CPU itself (the GPU's
+       int8 activations, AQC_V_DP4A, round as the CPU's do) or the CPU with the weights in f32
+       (the GPU's f16 activations are closer to no rounding than to the CPU's int8). */
     gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
     printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
            budget ? "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
@@ -361,9 +365,9 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
         gpu_exact = agreement(le, lg, n, window, V, &mean_diff, &max_diff, &scored);
         cpu_exact = agreement(le, lc, n, window, V, &md2, &mx2, &scored);
         printf("  %-40s GPU vs CPU with the weights in f32 (no activation rounding) %.2f%%, |logit diff| mean %.4f max %.4f  %s\n", "",
-               100 * gpu_exact, mean_diff, max_diff, gpu_exact >= 0.99 ? "ok" : "FAIL");
+               100 * gpu_exact, mean_diff, max_diff, gpu_exact >= 0.99 || gpu_cpu >= 0.99 ? "ok" : "FAIL");
         printf("  %-40s (the CPU's int8 activations against that: %.2f%%, |logit diff| mean %.4f)\n", "", 100 * cpu_exact, md2);
-        if (gpu_exact < 0.99) failures++;
+        if (gpu_exact < 0.99 && gpu_cpu < 0.99) failures++;
     } else if (gpu_cpu < 0.99)
         failures++;
     if (!budget) {   /* greedy generation: the decode loop with the argmax on the device */
@@ -554,11 +558,8 @@ static void timing_table(int short_set) {
 /* the whole decode step of a Llama-2-7B-shape int4 model: at 4K and 32K, dense and Quest, and
    where the 32K Quest step's time goes; decode_ctx > 0: only at that context (one dense and one
    Quest run); short_set: the graph runs and the profile only */
-static void decode_table(const char *model_7b, int decode_ctx, int short_set) {
-    char err[512];
-    aq_model *m;
-    if (!model_7b) return;
-    if (!(m = aq_model_load(model_7b, err, sizeof err))) { printf("  %s  FAIL\n", err); failures++; return; }
+static void decode_table(aq_model *m, int decode_ctx, int short_set) {
+    if (!m) return;
     if (decode_ctx) {
         time_decode(m, decode_ctx, 0, 1, 0);
         time_decode(m, decode_ctx, 2048, 1, 0);
@@ -579,11 +580,12 @@ static void decode_table(const char *model_7b, int decode_ctx, int short_set) {
         profile_decode(m, 4096, 0);
         profile_decode(m, 32768, 2048);
     }
-    aq_model_free(m);
 }
 
 int main(int argc, char **argv) {
-    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *part = "all";
+    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *part = "all", *variants = getenv("AQ_CUDA_VARIANT");
+    char variant[16];
+    aq_model *m7 = NULL;
     char err[512], name[256];
     int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, i;
     setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
@@ -597,6 +599,13 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--decode-ctx")) decode_ctx = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 64, 1 << 20);
         else if (!strcmp(a, "--short")) short_set = 1;
+        else if (!strcmp(a, "--variants")) {
+            variants = tool_arg("aq-gpu-check", argc, argv, &i);
+            if (!*variants || strspn(variants, "0123456789,") != strlen(variants)) {
+                fprintf(stderr, "aq-gpu-check: --variants wants numbers separated by commas, got '%s'\n", variants);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
         else if (!strcmp(a, "--part")) {
@@ -610,12 +619,27 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "aq-gpu-check: unknown option %s\n", a); usage(stderr); return 2; }
     }
     if (aqc_device_name(name, sizeof name, err, sizeof err)) { fprintf(stderr, "aq-gpu-check: %s\n", err); return 1; }
-    printf("device: %s, AQ_CUDA_VARIANT=%s\n", name, getenv("AQ_CUDA_VARIANT") ? getenv("AQ_CUDA_VARIANT") : "0");
+    printf("device: %s\n", name);
     if (decode_ctx) part = "decode";
-    if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
-    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
-    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
-    if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(model_7b, decode_ctx, short_set);
+    if (model_7b && (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) &&
+        !(m7 = aq_model_load(model_7b, err, sizeof err))) {
+        printf("  %s  FAIL\n", err);
+        failures++;
+    }
+    if (!variants) variants = "0";
+    while (*variants) {   /* read when each session, check or timing starts: one process runs them all */
+        size_t len = strcspn(variants, ",");
+        snprintf(variant, sizeof variant, "%.*s", (int)(len < sizeof variant ? len : sizeof variant - 1), variants);
+        variants += len + (variants[len] == ',');
+        if (!*variant) continue;
+        setenv("AQ_CUDA_VARIANT", variant, 1);
+        printf("\n==== AQ_CUDA_VARIANT=%s\n", variant);
+        if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
+        if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
+        if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
+        if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
+    }
+    aq_model_free(m7);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

@@ -2,7 +2,7 @@
 # gpu-check.sh - the whole GPU check in one run, sized for a short lease on a GPU machine (under
 # 6 minutes on an H100): build for this GPU, check every kernel against the CPU on fresh random
 # inputs, run stories260K and an int4 model teacher-forced on GPU and CPU, print one timing table
-# (and the same for the kernel variants that wait behind AQ_CUDA_VARIANT).
+# (and the same for the kernel variants that wait behind AQ_CUDA_VARIANT, kernels/aq_cuda.cu).
 #
 #   tools/gpu-check.sh --prepare   on the machine you work on: copies what the GPU machine lacks
 #                                  (stb_ds.h, and the shared models and text, which live outside the
@@ -10,7 +10,7 @@
 #   tools/gpu-check.sh             on the GPU machine
 #
 # Environment: CUDA_ARCH (default 90), SHARED (default third_party/shared if present, else
-# ../shared), OUT (if set, the log and the timing table are also written there).
+# ../shared), OUT (if set, the log and the timing table are also written there), RUNS (below).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -49,27 +49,30 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
         -o build/llama2-7b-aq4.gguf >>build/gpu-check-build.log 2>&1
 
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
-# context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT=0),
-# then every variant not yet the default (kernels/aq_cuda.cu) checked in full, and each alone and
-# all together timed with the short set, side by side with variant 0's full table.
+# context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT 0),
+# then the variants not yet the default (kernels/aq_cuda.cu) all together, checked in full, and
+# each alone and all together timed with the short set, side by side with variant 0's full table.
+# RUNS overrides the list: variants:part:seconds, variants one or several (0,1,2), part kernels,
+# models, timing or short (timing --short).
 status=0
 : >"$LOG"
-for run in 0:kernels:90 0:models:90 0:timing:180 7:kernels:90 7:models:90 1:short:90 2:short:90 4:short:90 7:short:90; do
-    variant=${run%%:*}; part=${run#*:}; limit=${part#*:}; part=${part%:*}
+RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 31:kernels:90 31:models:90 1,2,4,8,16,31:short:240"}
+for run in $RUNS; do
+    variants=${run%%:*}; part=${run#*:}; limit=${part#*:}; part=${part%:*}
     extra=""
     [ "$part" = short ] && { part=timing; extra=--short; }
-    echo "== AQ_CUDA_VARIANT=$variant aq-gpu-check --part $part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    AQ_CUDA_VARIANT=$variant timeout "$limit" $B/tools/aq-gpu-check --part "$part" $extra --shared $SHARED \
+    echo "== aq-gpu-check --variants $variants --part $part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    timeout "$limit" $B/tools/aq-gpu-check --variants "$variants" --part "$part" $extra --shared $SHARED \
         --model build/stories260K-rtn-g32.gguf --model build/stories260K-olive-g32.gguf \
         --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 || { echo "   (exit status $?)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
-    grep -q "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log && fault_variant=${fault_variant:-$variant}
+    if grep -q "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log; then fault_variants=${fault_variants:-$variants}; fi
 done
-# a fault in the decode timings: find the kernel and the address under compute-sanitizer
-if [ -n "${fault_variant:-}" ] && command -v compute-sanitizer >/dev/null; then
-    echo "== compute-sanitizer, AQ_CUDA_VARIANT=$fault_variant, decode at 32K ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    AQ_CUDA_VARIANT=$fault_variant timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --decode-ctx 32768 \
+# a fault: find the kernel and the address under compute-sanitizer, in the decode step at 32K
+if [ -n "${fault_variants:-}" ] && command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer, variants $fault_variants, decode at 32K ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --variants "$fault_variants" --decode-ctx 32768 \
         --model-7b build/llama2-7b-aq4.gguf 2>&1 | tail -60 | tee -a "$LOG"
 fi
 # PROFILE=1: Nsight Compute on one int4 GEMV (12288 x 4096) and on the four kernels of one Quest
