@@ -1395,14 +1395,14 @@ static int aqc__model_complete(const aqc_model *m, char *err, size_t err_len) {
 
 /* ---- launches shared by the forward pass and the checks ---- */
 
-/* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
-   default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
-   captured). */
 /* The 4-bit GEMV's shared memory: x (f16, or int8 for AQC__INT4_X8), and V2's (scale, sum) per chunk. */
 static size_t aqc__gemv_shared_bytes(int64_t kp, bool v2, bool x8) {
     return (size_t)kp * (x8 ? 1 : 2) + (v2 ? (size_t)(kp / 32) * sizeof(float2) : 0);
 }
 
+/* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
+   default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
+   captured). */
 static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
     const int bytes = (int)aqc__gemv_shared_bytes(max_kp, false, false), bytes_v2 = (int)aqc__gemv_shared_bytes(max_kp, true, false);
     if (bytes > 48 * 1024) {
@@ -1642,6 +1642,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->done, 0, (nb + 1) * c->n_kv_heads * 4));
+    AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memsets */
     return 0;
 }
 
@@ -1706,8 +1707,8 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
         const int *lists = NULL;
         /* attention block */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, AQC_Q8(&m->qkv[l]), n, s->xh, s->xscale,
-                         s->xsum, xl, err, err_len), "RMSNorm");
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, AQC_Q8(&m->qkv[l]), n,
+                         s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
         AQC_DO(AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0), "q, k, v");
         AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
                                 P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
@@ -1725,15 +1726,15 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         AQC_DO(aqc__attention(st, v, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
                               pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err,
                               err_len), lists ? "attention, Quest" : "attention, dense");
-        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, AQC_Q8(&m->wo[l]), n, s->xh, s->xscale, s->xsum, xl,
-                         err, err_len), "attention out to f16");
+        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, AQC_Q8(&m->wo[l]), n, s->xh,
+                         s->xscale, s->xsum, xl, err, err_len), "attention output prep");
         AQC_DO(AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1), "o");
         /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled, AQC_Q8(&m->gate_up[l]), n, s->xh, s->xscale,
-                         s->xsum, xl, err, err_len), "RMSNorm");
+        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled,
+                         AQC_Q8(&m->gate_up[l]), n, s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
         AQC_DO(AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0), "gate, up");
-        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled, AQC_Q8(&m->down[l]), n,
-                         s->xh, s->xscale, s->xsum, xl, err, err_len), "SwiGLU");
+        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled,
+                         AQC_Q8(&m->down[l]), n, s->xh, s->xscale, s->xsum, xl, err, err_len), "SwiGLU");
         AQC_DO(AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1), "down");
     }
     if (want == 2) {
@@ -1901,6 +1902,14 @@ extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, cha
    stream and frees everything; a failure leaks nothing that outlives the process's context.
    ====================================================================================== */
 
+/* A stream of the check's own: a non-blocking one, as sessions use, so that programmatic launches
+   (AQC_V_PDL) run as they do in a step. */
+struct aqc__check_stream {
+    cudaStream_t s;
+    aqc__check_stream() : s(NULL) {}
+    ~aqc__check_stream() { if (s) cudaStreamDestroy(s); }
+};
+
 /* A scope of device allocations freed together. */
 struct aqc__scratch {
     std::vector<void *> ptrs;
@@ -1924,12 +1933,15 @@ extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, cha
     float *xs = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len), *xsum = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len);
     int rc = -1;
     unsigned v = 0;
+    aqc__check_stream st;
     if (dx && dy && xh && xs && xsum && !aqc__device_variant(&v, err, err_len) &&
+        !aqc__cuda_failed(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking), "a stream", err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
-        !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)w->rows * 4), "poison y", err, err_len) &&
-        !aqc__prep(0, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, aqc__gemv_x8(v, &dw) ? (int)dw.group : 0, 1, xh,
-                   xs, xsum, w->cols_padded, err, err_len) &&
-        !aqc__gemv(0, v, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
+        !aqc__cuda_failed(cudaMemsetAsync(dy, 0xff, (size_t)w->rows * 4, st.s), "poison y", err, err_len) &&
+        !aqc__prep(st.s, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, aqc__gemv_x8(v, &dw) ? (int)dw.group : 0,
+                   1, xh, xs, xsum, w->cols_padded, err, err_len) &&
+        !aqc__gemv(st.s, v, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
+        !aqc__cuda_failed(cudaStreamSynchronize(st.s), "the GEMV", err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
         rc = 0;
     aqc__weight_free(&dw);
@@ -2036,17 +2048,23 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     }
     AQC_TRY(cudaMemcpy(tokens, host.data(), host.size() * 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemset(r.pos, 0, 4));
-    if (aqc__rope_append(0, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
+    aqc__check_stream st;
+    AQC_TRY(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
+    AQC_TRY(cudaDeviceSynchronize());   /* the memsets above ran on the default stream, which st does not wait for */
+    if (aqc__rope_append(st.s, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
                          r.max_pages, n_ctx, err, err_len))
         return -1;
-    aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(r.kv, r.bounds, n_kv_heads, head_dim,
-                                                                                             page_size, r.max_pages, r.pos, n_ctx);
+    aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim, 0, st.s>>>(
+        r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx);
     AQC_TRY(cudaGetLastError());
+    AQC_TRY(cudaStreamSynchronize(st.s));
     int last = n_ctx - 1;
     AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemcpy(r.qkv, q, (size_t)q_dim * 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemset(r.out, 0xff, (size_t)q_dim * 4));
-    if (aqc__rig_step(&r, 0, budget, 0, err, err_len)) return -1;
+    AQC_TRY(cudaDeviceSynchronize());   /* the poisoned output, as above */
+    if (aqc__rig_step(&r, 0, budget, st.s, err, err_len)) return -1;
+    AQC_TRY(cudaStreamSynchronize(st.s));
     AQC_TRY(cudaMemcpy(out, r.out, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
         const int keep = budget / page_size;
