@@ -2289,6 +2289,21 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                                      r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
         }, &t->select_us, err, err_len))
         return -1;
+    /* the sparse attention alone at other split counts, over the lists the last selection left
+       (the same amount of work whichever layer's cache it reads) */
+    t->quest_splits = aqc__attention_splits(r.n_sms, n_kv_heads, std::min(budget / page_size, r.max_pages));
+    for (int k = 0; k < 4; k++) {
+        const int splits = 8 << k;   /* 8, 16, 32, 64 */
+        t->sweep_splits[k] = splits;
+        t->sweep_us[k] = 0.0;
+        if (splits > r.splits || splits > budget / page_size) continue;   /* the partials' room; a page per split at least */
+        if (aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__attention(st, r.v, r.kv + kv_elems * (i % layers), r.lists, r.list_len, r.max_pages, r.qkv, r.qkv_dim,
+                                      n_heads, n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.done + n_kv_heads,
+                                      r.out, n_heads * head_dim, err, err_len);
+            }, &t->sweep_us[k], err, err_len))
+            return -1;
+    }
     AQC_TRY(cudaDeviceSynchronize());
     return 0;
 }

@@ -552,6 +552,10 @@ static void timing_table(int short_set) {
                "(selection %5.1f us): %.2fx\n",
                kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
                at.dense_us / at.quest_us);
+        printf("    Quest's sparse attention alone (%d splits per KV head in a step):", at.quest_splits);
+        for (i = 0; i < 4; i++)
+            if (at.sweep_us[i] > 0) printf("  %d splits %.1f us", at.sweep_splits[i], at.sweep_us[i]);
+        printf("\n");
     }
 }
 
