@@ -87,5 +87,8 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
         cat build/ncu.txt | tee -a "$LOG"
     done
 fi
+# the lines that decide things, together at the end (the whole log is in $LOG)
+echo "== summary"
+grep -E "FAIL|^==== |^  +[0-9]+ x [0-9]+ |attention 32K|sparse attention alone|decode step|one step,|agreement|no activation" "$LOG" || true
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
