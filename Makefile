@@ -9,6 +9,9 @@
 #   make cuda            the GPU build under build/cuda/: kernels/aq_cuda.cu for sm_80/86/87/89/90 plus
 #                        compute_90 PTX (CUDA_ARCH="90" narrows it), the examples, tools, aq-gpu-check and
 #                        the tests linked against it (they run on the CPU where there is no GPU)
+#   make test-cuda-emu   kernels/aq_cuda.cu compiled by the C++ compiler against tests/cuda_emu (CUDA
+#                        emulated on the CPU, no GPU needed), and aq-gpu-check's kernel and model checks
+#                        run on it for every kernel variant (build/cuda-emu/)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb
@@ -33,6 +36,14 @@ GPU_TOOLS  = $(OUT)/tools/aq-gpu-check
 GENCODE    = $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
              -gencode arch=compute_$(lastword $(CUDA_ARCH)),code=compute_$(lastword $(CUDA_ARCH))
 endif
+ifeq ($(CUDA_EMU),1)
+OUT       ?= build/cuda-emu
+CUDA_OBJ   = $(OUT)/aq_cuda.o
+CUDA_DEFS  = -DAQ_CUDA
+CUDA_LIBS  = $(CUDA_OBJ) -lstdc++
+GPU_TOOLS  = $(OUT)/tools/aq-gpu-check
+EMU_CXXFLAGS = -std=c++17 -O2 -g -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unknown-pragmas -Itests/cuda_emu
+endif
 ifeq ($(AQ_NO_BLAS),1)
 OUT      ?= build/noblas
 DEFS      = -DAQ_NO_BLAS
@@ -51,12 +62,12 @@ TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench $(P)tools/
 TESTS    = $(P)tests/run_tests
 TEST_SRC = $(wildcard tests/*.c tests/*.h) tools/tool_util.h
 
-.PHONY: all test test-asan demo bench bench-models bench-quest cuda clean FORCE
+.PHONY: all test test-asan test-cuda-emu demo bench bench-models bench-quest cuda clean FORCE
 
 all: $(EXAMPLES) $(TOOLS) $(GPU_TOOLS)
 
 # Rebuild everything when the compiler or its flags change.
-BUILD_FLAGS = $(CC) $(ALL_CFLAGS) $(LDLIBS) $(if $(CUDA_OBJ),$(NVCC) $(NVCCFLAGS) $(GENCODE))
+BUILD_FLAGS = $(CC) $(ALL_CFLAGS) $(LDLIBS) $(if $(GENCODE),$(NVCC) $(NVCCFLAGS) $(GENCODE)) $(EMU_CXXFLAGS)
 $(P).build-flags: FORCE
 	@mkdir -p $(OUT)
 	@echo '$(BUILD_FLAGS)' | cmp -s - $@ || echo '$(BUILD_FLAGS)' > $@
@@ -64,6 +75,10 @@ $(P).build-flags: FORCE
 ifeq ($(CUDA),1)
 $(CUDA_OBJ): kernels/aq_cuda.cu kernels/aq_cuda.h $(P).build-flags
 	$(NVCC) $(NVCCFLAGS) $(GENCODE) -c $< -o $@
+endif
+ifeq ($(CUDA_EMU),1)
+$(CUDA_OBJ): kernels/aq_cuda.cu kernels/aq_cuda.h $(wildcard tests/cuda_emu/*.h) $(P).build-flags
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
 endif
 
 $(P)examples/%: examples/%.c awq_quest.h $(P).build-flags $(CUDA_OBJ)
@@ -78,6 +93,10 @@ $(TESTS): $(TEST_SRC) awq_quest.h $(P).build-flags $(CUDA_OBJ)
 
 cuda:
 	$(MAKE) CUDA=1 all build/cuda/tests/run_tests
+
+test-cuda-emu:
+	$(MAKE) CUDA_EMU=1 build/cuda-emu/tools/aq-gpu-check build/cuda-emu/tools/aq-quantize
+	tests/cuda_emu/run
 
 test: $(EXAMPLES) $(TOOLS) $(TESTS)
 	$(TESTS)

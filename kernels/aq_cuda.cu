@@ -82,10 +82,8 @@ static unsigned aqc__variant(void) {
 template <typename... KArgs, typename... Args>
 static cudaError_t aqc__launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
                                Args... args) {
-    cudaLaunchConfig_t cfg;
-    cudaLaunchAttribute attr[1];
-    memset(&cfg, 0, sizeof cfg);
-    memset(attr, 0, sizeof attr);
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1] = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
@@ -98,6 +96,11 @@ static cudaError_t aqc__launch(bool pdl, void (*kernel)(KArgs...), dim3 grid, di
 }
 
 /* ---- device helpers ---- */
+
+/* A kernel's dynamic shared memory (tests/cuda_emu defines its own). */
+#ifndef AQC_DYNAMIC_SHARED
+#define AQC_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 /* Programmatic dependent launch, device side.  aqc__let_next_start lets the next kernel of the
    stream be scheduled (its blocks then wait in aqc__wait_prior); aqc__wait_prior returns once the
@@ -284,7 +287,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     /* x: kp / 8 f16 pieces, swizzled, or AQC__INT4_X8's kp / 16 int8 pieces, all the chunks'
        first halves and then their second (consecutive lanes, consecutive 16 bytes); V2: then
        n_chunks (xscale, xsum) */
-    extern __shared__ uint4 x_sm[];
+    AQC_DYNAMIC_SHARED(uint4, x_sm);
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
@@ -895,7 +898,7 @@ __global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
 aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
                      int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
                      float *partial, int *done, float *att_out, int64_t out_stride) {
-    extern __shared__ float sm_acc[];   /* [warps][MAXG][hd] */
+    AQC_DYNAMIC_SHARED(float, sm_acc);   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
     __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
     __shared__ int s_ticket;
@@ -1146,6 +1149,11 @@ __global__ void aqc_fill_random_kernel(__half *dst, int64_t n, uint64_t seed) {
         z ^= z >> 31;
         dst[i] = __float2half((float)(z >> 40) / (float)(1ull << 23) - 1.0f);
     }
+}
+
+static cudaError_t aqc__fill_random(__half *dst, int64_t n, uint64_t seed, cudaStream_t st) {
+    const int64_t blocks = std::min<int64_t>(2048, std::max<int64_t>(1, (n + 255) / 256));
+    return aqc__launch(false, aqc_fill_random_kernel, dim3((unsigned)blocks), dim3(256), 0, st, dst, n, seed);
 }
 
 /* ======================================================================================
@@ -1498,15 +1506,13 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     if (w->format == AQC_INT4) {
         int64_t n_words = w->rows * w->kp / 8;
-        aqc_dequant_int4_kernel<<<(unsigned)((n_words + 255) / 256), 256, 0, st>>>((const uint32_t *)w->data, w->scales, w->mins,
-                                                                                    n_words, (int)w->kp, (int)w->group, wtmp);
-        AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__launch(false, aqc_dequant_int4_kernel, dim3((unsigned)((n_words + 255) / 256)), dim3(256), 0, st,
+                            (const uint32_t *)w->data, w->scales, w->mins, n_words, (int)w->kp, (int)w->group, wtmp));
         a = wtmp;
     } else if (w->format == AQC_OVP) {
         int64_t n_bytes = w->rows * w->kp / 2;
-        aqc_dequant_ovp_kernel<<<(unsigned)((n_bytes + 255) / 256), 256, 0, st>>>((const uint8_t *)w->data, w->scales, w->mins, w->lut,
-                                                                                   n_bytes, (int)w->kp, (int)w->group, wtmp);
-        AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__launch(false, aqc_dequant_ovp_kernel, dim3((unsigned)((n_bytes + 255) / 256)), dim3(256), 0, st,
+                            (const uint8_t *)w->data, w->scales, w->mins, w->lut, n_bytes, (int)w->kp, (int)w->group, wtmp));
         a = wtmp;
     }
     AQC_TRY_BLAS(cublasSetStream(blas, st));
@@ -1713,9 +1719,8 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
                                 P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
         if (n > 1) {   /* a prompt's pages: their bounds from scratch */
-            aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, pages_touched), hd < 32 ? 32 : hd, 0, st>>>(
-                kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n);
-            AQC_TRY(cudaGetLastError());
+            AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(c->n_kv_heads, pages_touched), dim3(hd < 32 ? 32 : hd), 0, st,
+                                kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n));
         }
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
             AQC_DO(aqc__quest_select(st, v, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
@@ -1884,14 +1889,13 @@ extern "C" int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc
 extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, size_t err_len) {
     const aqc_config *c = &s->m->c;
     if (n <= 0 || n > s->c.n_ctx) { aqc__err(err, err_len, "fill: %d positions do not fit the context of %d", n, s->c.n_ctx); return -1; }
-    aqc_fill_random_kernel<<<1024, 256, 0, s->stream>>>(s->kv, (int64_t)(s->kv_layer_elems * c->n_layers), seed);
-    AQC_TRY(cudaGetLastError());
+    AQC_TRY(aqc__fill_random(s->kv, (int64_t)(s->kv_layer_elems * c->n_layers), seed, s->stream));
     if (aqc__set_state(s, 0, 0, err, err_len)) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        aqc_page_bounds_kernel<<<dim3(c->n_kv_heads, (n + s->c.page_size - 1) / s->c.page_size), c->head_dim < 32 ? 32 : c->head_dim,
-                                 0, s->stream>>>(s->kv + s->kv_layer_elems * l, s->bounds + s->bounds_layer_elems * l,
-                                                 c->n_kv_heads, c->head_dim, s->c.page_size, s->max_pages, s->state + AQC_POS, n);
-        AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(c->n_kv_heads, (n + s->c.page_size - 1) / s->c.page_size),
+                            dim3(c->head_dim < 32 ? 32 : c->head_dim), 0, s->stream, s->kv + s->kv_layer_elems * l,
+                            s->bounds + s->bounds_layer_elems * l, c->n_kv_heads, c->head_dim, s->c.page_size, s->max_pages,
+                            s->state + AQC_POS, n));
     }
     AQC_TRY(cudaStreamSynchronize(s->stream));
     return 0;
@@ -2054,9 +2058,8 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     if (aqc__rope_append(st.s, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
                          r.max_pages, n_ctx, err, err_len))
         return -1;
-    aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim, 0, st.s>>>(
-        r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx);
-    AQC_TRY(cudaGetLastError());
+    AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv_heads, r.max_pages), dim3(head_dim < 32 ? 32 : head_dim), 0, st.s,
+                        r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx));
     AQC_TRY(cudaStreamSynchronize(st.s));
     int last = n_ctx - 1;
     AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
@@ -2091,11 +2094,12 @@ extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *o
     if (!dv || !dout) return -1;
     AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
     const int select_threads = AQC_SCORE_WARPS * 32;   /* the fused selection's block */
-    if (mode == 1) aqc_top_k_check_kernel<AQC_TOPK_CACHE, false><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
-    else if (mode == 0) aqc_top_k_check_kernel<0, false><<<1, AQC_TOPK_THREADS>>>(dv, n, k, dout);
-    else if (n <= AQC_SELECT_CACHE * select_threads) aqc_top_k_check_kernel<AQC_SELECT_CACHE, true><<<1, select_threads>>>(dv, n, k, dout);
-    else aqc_top_k_check_kernel<0, true><<<1, select_threads>>>(dv, n, k, dout);
-    AQC_TRY(cudaGetLastError());
+    const float *vals_d = dv;
+    if (mode == 1) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE, false>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
+    else if (mode == 0) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0, false>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
+    else if (n <= AQC_SELECT_CACHE * select_threads)
+        AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_SELECT_CACHE, true>, dim3(1), dim3(select_threads), 0, 0, vals_d, n, k, dout));
+    else AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0, true>, dim3(1), dim3(select_threads), 0, 0, vals_d, n, k, dout));
     AQC_TRY(cudaMemcpy(out, dout, (size_t)k * 4, cudaMemcpyDeviceToHost));
     return 0;
 }
@@ -2168,7 +2172,7 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
     if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
     if (!xh || !xs || !xsum || !y || !yh || !lut) return -1;
-    aqc_fill_random_kernel<<<4, 256>>>((__half *)lut, 1024, 3);
+    AQC_TRY(aqc__fill_random((__half *)lut, 1024, 3, 0));
     for (int i = 0; i < copies; i++) {
         w4[i].lut = w16[i].lut = NULL;
         w4[i].format = AQC_INT4; w4[i].rows = rows; w4[i].cols = w4[i].kp = cols; w4[i].group = group;
@@ -2178,18 +2182,16 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
             !(w4[i].mins = (__half *)sc.get(n_groups * 2, err, err_len)) || !(w16[i].data = sc.get(n_f16 * 2, err, err_len)))
             return -1;
         /* random codes and f16 values in [-1, 1): the scales and offsets too, scaled down */
-        aqc_fill_random_kernel<<<1024, 256>>>((__half *)w4[i].data, (int64_t)(n_int4 / 2), 11 + i);
-        aqc_fill_random_kernel<<<1024, 256>>>(w4[i].scales, (int64_t)n_groups, 23 + i);
-        aqc_fill_random_kernel<<<1024, 256>>>(w4[i].mins, (int64_t)n_groups, 37 + i);
-        aqc_fill_random_kernel<<<1024, 256>>>((__half *)w16[i].data, (int64_t)n_f16, 41 + i);
-        AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__fill_random((__half *)w4[i].data, (int64_t)(n_int4 / 2), 11 + i, 0));
+        AQC_TRY(aqc__fill_random(w4[i].scales, (int64_t)n_groups, 23 + i, 0));
+        AQC_TRY(aqc__fill_random(w4[i].mins, (int64_t)n_groups, 37 + i, 0));
+        AQC_TRY(aqc__fill_random((__half *)w16[i].data, (int64_t)n_f16, 41 + i, 0));
         wo[i] = w4[i];   /* the same bytes read as OliVe pairs: only the decode differs */
         wo[i].format = AQC_OVP;
         wo[i].lut = lut;
     }
-    aqc_fill_random_kernel<<<64, 256>>>(xh, cols, 5);
-    aqc_fill_random_kernel<<<64, 256>>>(yh, rows, 6);
-    AQC_TRY(cudaGetLastError());
+    AQC_TRY(aqc__fill_random(xh, cols, 5, 0));
+    AQC_TRY(aqc__fill_random(yh, rows, 6, 0));
     {
         std::vector<float> ones((size_t)cols / 32, 1.0f);
         AQC_TRY(cudaMemcpy(xs, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
@@ -2247,13 +2249,12 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r.max_pages * n_kv_heads * 2 * page_size * head_dim;
     const size_t b_elems = (size_t)n_kv_heads * r.max_pages * 2 * head_dim;
-    aqc_fill_random_kernel<<<2048, 256>>>(r.kv, (int64_t)(kv_elems * layers), 99);
-    AQC_TRY(cudaGetLastError());
+    AQC_TRY(aqc__fill_random(r.kv, (int64_t)(kv_elems * layers), 99, 0));
     AQC_TRY(cudaMemset(r.pos, 0, 4));
     for (int l = 0; l < layers; l++) {
-        aqc_page_bounds_kernel<<<dim3(n_kv_heads, r.max_pages), head_dim < 32 ? 32 : head_dim>>>(
-            r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx);
-        AQC_TRY(cudaGetLastError());
+        AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv_heads, r.max_pages), dim3(head_dim < 32 ? 32 : head_dim), 0, 0,
+                            r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages,
+                            (const int *)r.pos, n_ctx));
     }
     int last = n_ctx - 1;
     AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));

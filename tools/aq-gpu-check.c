@@ -64,6 +64,12 @@ static void verdict(const char *what, double err, double limit) {
 
 /* ---- 1. kernels ---- */
 
+/* The variant aq_cuda.cu reads (--variants sets it for each pass). */
+static unsigned cuda_variant(void) {
+    const char *v = getenv("AQ_CUDA_VARIANT");
+    return v ? (unsigned)strtoul(v, NULL, 0) : 0u;
+}
+
 static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
     char err[512], what[128];
     const size_t row_bytes = (size_t)aq_type_row_bytes(type, cols);
@@ -75,7 +81,7 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     const aq_weight *wp = &wt;
     aqc_weight d;
     int64_t r, c;
-    int t;
+    int t, int8_ref;
     for (r = 0; r < rows; r++) {
         for (c = 0; c < cols; c++) w[c] = 0.05f * uniform();
         if (type == AQ_TYPE_F16)
@@ -85,11 +91,24 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     }
     for (c = 0; c < cols * n_tokens; c++) x[c] = uniform();
     for (t = 0; t < n_tokens; t++) x[(size_t)t * cols + (t * 37) % cols] = 60.0f;   /* an activation outlier */
-    for (r = 0; r < rows; r++) {
-        aq_dequantize_row(type, data + r * row_bytes, w, cols);
-        for (t = 0; t < n_tokens; t++)
-            for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * x[(size_t)t * cols + c];
-    }
+    /* int4 decode GEMVs on int8 activations (AQ_CUDA_VARIANT's dp4a) round x as the CPU's int8
+       path does: their reference is that path, not the unrounded product (the outlier's group
+       loses most of its other values to the rounding, on both) */
+    int8_ref = n_tokens == 1 && (cuda_variant() & 16) && aq__int4_group(type) > 0 && aq__int4_group(type) <= 128;
+    if (int8_ref) {
+        const int64_t group = aq__int4_group(type), kp = (cols + group - 1) / group * group;
+        void *mem = malloc(aq__x8_bytes(kp));
+        aq__x8 x8;
+        aq__x8_init(&x8, mem, kp);
+        aq__x8_quantize(x, cols, group, &x8);
+        for (r = 0; r < rows; r++) ref[r] = aq__dot_int4_x8_ref(data + r * row_bytes, &x8);
+        free(mem);
+    } else
+        for (r = 0; r < rows; r++) {
+            aq_dequantize_row(type, data + r * row_bytes, w, cols);
+            for (t = 0; t < n_tokens; t++)
+                for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * x[(size_t)t * cols + c];
+        }
     wt.type = type; wt.rows = rows; wt.cols = cols; wt.row_bytes = row_bytes; wt.data = data; wt.name = "random";
     if (aq__gpu_pack(&wp, 1, 0, aq__detect_simd(), &d, err, sizeof err) ||
         (n_tokens == 1 ? aqc_check_gemv(&d, x, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
@@ -97,7 +116,7 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
         failures++;
     } else {
         snprintf(what, sizeof what, "%s %s %lld x %lld%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
-                 (long long)cols, n_tokens == 1 ? "" : ", 7 tokens");
+                 (long long)cols, n_tokens > 1 ? ", 7 tokens" : int8_ref ? ", int8 x, vs the CPU's int8 dot" : "");
         verdict(what, rel_err(y, ref, rows * n_tokens), 3e-3);
         aq__gpu_weight_free(&d);
     }

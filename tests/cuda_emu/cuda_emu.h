@@ -1,0 +1,525 @@
+/* cuda_emu.h - just enough of CUDA, on the CPU, to run kernels/aq_cuda.cu's kernels and checks
+   without a GPU (make test-cuda-emu, which runs tests/cuda_emu/run; kernels/README.md).
+
+   Each GPU thread of a block is a fiber on the one host thread, and blocks run one
+   after another.  A fiber runs until it reaches a barrier or a warp collective (shuffle, ballot,
+   match) and then yields; a barrier completes when every thread of the block that has not
+   exited has reached it, a collective when all 32 lanes of the warp have.  So race-free kernels
+   compute what they compute on a GPU, in the same order within each thread, with f16 arithmetic
+   rounded as the GPU rounds it (one rounding per operation, ties to even).  What it cannot show:
+   speed, races, and the memory model (every write is visible at once, programmatic launches
+   and fences do nothing, streams run in issue order).
+
+   Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
+   else it is asked for. */
+#ifndef AQ_CUDA_EMU_H
+#define AQ_CUDA_EMU_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#include <ucontext.h>
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <tuple>
+#include <vector>
+
+/* ---- qualifiers ---- */
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __shared__ static   /* blocks run one at a time: a static is the block's shared memory */
+#define AQC_DYNAMIC_SHARED(type, name) type *name = (type *)aqe::dynamic_shared()
+
+using std::max;
+using std::min;
+
+/* ---- vector types ---- */
+struct dim3 {
+    unsigned x, y, z;
+    constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { uint4 v = {x, y, z, w}; return v; }
+static inline float2 make_float2(float x, float y) { float2 v = {x, y}; return v; }
+
+/* ---- f16 ---- */
+struct __half { uint16_t bits; };
+struct alignas(4) __half2 { __half x, y; };
+typedef __half2 half2;
+
+namespace aqe {
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 31u, man = h & 1023u;
+    float f;
+    if (exp == 0) f = ldexpf((float)man, -24);
+    else if (exp == 31) f = man ? NAN : INFINITY;
+    else f = ldexpf((float)(man | 1024u), (int)exp - 25);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u |= sign;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Nearest f16, ties to even, from a double (which holds a product or a sum of two f16 values
+   exactly, so that an emulated f16 FMA rounds once, as the GPU's does). */
+static inline uint16_t double_to_half(double d) {
+    const uint16_t sign = signbit(d) ? 0x8000u : 0u;
+    d = fabs(d);
+    if (isnan(d)) return 0x7e00u;
+    if (d >= 65520.0) return sign | 0x7c00u;   /* 65504 is the largest; from halfway to 65536 up: inf */
+    int e;
+    frexp(d, &e);                        /* d in [2^(e-1), 2^e) */
+    int ulp_exp = std::max(e - 11, -24);   /* 11 significant bits; subnormals' step is 2^-24 */
+    double n = nearbyint(ldexp(d, -ulp_exp));   /* the default rounding mode: ties to even */
+    if (n >= 2048.0) { n /= 2; ulp_exp++; }
+    const int biased = ulp_exp + 25;     /* value n * 2^ulp_exp, n in [1024, 2048) when normal */
+    if (biased >= 31) return sign | 0x7c00u;
+    if (n < 1024.0) return sign | (uint16_t)n;   /* subnormal (ulp_exp == -24) */
+    return sign | (uint16_t)((biased << 10) | ((unsigned)n - 1024u));
+}
+}  // namespace aqe
+
+static inline __half __float2half(float f) { __half h = {aqe::double_to_half(f)}; return h; }
+static inline float __half2float(__half h) { return aqe::half_to_float(h.bits); }
+static inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+static inline __half2 __floats2half2_rn(float a, float b) { __half2 v = {__float2half(a), __float2half(b)}; return v; }
+static inline __half2 __float2half2_rn(float a) { return __floats2half2_rn(a, a); }
+static inline float2 __half22float2(__half2 h) { return make_float2(__half2float(h.x), __half2float(h.y)); }
+static inline __half aqe_fma(__half a, __half b, __half c) {
+    __half r = {aqe::double_to_half((double)__half2float(a) * (double)__half2float(b) + (double)__half2float(c))};
+    return r;
+}
+static inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) { __half2 r = {aqe_fma(a.x, b.x, c.x), aqe_fma(a.y, b.y, c.y)}; return r; }
+static inline __half2 __hsub2(__half2 a, __half2 b) {
+    __half2 r = {{aqe::double_to_half((double)__half2float(a.x) - __half2float(b.x))},
+                 {aqe::double_to_half((double)__half2float(a.y) - __half2float(b.y))}};
+    return r;
+}
+static inline bool __hlt(__half a, __half b) { return __half2float(a) < __half2float(b); }
+static inline bool __hgt(__half a, __half b) { return __half2float(a) > __half2float(b); }
+
+/* ---- scalar intrinsics ---- */
+#define __expf(x) expf(x)   /* glibc declares a __expf of its own */
+static inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+static inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
+static inline int __dp4a(int a, int b, int c) {
+    for (int k = 0; k < 4; k++) c += (int)(int8_t)(a >> 8 * k) * (int)(int8_t)(b >> 8 * k);
+    return c;
+}
+template <class T> static inline T __ldg(const T *p) { return *p; }
+template <class T> static inline T __ldcg(const T *p) { return *p; }
+static inline void __threadfence(void) {}
+/* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
+template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
+
+/* ---- threads, blocks, barriers, warps ---- */
+/* The built-in variables: one fiber runs at a time, and the scheduler sets threadIdx to its
+   thread before it resumes it. */
+inline dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+/* Switching fibers: on x86-64 a switch of the six callee-saved registers and the stack pointer
+   (glibc's swapcontext also saves the signal mask, a system call per switch, which made the
+   model checks ten times slower); elsewhere ucontext. */
+#if defined(__x86_64__) && defined(__linux__)
+#define AQE_FAST_SWITCH 1
+extern "C" void aqe_switch(void **save_sp, void *to_sp);
+__asm__(".text\n"
+        ".globl aqe_switch\n"
+        ".type aqe_switch, @function\n"
+        "aqe_switch:\n"
+        "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+        "  movq %rsp, (%rdi)\n"
+        "  movq %rsi, %rsp\n"
+        "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n"
+        "  ret\n"
+        ".size aqe_switch, .-aqe_switch\n");
+#else
+#define AQE_FAST_SWITCH 0
+#endif
+
+namespace aqe {
+[[noreturn]] static inline void die(const char *what) {
+    fprintf(stderr, "cuda_emu: %s\n", what);
+    abort();
+}
+
+struct Fiber {
+    ucontext_t ctx;   /* without AQE_FAST_SWITCH */
+    void *sp;         /* with it: the saved stack pointer */
+    dim3 tid;
+    int lane, warp;
+    bool done;
+    unsigned collective;   /* how many warp collectives this thread has entered */
+};
+
+struct Warp {
+    uint64_t value[2][32];   /* a collective's values, by parity of its number */
+    int arrived[2];
+};
+
+struct Block {
+    std::vector<Fiber> fibers;
+    std::vector<Warp> warps;
+    std::vector<char> stacks, shared;
+    ucontext_t scheduler;
+    void *scheduler_sp;
+    int n_threads, exited, barrier_arrived;
+    unsigned barrier_gen;
+    long long barrier_sum[2];
+    const std::function<void()> *body;
+    unsigned long long events;   /* arrivals and exits: a pass without any is a deadlock */
+};
+
+inline Block block;
+inline Fiber *current;
+static const size_t stack_bytes = 64 * 1024;
+
+inline void *dynamic_shared(void) { return block.shared.data(); }
+
+inline void yield(void) {
+#if AQE_FAST_SWITCH
+    aqe_switch(&current->sp, block.scheduler_sp);
+#else
+    swapcontext(&current->ctx, &block.scheduler);
+#endif
+}
+
+inline void fiber_main(void) {
+    (*block.body)();
+    current->done = true;
+    block.exited++;
+    block.events++;
+#if AQE_FAST_SWITCH
+    void *unused;
+    aqe_switch(&unused, block.scheduler_sp);   /* never resumed */
+    die("a finished thread was resumed");
+#endif
+}   /* (ucontext) returns to the scheduler through uc_link */
+
+/* __syncthreads: every thread of the block that has not exited, with the sum of their preds. */
+inline long long barrier(long long pred) {
+    Block &b = block;
+    const unsigned gen = b.barrier_gen, parity = gen & 1;
+    b.barrier_sum[parity] += pred;
+    b.barrier_arrived++;
+    b.events++;
+    while (b.barrier_gen == gen) {
+        if (b.barrier_arrived == b.n_threads - b.exited) {
+            b.barrier_arrived = 0;
+            b.barrier_sum[parity ^ 1] = 0;   /* the next barrier's, free: everyone has left the one before */
+            b.barrier_gen++;
+            b.events++;
+            break;
+        }
+        yield();
+    }
+    return b.barrier_sum[parity];
+}
+
+/* A warp collective: every lane puts in a value, and gets all 32. */
+inline const uint64_t *warp_exchange(uint64_t mine) {
+    Fiber *f = current;
+    Warp &w = block.warps[f->warp];
+    const unsigned parity = f->collective & 1;
+    w.value[parity][f->lane] = mine;
+    if (++w.arrived[parity] == 32) w.arrived[parity ^ 1] = 0;   /* the collective before is read by all: its parity is free */
+    block.events++;
+    while (w.arrived[parity] < 32) yield();
+    f->collective++;
+    return w.value[parity];
+}
+
+/* Runs body for every thread of a block, blockIdx = idx. */
+inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::function<void()> &body) {
+    Block &b = block;
+    const int n = (int)(bdim.x * bdim.y * bdim.z);
+    if (n % 32) die("blocks must be whole warps");
+    blockIdx = idx;
+    b.n_threads = n;
+    b.exited = 0;
+    b.barrier_arrived = 0;
+    b.barrier_gen = 0;
+    b.barrier_sum[0] = b.barrier_sum[1] = 0;
+    b.body = &body;
+    b.fibers.assign(n, Fiber());
+    b.warps.assign(n / 32, Warp());
+    if (b.stacks.size() < (size_t)n * stack_bytes) b.stacks.resize((size_t)n * stack_bytes);
+    b.shared.assign(shared_bytes ? shared_bytes : 1, (char)0xa5);   /* not zero: as on a GPU, nothing to rely on */
+    for (int i = 0; i < n; i++) {
+        Fiber &f = b.fibers[i];
+        f.tid = dim3(i % bdim.x, (i / bdim.x) % bdim.y, i / (bdim.x * bdim.y));
+        f.lane = i % 32;
+        f.warp = i / 32;
+        f.done = false;
+        f.collective = 0;
+        char *stack = b.stacks.data() + (size_t)i * stack_bytes;
+#if AQE_FAST_SWITCH
+        /* what aqe_switch pops when it first switches in: six registers, then fiber_main as the
+           return address; 16-byte aligned so that fiber_main starts as if called */
+        uintptr_t top = ((uintptr_t)(stack + stack_bytes) & ~(uintptr_t)15) - 64;
+        void **frame = (void **)top;
+        for (int r = 0; r < 6; r++) frame[r] = NULL;
+        frame[6] = (void *)&fiber_main;
+        frame[7] = NULL;
+        f.sp = frame;
+#else
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stack;
+        f.ctx.uc_stack.ss_size = stack_bytes;
+        f.ctx.uc_link = &b.scheduler;
+        makecontext(&f.ctx, fiber_main, 0);
+#endif
+    }
+    for (;;) {
+        const unsigned long long before = b.events;
+        int live = 0;
+        for (int i = 0; i < n; i++) {
+            if (b.fibers[i].done) continue;
+            current = &b.fibers[i];
+            threadIdx = current->tid;
+#if AQE_FAST_SWITCH
+            aqe_switch(&b.scheduler_sp, current->sp);
+#else
+            swapcontext(&b.scheduler, &current->ctx);
+#endif
+            live += !current->done;
+        }
+        if (!live) break;
+        if (b.events == before) die("deadlock: threads wait at a barrier or a warp collective that the others never reach");
+    }
+    current = NULL;
+}
+
+inline void run_grid(dim3 grid, dim3 bdim, size_t shared_bytes, const std::function<void()> &body) {
+    gridDim = grid;
+    blockDim = bdim;
+    for (unsigned z = 0; z < grid.z; z++)
+        for (unsigned y = 0; y < grid.y; y++)
+            for (unsigned x = 0; x < grid.x; x++) run_block(dim3(x, y, z), bdim, shared_bytes, body);
+}
+}  // namespace aqe
+
+static inline void __syncthreads(void) { aqe::barrier(0); }
+static inline int __syncthreads_count(int pred) { return (int)aqe::barrier(pred != 0); }
+
+template <class T> static inline uint64_t aqe_bits(T v) { uint64_t u = 0; memcpy(&u, &v, sizeof v); return u; }
+template <class T> static inline T aqe_from_bits(uint64_t u) { T v; memcpy(&v, &u, sizeof v); return v; }
+
+template <class T> static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
+    if (mask != 0xffffffffu) aqe::die("only full-warp shuffles");
+    const uint64_t *all = aqe::warp_exchange(aqe_bits(v));
+    const int src = aqe::current->lane ^ lane_mask;
+    return src < 32 ? aqe_from_bits<T>(all[src]) : v;
+}
+template <class T> static inline T __shfl_up_sync(unsigned mask, T v, unsigned delta) {
+    if (mask != 0xffffffffu) aqe::die("only full-warp shuffles");
+    const uint64_t *all = aqe::warp_exchange(aqe_bits(v));
+    const int src = aqe::current->lane - (int)delta;
+    return src >= 0 ? aqe_from_bits<T>(all[src]) : v;
+}
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
+    if (mask != 0xffffffffu) aqe::die("only full-warp ballots");
+    const uint64_t *all = aqe::warp_exchange(pred != 0);
+    unsigned r = 0;
+    for (int l = 0; l < 32; l++) r |= (all[l] ? 1u : 0u) << l;
+    return r;
+}
+static inline unsigned __match_any_sync(unsigned mask, unsigned v) {
+    if (mask != 0xffffffffu) aqe::die("only full-warp matches");
+    const uint64_t *all = aqe::warp_exchange(v);
+    unsigned r = 0;
+    for (int l = 0; l < 32; l++) r |= (all[l] == v ? 1u : 0u) << l;
+    return r;
+}
+
+/* ---- runtime ---- */
+typedef enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorNotSupported = 801 } cudaError_t;
+typedef enum { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault } cudaMemcpyKind;
+enum { cudaStreamNonBlocking = 1 };
+typedef enum { cudaStreamCaptureModeGlobal, cudaStreamCaptureModeThreadLocal, cudaStreamCaptureModeRelaxed } cudaStreamCaptureMode;
+typedef enum { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrL2CacheSize = 38, cudaDevAttrComputeCapabilityMajor = 75 } cudaDeviceAttr;
+typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
+typedef enum { cudaLaunchAttributeIgnore = 0, cudaLaunchAttributeProgrammaticStreamSerialization = 6 } cudaLaunchAttributeID;
+
+struct aqe_stream { int id; };
+struct aqe_event { double ms; };
+struct aqe_graph { std::vector<std::function<void()>> ops; };
+typedef aqe_stream *cudaStream_t;
+typedef aqe_event *cudaEvent_t;
+typedef aqe_graph *cudaGraph_t;
+typedef aqe_graph *cudaGraphExec_t;
+
+struct cudaDeviceProp {
+    char name[256];
+    int major, minor, multiProcessorCount;
+    size_t totalGlobalMem;
+};
+union cudaLaunchAttributeValue {
+    int programmaticStreamSerializationAllowed;
+    char pad[64];
+};
+struct cudaLaunchAttribute {
+    cudaLaunchAttributeID id;
+    cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+    dim3 gridDim, blockDim;
+    size_t dynamicSmemBytes;
+    cudaStream_t stream;
+    cudaLaunchAttribute *attrs;
+    unsigned numAttrs;
+};
+
+namespace aqe {
+inline aqe_graph *capturing;   /* the graph a stream capture is recording into */
+/* a stream operation: recorded while a capture runs, done at once otherwise */
+inline void enqueue(std::function<void()> op) {
+    if (capturing) capturing->ops.push_back(std::move(op));
+    else op();
+}
+inline double now_ms(void) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+const int n_sms = 4;   /* small grids: the persistent kernels' loops take many turns */
+}  // namespace aqe
+
+static inline const char *cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+static inline cudaError_t cudaGetLastError(void) { return cudaSuccess; }
+static inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
+static inline cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
+static inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "CPU emulation (tests/cuda_emu)");
+    p->major = 9;
+    p->multiProcessorCount = aqe::n_sms;
+    p->totalGlobalMem = (size_t)16 << 30;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) {
+    switch (a) {
+    case cudaDevAttrMultiProcessorCount: *v = aqe::n_sms; return cudaSuccess;
+    case cudaDevAttrL2CacheSize: *v = 1 << 20; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *v = 9; return cudaSuccess;
+    }
+    return cudaErrorInvalidValue;
+}
+template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+static inline cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = aligned_alloc(256, (n + 255) / 256 * 256);
+    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+template <class T> static inline cudaError_t cudaMalloc(T **p, size_t n) { return cudaMalloc((void **)p, n); }
+static inline cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
+static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
+    aqe::enqueue([=] { memcpy(d, s, n); });
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
+static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t) {
+    aqe::enqueue([=] { memset(d, v, n); });
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = new aqe_stream(); return cudaSuccess; }
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new aqe_event(); (*e)->ms = 0; return cudaSuccess; }
+static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = NULL) {
+    aqe::enqueue([=] { e->ms = aqe::now_ms(); });
+    return cudaSuccess;
+}
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)(b->ms - a->ms); return cudaSuccess; }
+static inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
+    if (aqe::capturing) return cudaErrorNotSupported;
+    aqe::capturing = new aqe_graph();
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamEndCapture(cudaStream_t, cudaGraph_t *g) {
+    *g = aqe::capturing;
+    aqe::capturing = NULL;
+    return *g ? cudaSuccess : cudaErrorInvalidValue;
+}
+static inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g, unsigned long long = 0) {
+    *e = new aqe_graph(*g);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
+    for (size_t i = 0; i < e->ops.size(); i++) aqe::enqueue(e->ops[i]);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
+static inline cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { delete e; return cudaSuccess; }
+
+/* A launch: the arguments converted to the kernel's parameter types and kept by value, as the
+   GPU gets them, and every block run in turn (now, or when the captured graph is launched). */
+template <typename... Exp, typename... Act>
+static inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void (*kernel)(Exp...), Act &&... args) {
+    const std::tuple<Exp...> params(((Exp)args)...);
+    const dim3 grid = cfg->gridDim, bdim = cfg->blockDim;
+    const size_t smem = cfg->dynamicSmemBytes;
+    if (grid.x * grid.y * grid.z == 0 || bdim.x * bdim.y * bdim.z == 0 || bdim.x * bdim.y * bdim.z > 1024) return cudaErrorInvalidValue;
+    aqe::enqueue([=] {
+        const std::function<void()> body = [&] { std::apply(kernel, params); };
+        aqe::run_grid(grid, bdim, smem, body);
+    });
+    return cudaSuccess;
+}
+
+/* ---- cuBLAS: the one GEMM aq_cuda.cu asks for ---- */
+typedef enum { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_SUPPORTED = 15 } cublasStatus_t;
+typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
+typedef enum { CUDA_R_32F = 0, CUDA_R_16F = 2 } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_16F = 64, CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
+struct aqe_blas { int unused; };
+typedef aqe_blas *cublasHandle_t;
+static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new aqe_blas(); return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return CUBLAS_STATUS_SUCCESS; }
+/* C = alpha op(A) op(B) + beta C, column-major, op(A) = A^T, op(B) = B, A and B f16, C f32
+   (compute 32F) or f16 (compute 16F); sums in double. */
+static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t opa, cublasOperation_t opb, int m, int n, int k,
+                                          const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
+                                          int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                                          cublasGemmAlgo_t) {
+    if (opa != CUBLAS_OP_T || opb != CUBLAS_OP_N || at != CUDA_R_16F || bt != CUDA_R_16F) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const bool c32 = ct == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F, c16 = ct == CUDA_R_16F && compute == CUBLAS_COMPUTE_16F;
+    if (!c32 && !c16) return CUBLAS_STATUS_NOT_SUPPORTED;
+    const double al = c32 ? *(const float *)alpha : __half2float(*(const __half *)alpha);
+    const double be = c32 ? *(const float *)beta : __half2float(*(const __half *)beta);
+    aqe::enqueue([=] {
+        const __half *a = (const __half *)A, *b = (const __half *)B;
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                double s = 0;
+                for (int l = 0; l < k; l++) s += (double)__half2float(a[l + (size_t)i * lda]) * __half2float(b[l + (size_t)j * ldb]);
+                if (c32) {
+                    float *c = (float *)C + i + (size_t)j * ldc;
+                    *c = (float)(al * s + (be != 0 ? be * *c : 0.0));
+                } else {
+                    __half *c = (__half *)C + i + (size_t)j * ldc;
+                    *c = __float2half((float)(al * s + (be != 0 ? be * __half2float(*c) : 0.0)));
+                }
+            }
+    });
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+#endif /* AQ_CUDA_EMU_H */

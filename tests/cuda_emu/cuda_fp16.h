@@ -1,0 +1,2 @@
+/* cuda_fp16.h - the CPU emulation's stand-in: everything is in cuda_emu.h. */
+#include "cuda_emu.h"
