@@ -11,7 +11,7 @@
 #                        the tests linked against it (they run on the CPU where there is no GPU)
 #   make test-cuda-emu   kernels/aq_cuda.cu compiled by the C++ compiler against tests/cuda_emu (CUDA
 #                        emulated on the CPU, no GPU needed), and aq-gpu-check's kernel and model checks
-#                        run on it for every kernel variant (build/cuda-emu/)
+#                        run on it (tests/cuda_emu/run; build/cuda-emu/)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb

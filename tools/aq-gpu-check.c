@@ -7,7 +7,9 @@
         batches and then decode steps, next-token argmax agreement and logit differences, and
         greedy and sampled text (the draw on the device);
      3. one timing table: GEMV vs cuBLAS on Llama-2-7B shapes, dense vs Quest attention at 32K,
-        and the whole decode step of a Llama-2-7B-shape int4 model.
+        and the whole decode step of a Llama-2-7B-shape int4 model, with where its time goes.
+   --variants runs the parts for kernels not yet made the default (AQ_CUDA_VARIANT, see
+   kernels/aq_cuda.cu).  The same checks run without a GPU on tests/cuda_emu (make test-cuda-emu).
    Exit status 1 when a check fails. */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../awq_quest.h"
