@@ -17,6 +17,25 @@ static float gpu_int4_value(const uint32_t *codes, const uint16_t *scales, const
     return centred * d + (m + 8.0f * d);
 }
 
+/* Uniform in [-1, 1) from a 64-bit LCG. */
+static float lcg_uniform(uint64_t *seed) {
+    *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((int64_t)(*seed >> 40) - (1 << 23)) / (float)(1 << 23);
+}
+
+/* rows random rows (row r scaled by r + 1) quantized to type into data, and w describing them. */
+static void random_quantized_rows(uint32_t type, int64_t rows, int64_t cols, uint64_t *seed, uint8_t *data, aq_weight *w) {
+    const size_t row_bytes = (size_t)aq_type_row_bytes(type, cols);
+    float *src = (float *)malloc(sizeof(float) * (size_t)cols);
+    int64_t r, e;
+    for (r = 0; r < rows; r++) {
+        for (e = 0; e < cols; e++) src[e] = lcg_uniform(seed) * (float)(r + 1);
+        CHECK(aq_quantize_row(type, src, data + r * row_bytes, cols) == 0);
+    }
+    w->type = type; w->rows = rows; w->cols = cols; w->row_bytes = row_bytes; w->data = data; w->name = "test";
+    free(src);
+}
+
 static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
     const uint32_t types[4] = {AQ_TYPE_Q4_1, AQ_TYPE_AQ4_G32, AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
     const int64_t widths[4] = {96, 100, 200, 300}, rows = 5;
@@ -26,20 +45,13 @@ static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
         const int64_t cols = widths[t], group = aq__int4_group(types[t]), kp = (cols + group - 1) / group * group;
         const size_t row_bytes = (size_t)aq_type_row_bytes(types[t], cols);
         uint8_t *data = (uint8_t *)malloc(row_bytes * rows);
-        float *src = (float *)malloc(sizeof(float) * (size_t)cols), *ref = (float *)malloc(sizeof(float) * (size_t)cols);
+        float *ref = (float *)malloc(sizeof(float) * (size_t)cols);
         uint32_t *codes = (uint32_t *)calloc((size_t)(kp / 8), 4);
         uint16_t *scales = (uint16_t *)calloc((size_t)(kp / group), 2), *mins = (uint16_t *)calloc((size_t)(kp / group), 2);
         aq_weight w;
         int64_t r, e;
         int bad = 0;
-        w.type = types[t]; w.rows = rows; w.cols = cols; w.row_bytes = row_bytes; w.data = data; w.name = "test";
-        for (r = 0; r < rows; r++) {
-            for (e = 0; e < cols; e++) {
-                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-                src[e] = (float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 23) * (float)(r + 1);
-            }
-            CHECK(aq_quantize_row(types[t], src, data + r * row_bytes, cols) == 0);
-        }
+        random_quantized_rows(types[t], rows, cols, &seed, data, &w);
         for (r = 0; r < rows; r++) {
             aq__gpu_pack_int4_row(&w, r, group, codes, scales, mins);
             CHECK(aq_dequantize_row(types[t], data + r * row_bytes, ref, cols) == 0);
@@ -47,7 +59,7 @@ static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
                 if (fabsf(gpu_int4_value(codes, scales, mins, group, e) - ref[e]) > 1e-6f * (1.0f + fabsf(ref[e]))) bad++;
         }
         CHECKF(bad == 0, "%s: %d of %lld values differ", aq_type_name(types[t]), bad, (long long)(rows * cols));
-        free(data); free(src); free(ref); free(codes); free(scales); free(mins);
+        free(data); free(ref); free(codes); free(scales); free(mins);
     }
 }
 
@@ -72,7 +84,7 @@ static void test_gpu_int8_activations_dot_like_the_cpu(void) {
         const int64_t cols = widths[t], group = aq__int4_group(types[t]), kp = (cols + group - 1) / group * group;
         const size_t row_bytes = (size_t)aq_type_row_bytes(types[t], cols);
         uint8_t *data = (uint8_t *)malloc(row_bytes * rows), *x8_mem = (uint8_t *)malloc(aq__x8_bytes(kp));
-        float *src = (float *)malloc(sizeof(float) * (size_t)cols), *x = (float *)calloc((size_t)kp, sizeof(float));
+        float *x = (float *)calloc((size_t)kp, sizeof(float));
         float *xscale = (float *)malloc(sizeof(float) * (size_t)(kp / 32)), *xsum = (float *)malloc(sizeof(float) * (size_t)(kp / 32));
         int8_t *xq = (int8_t *)malloc((size_t)kp);
         uint32_t *codes = (uint32_t *)calloc((size_t)(kp / 8), 4);
@@ -81,18 +93,8 @@ static void test_gpu_int8_activations_dot_like_the_cpu(void) {
         aq_weight w;
         int64_t r, e, g, c;
         int bad = 0;
-        w.type = types[t]; w.rows = rows; w.cols = cols; w.row_bytes = row_bytes; w.data = data; w.name = "test";
-        for (r = 0; r < rows; r++) {
-            for (e = 0; e < cols; e++) {
-                seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-                src[e] = (float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 23) * (float)(r + 1);
-            }
-            CHECK(aq_quantize_row(types[t], src, data + r * row_bytes, cols) == 0);
-        }
-        for (e = 0; e < cols; e++) {
-            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-            x[e] = (float)((int64_t)(seed >> 40) - (1 << 23)) / (float)(1 << 23) * (e % 7 == 0 ? 6.0f : 1.0f);
-        }
+        random_quantized_rows(types[t], rows, cols, &seed, data, &w);
+        for (e = 0; e < cols; e++) x[e] = lcg_uniform(&seed) * (e % 7 == 0 ? 6.0f : 1.0f);
         aq__x8_init(&x8, x8_mem, kp);
         aq__x8_quantize(x, cols, group, &x8);
         for (g = 0; g < kp / group; g++) {   /* the prep kernel, a group at a time */
@@ -128,7 +130,7 @@ static void test_gpu_int8_activations_dot_like_the_cpu(void) {
             if (fabsf(got - want) > 1e-4f * (1.0f + fabsf(want))) bad++;
         }
         CHECKF(bad == 0, "%s: %d of %lld rows differ", aq_type_name(types[t]), bad, (long long)rows);
-        free(data); free(x8_mem); free(src); free(x); free(xscale); free(xsum); free(xq); free(codes); free(scales); free(mins);
+        free(data); free(x8_mem); free(x); free(xscale); free(xsum); free(xq); free(codes); free(scales); free(mins);
     }
 }
 
