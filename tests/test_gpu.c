@@ -17,6 +17,10 @@ static float gpu_int4_value(const uint32_t *codes, const uint16_t *scales, const
     return centred * d + (m + 8.0f * d);
 }
 
+/* The int4 layouts' tests: every int4 type, at widths that leave a partial group. */
+static const uint32_t int4_types[4] = {AQ_TYPE_Q4_1, AQ_TYPE_AQ4_G32, AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
+static const int64_t int4_widths[4] = {96, 100, 200, 300};
+
 /* Uniform in [-1, 1) from a 64-bit LCG. */
 static float lcg_uniform(uint64_t *seed) {
     *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -37,8 +41,8 @@ static void random_quantized_rows(uint32_t type, int64_t rows, int64_t cols, uin
 }
 
 static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
-    const uint32_t types[4] = {AQ_TYPE_Q4_1, AQ_TYPE_AQ4_G32, AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
-    const int64_t widths[4] = {96, 100, 200, 300}, rows = 5;
+    const uint32_t *types = int4_types;
+    const int64_t *widths = int4_widths, rows = 5;
     uint64_t seed = 7;
     int t;
     for (t = 0; t < 4; t++) {
@@ -76,8 +80,8 @@ static int32_t dp4a(uint32_t a, uint32_t b, int32_t c) {
 }
 
 static void test_gpu_int8_activations_dot_like_the_cpu(void) {
-    const uint32_t types[4] = {AQ_TYPE_Q4_1, AQ_TYPE_AQ4_G32, AQ_TYPE_AQ4_G64, AQ_TYPE_AQ4_G128};
-    const int64_t widths[4] = {96, 100, 200, 300}, rows = 5;
+    const uint32_t *types = int4_types;
+    const int64_t *widths = int4_widths, rows = 5;
     uint64_t seed = 13;
     int t;
     for (t = 0; t < 4; t++) {
