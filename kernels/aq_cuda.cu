@@ -1565,6 +1565,15 @@ static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const 
     return 0;
 }
 
+/* Page bounds from scratch for the pages holding positions *pos_ptr .. + n_tokens - 1, n_pages of
+   them at most (the kernel skips the rest). */
+static int aqc__page_bounds(cudaStream_t st, const __half *kv_layer, __half *bounds_layer, int n_kv, int hd, int page_size,
+                            int max_pages, const int *pos_ptr, int n_tokens, int n_pages, char *err, size_t err_len) {
+    AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv, n_pages), dim3(hd < 32 ? 32 : hd), 0, st, kv_layer, bounds_layer,
+                        n_kv, hd, page_size, max_pages, pos_ptr, n_tokens));
+    return 0;
+}
+
 /* RoPE and the cache append for n_tokens tokens (bounds_layer: a decode step's page bounds). */
 static int aqc__rope_append(cudaStream_t st, unsigned v, float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot,
                             float rope_base, const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
@@ -1718,10 +1727,9 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         AQC_DO(AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0), "q, k, v");
         AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
                                 P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
-        if (n > 1) {   /* a prompt's pages: their bounds from scratch */
-            AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(c->n_kv_heads, pages_touched), dim3(hd < 32 ? 32 : hd), 0, st,
-                                kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n));
-        }
+        if (n > 1 && aqc__page_bounds(st, kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n, pages_touched, err,
+                                      err_len))   /* a prompt's pages: their bounds from scratch */
+            return -1;
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
             AQC_DO(aqc__quest_select(st, v, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
                                      s->c.quest_budget, pos_ptr, s->scores, s->done, s->lists, s->list_len, err, err_len),
@@ -1892,10 +1900,10 @@ extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, cha
     AQC_TRY(aqc__fill_random(s->kv, (int64_t)(s->kv_layer_elems * c->n_layers), seed, s->stream));
     if (aqc__set_state(s, 0, 0, err, err_len)) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(c->n_kv_heads, (n + s->c.page_size - 1) / s->c.page_size),
-                            dim3(c->head_dim < 32 ? 32 : c->head_dim), 0, s->stream, s->kv + s->kv_layer_elems * l,
-                            s->bounds + s->bounds_layer_elems * l, c->n_kv_heads, c->head_dim, s->c.page_size, s->max_pages,
-                            s->state + AQC_POS, n));
+        if (aqc__page_bounds(s->stream, s->kv + s->kv_layer_elems * l, s->bounds + s->bounds_layer_elems * l, c->n_kv_heads,
+                             c->head_dim, s->c.page_size, s->max_pages, s->state + AQC_POS, n, (n + s->c.page_size - 1) / s->c.page_size,
+                             err, err_len))
+            return -1;
     }
     AQC_TRY(cudaStreamSynchronize(s->stream));
     return 0;
@@ -2058,8 +2066,8 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     if (aqc__rope_append(st.s, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
                          r.max_pages, n_ctx, err, err_len))
         return -1;
-    AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv_heads, r.max_pages), dim3(head_dim < 32 ? 32 : head_dim), 0, st.s,
-                        r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx));
+    if (aqc__page_bounds(st.s, r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx, r.max_pages, err, err_len))
+        return -1;
     AQC_TRY(cudaStreamSynchronize(st.s));
     int last = n_ctx - 1;
     AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
@@ -2252,9 +2260,9 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     AQC_TRY(aqc__fill_random(r.kv, (int64_t)(kv_elems * layers), 99, 0));
     AQC_TRY(cudaMemset(r.pos, 0, 4));
     for (int l = 0; l < layers; l++) {
-        AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv_heads, r.max_pages), dim3(head_dim < 32 ? 32 : head_dim), 0, 0,
-                            r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages,
-                            (const int *)r.pos, n_ctx));
+        if (aqc__page_bounds(0, r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages, r.pos,
+                             n_ctx, r.max_pages, err, err_len))
+            return -1;
     }
     int last = n_ctx - 1;
     AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
