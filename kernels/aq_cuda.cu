@@ -68,8 +68,15 @@ enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
                    sized so that every warp gets the same number of rows
      AQC_V_DP4A    int4 GEMVs on int8 activations, rounded per weight group as the CPU rounds them
                    (aq__x8_quantize), with integer dot products (dp4a): about a third of the
-                   instructions per weight of the f16 arithmetic; implies AQC_V_GEMV's changes */
-enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_GEMV = 8, AQC_V_DP4A = 16, AQC_V_ALL = 31 };
+                   instructions per weight of the f16 arithmetic; implies AQC_V_GEMV's changes
+     AQC_V_PREP    a decode step's 4-bit GEMVs make their own input (RMSNorm, SwiGLU or copy, f16
+                   or with AQC_V_DP4A int8) in shared memory, one block of 20 warps per
+                   multiprocessor: four prep kernels a layer go; implies AQC_V_GEMV's changes
+     AQC_V_ONEPASS a Quest layer's selection and sparse attention (and merge) in one kernel:
+                   attention blocks wait for their KV head's list, written by a selection block
+                   of the same grid */
+enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_GEMV = 8, AQC_V_DP4A = 16, AQC_V_PREP = 32, AQC_V_ONEPASS = 64,
+       AQC_V_ALL = 127 };
 enum { AQC__INT4_X8 = 3 };   /* the GEMV's format for int4 codes against int8 activations (AQC_V_DP4A) */
 
 static unsigned aqc__variant(void) {
@@ -176,9 +183,59 @@ __device__ __forceinline__ float aqc__prep_value(const float *x, const float *g,
 /* 1 / RMS of the token's vector, worked out by every block that needs it. */
 __device__ float aqc__prep_rms_inverse(const float *x, int n, float eps, float *red) {
     float ss = 0.0f;
+#pragma unroll 4
     for (int i = threadIdx.x; i < n; i += blockDim.x) ss += x[i] * x[i];
     ss = aqc__block_sum(ss, red);
     return 1.0f / sqrtf(ss / (float)n + eps);
+}
+
+/* A warp's share of the prep: chunks c0 .. c0 + B - 1 (those below n_chunks), every load issued
+   before the first is used, so that a warp with many chunks waits for L2 once per B.  Each chunk
+   goes to store(chunk, value, scale, sum) on every lane:
+   - f16 (INT8 false): the value divided by the chunk's largest magnitude (scaled) or as it is,
+     scale that magnitude (or 1), sum the sum of the chunk's unscaled values;
+   - INT8 (AQC_V_DP4A): rounded as the CPU's aq__x8_quantize rounds it, per weight group of
+     chunks_per_group (1, 2 or 4) chunks starting at a multiple of it: lrint(x * 127 / max|x|),
+     scale max|x| / 127; sum as for f16. */
+template <int B, bool INT8, class Store>
+__device__ __forceinline__ void aqc__prep_chunks(const float *x, const float *g, const float *norm, float inv, int n, int c0,
+                                                 int n_chunks, int chunks_per_group, int scaled, Store store) {
+    static_assert(!INT8 || B % 4 == 0, "int8 batches hold whole groups of up to four chunks");
+    const int lane = threadIdx.x % 32;
+    float v[B], amax[B];
+#pragma unroll
+    for (int k = 0; k < B; k++) v[k] = c0 + k < n_chunks ? aqc__prep_value(x, g, norm, inv, (c0 + k) * 32 + lane, n) : 0.0f;
+#pragma unroll
+    for (int k = 0; k < B; k++) amax[k] = aqc__warp_max(fabsf(v[k]));
+    if constexpr (INT8) {   /* each chunk's group maximum: pairs, then quads (max is exact in any order) */
+        if (chunks_per_group >= 2)
+#pragma unroll
+            for (int k = 0; k < B; k++) amax[k] = fmaxf(amax[k], amax[k ^ 1]);
+        if (chunks_per_group >= 4)
+#pragma unroll
+            for (int k = 0; k < B; k++) amax[k] = fmaxf(amax[k], amax[k ^ 2]);
+    }
+#pragma unroll
+    for (int k = 0; k < B; k++) {
+        if (c0 + k >= n_chunks) break;
+        const float sum = aqc__warp_sum(v[k]);
+        if constexpr (INT8) {
+            const float to_int = amax[k] > 0.0f ? 127.0f / amax[k] : 0.0f;
+            store(c0 + k, (int8_t)__float2int_rn(v[k] * to_int), amax[k] / 127.0f, sum);
+        } else {
+            const float scale = scaled && amax[k] > 0.0f ? amax[k] : 1.0f;
+            store(c0 + k, __float2half(v[k] / scale), scale, sum);
+        }
+    }
+}
+
+/* Where an int8 activation goes within its chunk's 32 bytes: the order in which the GEMV's nibble
+   masks produce the elements, {0, 4, 1, 5, 2, 6, 3, 7} for every 8 (see aq_cuda.h's int4 layout),
+   so that a word of codes masked with 0x0f0f0f0f, or shifted by 4 and masked, meets its four
+   activations in one int32. */
+__device__ __forceinline__ int aqc__int8_place(int lane) {
+    const int e = lane % 8;
+    return (lane & ~7) + (e < 4 ? 2 * e : 2 * (e - 4) + 1);
 }
 
 __global__ void __launch_bounds__(AQC_PREP_THREADS)
@@ -194,49 +251,29 @@ aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *
     float inv = 1.0f;
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
     if (norm) inv = aqc__prep_rms_inverse(x, n, eps, red);
-    for (int c = blockIdx.x * n_warps + warp; c < kp / 32; c += gridDim.x * n_warps) {
-        const int i = c * 32 + lane;
-        const float v = aqc__prep_value(x, g, norm, inv, i, n);
-        float amax = aqc__warp_max(fabsf(v)), sum = aqc__warp_sum(v);
-        float scale = scaled && amax > 0.0f ? amax : 1.0f;
-        out[i] = __float2half(v / scale);
-        if (lane == 0) { os[c] = scale; osum[c] = sum; }
-    }
+    for (int c = blockIdx.x * n_warps + warp; c < kp / 32; c += gridDim.x * n_warps)
+        aqc__prep_chunks<1, false>(x, g, norm, inv, n, c, kp / 32, 1, scaled, [&](int ci, __half h, float scale, float sum) {
+            out[ci * 32 + lane] = h;
+            if (lane == 0) { os[ci] = scale; osum[ci] = sum; }
+        });
 }
 
-/* AQC_V_DP4A, a decode step: the same value as int8, rounded as the CPU's aq__x8_quantize rounds
-   it (per weight group: scale max|x| / 127, the value lrint(x * 127 / max|x|)), a warp per group.
-   Each chunk's 32 bytes go in the order the GEMV's nibble masks produce the elements, {0, 4, 1,
-   5, 2, 6, 3, 7} for every 8 (see aq_cuda.h's int4 layout), so that a word of codes masked with
-   0x0f0f0f0f, or shifted by 4 and masked, meets its four activations in one int32.  xscale[chunk]
-   is the group's scale, xsum[chunk] the chunk's sum of unrounded values. */
+/* AQC_V_DP4A, a decode step: the same value as int8 (aqc__prep_chunks), a warp per four chunks;
+   each chunk's 32 bytes in aqc__int8_place's order.  xscale[chunk] is the group's scale,
+   xsum[chunk] the chunk's sum of unrounded values. */
 #define AQC_PREP_MAX_GROUP 128
 __global__ void __launch_bounds__(AQC_PREP_THREADS)
 aqc_prep_int8_kernel(const float *x, const float *g, const float *norm, int n, int kp, int group, float eps, int8_t *xq,
                      float *xscale, float *xsum) {
     __shared__ float red[32];
     aqc__enter();
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, chunks = group / 32;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, place = aqc__int8_place(lane);
     const float inv = norm ? aqc__prep_rms_inverse(x, n, eps, red) : 1.0f;
-    const int e = lane % 8, place = (lane & ~7) + (e < 4 ? 2 * e : 2 * (e - 4) + 1);
-    for (int gi = blockIdx.x * n_warps + warp; gi < kp / group; gi += gridDim.x * n_warps) {
-        float v[AQC_PREP_MAX_GROUP / 32], amax = 0.0f;
-#pragma unroll
-        for (int k = 0; k < AQC_PREP_MAX_GROUP / 32; k++) {
-            v[k] = k < chunks ? aqc__prep_value(x, g, norm, inv, gi * group + k * 32 + lane, n) : 0.0f;
-            amax = fmaxf(amax, fabsf(v[k]));
-        }
-        amax = aqc__warp_max(amax);
-        const float to_int = amax > 0.0f ? 127.0f / amax : 0.0f;
-#pragma unroll
-        for (int k = 0; k < AQC_PREP_MAX_GROUP / 32; k++) {
-            if (k >= chunks) break;
-            const int c = gi * chunks + k;
-            const float sum = aqc__warp_sum(v[k]);
-            xq[(size_t)c * 32 + place] = (int8_t)__float2int_rn(v[k] * to_int);
-            if (lane == 0) { xscale[c] = amax / 127.0f; xsum[c] = sum; }
-        }
-    }
+    for (int c0 = 4 * (blockIdx.x * n_warps + warp); c0 < kp / 32; c0 += 4 * gridDim.x * n_warps)
+        aqc__prep_chunks<4, true>(x, g, norm, inv, n, c0, kp / 32, group / 32, 1, [&](int c, int8_t q, float scale, float sum) {
+            xq[(size_t)c * 32 + place] = q;
+            if (lane == 0) { xscale[c] = scale; xsum[c] = sum; }
+        });
 }
 
 /* ---- matrix products ---- */
@@ -244,6 +281,8 @@ aqc_prep_int8_kernel(const float *x, const float *g, const float *norm, int n, i
 #define AQC_GEMV_WARPS 4
 #define AQC_GEMV_STAGE 4   /* 16-byte loads per lane per pipeline stage */
 #define AQC_GEMV_BLOCKS_PER_SM 5   /* the persistent grid; the launch bounds keep registers to fit it */
+#define AQC_GEMV_PREP_WARPS 20     /* AQC_V_PREP: one block per multiprocessor, as many warps */
+#define AQC_PREP_BATCH 16          /* AQC_V_PREP: chunks a warp preps per round trip to L2 */
 
 /* Decode GEMVs are a single pass over the weights.  Each warp owns rows in a grid-stride loop
    and works through a row in stages of AQC_GEMV_STAGE 16-byte loads per lane, issuing the next
@@ -276,24 +315,65 @@ struct aqc__stage4 {
 
 __device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
 
+/* What a decode GEMV's input is made from, by aqc__prep or (AQC_V_PREP) by the GEMV itself: a
+   token's n values x, times silu(gate) (SwiGLU; gate may be NULL), RMS-normalized with weights
+   norm (may be NULL) and eps. */
+struct aqc__gemv_in {
+    const float *x, *gate, *norm;
+    int n;
+    float eps;
+};
+
+/* AQC_V_PREP: the input built in the GEMV's shared memory (the layout the copy below makes), as
+   aqc_prep_kernel (scaled) or aqc_prep_int8_kernel would have written it, by every block: one
+   block per multiprocessor reads the f32 input from L2 once per multiprocessor, and the kernel
+   launch, drain and round trip through memory of a separate prep kernel go. */
+template <int FORMAT>
+__device__ void aqc__gemv_build_x(const aqc__gemv_in &in, int kp, int group, uint4 *x_sm, float2 *xs_sm, float *red) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, n_chunks = kp / 32;
+    const float inv = in.norm ? aqc__prep_rms_inverse(in.x, in.n, in.eps, red) : 1.0f;
+    for (int c0 = warp * AQC_PREP_BATCH; c0 < n_chunks; c0 += n_warps * AQC_PREP_BATCH) {
+        if constexpr (FORMAT == AQC__INT4_X8) {
+            const int place = aqc__int8_place(lane);
+            int8_t *xb = (int8_t *)x_sm;
+            aqc__prep_chunks<AQC_PREP_BATCH, true>(in.x, in.gate, in.norm, inv, in.n, c0, n_chunks, group / 32, 1,
+                                                   [&](int c, int8_t q, float scale, float sum) {
+                xb[((size_t)(place >> 4) * n_chunks + c) * 16 + (place & 15)] = q;
+                if (lane == 0) xs_sm[c] = make_float2(scale, sum);
+            });
+        } else {
+            __half *xb = (__half *)x_sm;
+            aqc__prep_chunks<AQC_PREP_BATCH, false>(in.x, in.gate, in.norm, inv, in.n, c0, n_chunks, 1, 1,
+                                                    [&](int c, __half h, float scale, float sum) {
+                xb[aqc__x_slot(c, lane / 8) * 8 + lane % 8] = h;
+                if (lane == 0) xs_sm[c] = make_float2(scale, sum);
+            });
+        }
+    }
+}
+
 /* V2 (AQC_V_GEMV): group_shift = log2(group / 32) and offsets in 32 bits (the host checks that
    they fit), where the other version divides by the group per chunk; (xscale, xsum) per chunk in
-   shared memory after x. */
-template <int FORMAT, bool V2>
-__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
+   shared memory after x.  PREP (AQC_V_PREP, implies V2): x built from `in` (aqc__gemv_build_x)
+   instead of copied from xh, xscale and xsum. */
+template <int FORMAT, bool V2, bool PREP>
+__global__ void __launch_bounds__(PREP ? AQC_GEMV_PREP_WARPS * 32 : AQC_GEMV_WARPS * 32, PREP ? 1 : AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
                      const half2 *__restrict__ table, int rows, int kp, int group, int group_shift, const __half *__restrict__ xh,
-                     const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
+                     const float *__restrict__ xscale, const float *__restrict__ xsum, aqc__gemv_in in, float *y, int accumulate) {
+    static_assert(V2 || !PREP, "the prep in the GEMV writes V2's layout");
+    constexpr int WARPS = PREP ? AQC_GEMV_PREP_WARPS : AQC_GEMV_WARPS;
     /* x: kp / 8 f16 pieces, swizzled, or AQC__INT4_X8's kp / 16 int8 pieces, all the chunks'
        first halves and then their second (consecutive lanes, consecutive 16 bytes); V2: then
        n_chunks (xscale, xsum) */
     AQC_DYNAMIC_SHARED(uint4, x_sm);
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
-    const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
+    __shared__ float red[PREP ? 32 : 1];
+    const int lane = threadIdx.x % 32, warps_total = gridDim.x * WARPS;
     const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
     float2 *xs_sm = (float2 *)(x_sm + (FORMAT == AQC__INT4_X8 ? kp / 16 : kp / 8));
     const uint4 *x4 = (const uint4 *)xh;
-    int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
+    int row = blockIdx.x * WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
     auto load = [&](aqc__stage4 &st, int r, int base) {
 #pragma unroll
@@ -317,11 +397,13 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     aqc__let_next_start();
     if (row < rows) load(cur, row, 0);   /* weights: written before the step, safe to read before the wait */
     aqc__wait_prior();
-    if (FORMAT == AQC__INT4_X8)
+    if (PREP)
+        aqc__gemv_build_x<FORMAT>(in, kp, group, x_sm, xs_sm, red);
+    else if (FORMAT == AQC__INT4_X8)
         for (int i = threadIdx.x; i < kp / 16; i += blockDim.x) x_sm[(i & 1) * n_chunks + (i >> 1)] = x4[i];
     else
         for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
-    if (V2)
+    if (V2 && !PREP)
         for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) xs_sm[i] = make_float2(xscale[i], xsum[i]);
     if (FORMAT == AQC_OVP)
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
@@ -595,18 +677,17 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
 #define AQC_SCORE_WARPS 4
 #define AQC_SCORE_PAGES 8
 
-/* The block's share of KV head kvh's n_complete page scores (blocks (x, kv head), x striding
-   over the pages). */
-__device__ __forceinline__ void aqc__score_pages(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                                                 int max_pages, int n_complete, float *scores) {
+/* Block bx of n_bx's share of KV head kvh's n_complete page scores (the blocks stride over the
+   pages). */
+__device__ __forceinline__ void aqc__score_pages(int bx, int n_bx, int kvh, const float *q, const __half *bounds_layer, int n_heads,
+                                                 int n_kv, int hd, int max_pages, int n_complete, float *scores) {
     /* a page's bounds are 2 * hd f16 [min | max], hd / 4 16-byte loads; a warp loads
        AQC_SCORE_PAGES pages at once, and only then works out the coefficients of its lanes' 8
        dimensions from the queries (no shared memory, no barrier in front of the loads) */
-    const int kvh = blockIdx.y, group = n_heads / n_kv;
+    const int group = n_heads / n_kv;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_vec = hd / 4;
     const float *qk = q + (size_t)kvh * group * hd;
-    for (int p0 = (blockIdx.x * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete;
-         p0 += gridDim.x * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
+    for (int p0 = (bx * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete; p0 += n_bx * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
         float sum[AQC_SCORE_PAGES];
 #pragma unroll
         for (int u = 0; u < AQC_SCORE_PAGES; u++) sum[u] = 0.0f;
@@ -652,7 +733,7 @@ __global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_laye
     aqc__enter();
     const int pos = *pos_ptr;
     if (pos + 1 <= budget) return;
-    aqc__score_pages(q, bounds_layer, n_heads, n_kv, hd, max_pages, pos / page_size, scores);
+    aqc__score_pages(blockIdx.x, gridDim.x, blockIdx.y, q, bounds_layer, n_heads, n_kv, hd, max_pages, pos / page_size, scores);
 }
 
 __device__ __forceinline__ uint32_t aqc__order_key(float f) {   /* larger float, larger key */
@@ -818,28 +899,27 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
    which it sets back to 0 for the next step) selects that head's pages, as the top-k kernel
    above does: no launch between the two, and the heads' selections overlap the other heads'
    scoring.  Its 128 threads keep up to AQC_SELECT_CACHE keys each in registers (2048 pages, 32K
-   tokens at 16 a page) and read longer lists in every pass. */
+   tokens at 16 a page) and read longer lists in every pass.
+   Block bx of KV head kvh's n_bx; true for the block that wrote the head's list. */
 #define AQC_SELECT_CACHE 16
-__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
-aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
-                        int budget, const int *pos_ptr, float *scores, int *done, int *lists, int *list_len) {
+__device__ bool aqc__quest_select_block(int bx, int n_bx, int kvh, const float *q, const __half *bounds_layer, int n_heads, int n_kv,
+                                        int hd, int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *done,
+                                        int *lists, int *list_len) {
     __shared__ int s_ticket;
-    aqc__enter();
-    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size;
+    const int pos = *pos_ptr, last = pos / page_size;
     int *out = lists + (size_t)kvh * max_pages;
     if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
-        if (blockIdx.x == 0) {
-            for (int i = threadIdx.x; i <= last; i += blockDim.x) out[i] = i;
-            if (threadIdx.x == 0) list_len[kvh] = last + 1;
-        }
-        return;
+        if (bx != 0) return false;
+        for (int i = threadIdx.x; i <= last; i += blockDim.x) out[i] = i;
+        if (threadIdx.x == 0) list_len[kvh] = last + 1;
+        return true;
     }
-    aqc__score_pages(q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
+    aqc__score_pages(bx, n_bx, kvh, q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
     __threadfence();   /* this block's scores reach L2 before its ticket is counted */
     __syncthreads();
     if (threadIdx.x == 0) s_ticket = atomicAdd(done + kvh, 1);
     __syncthreads();
-    if (s_ticket != (int)gridDim.x - 1) return;
+    if (s_ticket != n_bx - 1) return false;
     const int keep = budget / page_size - 1;
     if (last <= AQC_SELECT_CACHE * AQC_SCORE_WARPS * 32)
         aqc__block_top_k<AQC_SELECT_CACHE, true>(scores + (size_t)kvh * max_pages, last, keep, out);
@@ -850,6 +930,15 @@ aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads,
         list_len[kvh] = keep + 1;
         done[kvh] = 0;
     }
+    return true;
+}
+
+__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
+aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
+                        int budget, const int *pos_ptr, float *scores, int *done, int *lists, int *list_len) {
+    aqc__enter();
+    aqc__quest_select_block(blockIdx.x, gridDim.x, blockIdx.y, q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget,
+                            pos_ptr, scores, done, lists, list_len);
 }
 
 /* ---- attention ----
@@ -893,20 +982,26 @@ __device__ void aqc__merge_head(const float *base, size_t stride, int splits, in
     }
 }
 
-template <int MAXG, bool FUSED>
-__global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
-aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
-                     int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
-                     float *partial, int *done, float *att_out, int64_t out_stride) {
+/* Where a split's partial softmax goes: a merge kernel of its own (AQC__MERGE_KERNEL), or the last
+   block of a (KV head, token) merges (AQC__MERGE_LAST, AQC_V_FUSED); AQC__ONE_PASS (AQC_V_ONEPASS)
+   also reads the page list through L2, written by another block of the same grid, and clears
+   the head's ready flag once every block of the head has read it. */
+enum { AQC__MERGE_KERNEL = 0, AQC__MERGE_LAST = 1, AQC__ONE_PASS = 2 };
+
+/* Block (kvh, split of splits, token t) of the attention. */
+template <int MAXG, int MODE>
+__device__ void aqc__attention_block(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
+                                     const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
+                                     int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
+                                     float *att_out, int64_t out_stride, int *ready) {
+    constexpr bool FUSED = MODE != AQC__MERGE_KERNEL;
     AQC_DYNAMIC_SHARED(float, sm_acc);   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
     __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
     __shared__ int s_ticket;
-    aqc__enter();
-    const int kvh = blockIdx.x, split = blockIdx.y, splits = gridDim.y, t = blockIdx.z;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pos = *pos_ptr + t, last = pos / page_size;
-    const int n_list = lists ? list_len[kvh] : last + 1;
+    const int n_list = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
     const int begin = (int)((long long)n_list * split / splits), end = (int)((long long)n_list * (split + 1) / splits);
     const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
@@ -925,7 +1020,11 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
        (the next page's first, through the page id read a page ahead) are issued before the
        current step is computed, so that every warp keeps two steps of loads in flight */
     const int steps_per_page = (page_size + 2 * keys_per_step - 1) / (2 * keys_per_step);
-    auto page_at = [&](int i) { return i < end ? (lists ? lists[(size_t)kvh * max_pages + i] : i) : 0; };
+    auto page_at = [&](int i) {
+        if (i >= end) return 0;
+        if (!lists) return i;
+        return MODE == AQC__ONE_PASS ? __ldcg(lists + (size_t)kvh * max_pages + i) : lists[(size_t)kvh * max_pages + i];
+    };
     auto fetch = [&](int page, int step, uint4 *raw, bool &va, bool &vb) {
         const int n_valid = page == last ? pos % page_size + 1 : page_size;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
@@ -1038,7 +1137,21 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
     for (int h = 0; h < group; h++)
         aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)h * (hd + 2), stride, splits, hd,
                         att_out + (size_t)t * out_stride + ((size_t)kvh * group + h) * hd, merge_weight, merge_red);
-    if (threadIdx.x == 0) done[(size_t)t * n_kv + kvh] = 0;
+    if (threadIdx.x == 0) {
+        done[(size_t)t * n_kv + kvh] = 0;
+        if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
+    }
+}
+
+template <int MAXG, bool FUSED>
+__global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
+aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
+                     int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
+                     float *partial, int *done, float *att_out, int64_t out_stride) {
+    aqc__enter();
+    aqc__attention_block<MAXG, FUSED ? AQC__MERGE_LAST : AQC__MERGE_KERNEL>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists,
+                                                                           list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group,
+                                                                           scale, pos_ptr, partial, done, att_out, out_stride, NULL);
 }
 
 /* Block (query head, token): the merge, when the attention kernel does not do it. */
@@ -1050,6 +1163,53 @@ __global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int g
     const size_t stride = (size_t)group * (hd + 2);
     aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)hh * (hd + 2), stride, splits, hd,
                     out + (size_t)t * out_stride + (size_t)h * hd, weight, red);
+}
+
+/* AQC_V_ONEPASS: a Quest step's selection and sparse attention in one grid.  Blocks take tickets
+   in the order they start (ready[n_kv] counts them): the first n_bx * n_kv select (AQC_V_FUSED's
+   selection, head by head), the rest attend, KV head by KV head, each first waiting for its
+   head's list (ready[kv head], set by the block that wrote it).  A block waits only on blocks
+   that started before it, so the wait cannot deadlock however many blocks are resident.  No
+   launch between selection and attention, and the first heads' attention overlaps the last
+   heads' selection.  done: the selection's [n_kv] counters, then the attention's. */
+#define AQC_READY_SPINS (1 << 24)   /* seconds of waiting: a list that never comes is a bug, and traps */
+template <int MAXG>
+__global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
+aqc_quest_attention_kernel(const float *qkv, int qkv_dim, const __half *bounds_layer, const __half *kv_layer, int n_heads, int n_kv,
+                           int hd, int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int n_bx, int splits,
+                           float scale, int *lists, int *list_len, float *partial, int *done, int *ready, float *att_out,
+                           int64_t out_stride) {
+    static_assert(AQC_ATT_WARPS == AQC_SCORE_WARPS, "one block shape for both halves");
+    __shared__ int s_ticket;
+    aqc__enter();
+    if (threadIdx.x == 0) {
+        s_ticket = atomicAdd(ready + n_kv, 1);
+        if (s_ticket == (int)gridDim.x - 1) ready[n_kv] = 0;   /* every ticket taken: reset for the next launch */
+    }
+    __syncthreads();
+    const int ticket = s_ticket, n_select = n_bx * n_kv;
+    if (ticket < n_select) {
+        const int kvh = ticket / n_bx;
+        if (aqc__quest_select_block(ticket % n_bx, n_bx, kvh, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget,
+                                    pos_ptr, scores, done, lists, list_len)) {
+            __threadfence();   /* the list reaches L2 before the flag */
+            __syncthreads();
+            if (threadIdx.x == 0) atomicExch(ready + kvh, 1);
+        }
+        return;
+    }
+    const int kvh = (ticket - n_select) / splits, split = (ticket - n_select) % splits;
+    if (threadIdx.x == 0) {
+        for (int spins = 0; atomicAdd(ready + kvh, 0) == 0; spins++) {
+            if (spins == AQC_READY_SPINS) __trap();
+            __nanosleep(128);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+    aqc__attention_block<MAXG, AQC__ONE_PASS>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd,
+                                              page_size, n_heads / n_kv, scale, pos_ptr, partial, done + n_kv, att_out, out_stride,
+                                              ready);
 }
 
 /* Splits of one KV head's page list: enough blocks to keep every multiprocessor's loads in
@@ -1190,6 +1350,7 @@ struct aqc_session {
     float *scores;               /* [n_kv][max_pages] */
     int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
     int *done;                   /* AQC_V_FUSED's counters: [n_kv] for the selection, then [n_batch][n_kv] */
+    int *ready;                  /* AQC_V_ONEPASS's [n_kv + 1], after those in done's memory */
     unsigned variant;            /* AQ_CUDA_VARIANT at creation, for this device */
     float *partial;
     float *x, *qkv, *att, *hb, *logits;
@@ -1211,6 +1372,20 @@ struct aqc__profile {
     bool on;   /* while aqc_profile_step captures its step */
     ~aqc__profile() { for (size_t i = 0; i < events.size(); i++) cudaEventDestroy(events[i]); }
 };
+
+/* An event after the stage `name` while aqc_profile_step captures its step (p may be NULL). */
+static int aqc__mark(aqc__profile *p, cudaStream_t st, const char *name, char *err, size_t err_len) {
+    if (!p || !p->on) return 0;
+    if (p->used == p->events.size()) {
+        cudaEvent_t e;
+        AQC_TRY(cudaEventCreate(&e));
+        p->events.push_back(e);
+        p->names.push_back(name);
+    }
+    p->names[p->used] = name;
+    AQC_TRY(cudaEventRecord(p->events[p->used++], st));
+    return 0;
+}
 
 static int aqc__malloc(void **p, size_t bytes, const char *what, char *err, size_t err_len) {
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
@@ -1408,34 +1583,47 @@ static size_t aqc__gemv_shared_bytes(int64_t kp, bool v2, bool x8) {
     return (size_t)kp * (x8 ? 1 : 2) + (v2 ? (size_t)(kp / 32) * sizeof(float2) : 0);
 }
 
+/* The 4-bit GEMV kernel for a weight format, V2, int8 activations (x8) and the prep inside. */
+typedef void (*aqc__gemv_4bit_fn)(const uint4 *, const __half *, const __half *, const half2 *, int, int, int, int, const __half *,
+                                  const float *, const float *, aqc__gemv_in, float *, int);
+static aqc__gemv_4bit_fn aqc__gemv_4bit_kernel(int format, bool v2, bool x8, bool prep) {
+    if (x8) return prep ? aqc_gemv_4bit_kernel<AQC__INT4_X8, true, true> : aqc_gemv_4bit_kernel<AQC__INT4_X8, true, false>;
+    if (format == AQC_INT4)
+        return prep ? aqc_gemv_4bit_kernel<AQC_INT4, true, true>
+               : v2 ? aqc_gemv_4bit_kernel<AQC_INT4, true, false> : aqc_gemv_4bit_kernel<AQC_INT4, false, false>;
+    return prep ? aqc_gemv_4bit_kernel<AQC_OVP, true, true>
+           : v2 ? aqc_gemv_4bit_kernel<AQC_OVP, true, false> : aqc_gemv_4bit_kernel<AQC_OVP, false, false>;
+}
+
 /* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
    default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
    captured). */
 static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
-    const int bytes = (int)aqc__gemv_shared_bytes(max_kp, false, false), bytes_v2 = (int)aqc__gemv_shared_bytes(max_kp, true, false);
-    if (bytes > 48 * 1024) {
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    }
-    if (bytes_v2 > 48 * 1024) {
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
-        AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC__INT4_X8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes_v2));
+    for (int k = 0; k < 12; k++) {   /* (int4, OliVe, int8 x int4) x V2 x PREP */
+        const int format = k % 3 == 0 ? AQC_INT4 : AQC_OVP;
+        const bool x8 = k % 3 == 2, v2 = (k / 3) % 2, prep = k / 6;
+        const int bytes = (int)aqc__gemv_shared_bytes(max_kp, v2, x8);
+        if ((v2 || (!x8 && !prep)) && bytes > 48 * 1024)
+            AQC_TRY(cudaFuncSetAttribute(aqc__gemv_4bit_kernel(format, v2, x8, prep), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         bytes));
     }
     return 0;
 }
 
 /* Whether a decode GEMV of w runs as V2 (AQC_V_GEMV: a power-of-two group, offsets within 32
-   bits) and on int8 activations (AQC_V_DP4A: int4, groups up to AQC_PREP_MAX_GROUP). */
+   bits), on int8 activations (AQC_V_DP4A: int4, groups up to AQC_PREP_MAX_GROUP) and with its
+   prep inside (AQC_V_PREP). */
 static bool aqc__gemv_v2(unsigned v, const aqc__weight *w) {
     const int64_t chunks_per_group = w->group / 32;
-    return (v & (AQC_V_GEMV | AQC_V_DP4A)) && w->format != AQC_F16 && chunks_per_group > 0 &&
+    return (v & (AQC_V_GEMV | AQC_V_DP4A | AQC_V_PREP)) && w->format != AQC_F16 && chunks_per_group > 0 &&
            (chunks_per_group & (chunks_per_group - 1)) == 0 && w->rows * (w->kp / 32) < ((int64_t)1 << 32);
 }
 
 static bool aqc__gemv_x8(unsigned v, const aqc__weight *w) {
     return (v & AQC_V_DP4A) && w->format == AQC_INT4 && w->group <= AQC_PREP_MAX_GROUP && aqc__gemv_v2(v, w);
 }
+
+static bool aqc__gemv_prep(unsigned v, const aqc__weight *w) { return (v & AQC_V_PREP) && aqc__gemv_v2(v, w); }
 
 /* AQ_CUDA_VARIANT for the current device: no programmatic launches before sm_90. */
 static int aqc__device_variant(unsigned *v, char *err, size_t err_len) {
@@ -1455,7 +1643,7 @@ static int aqc__prep(cudaStream_t st, unsigned v, const float *in, const float *
                      char *err, size_t err_len) {
     const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
     if (int8_group) {
-        const int groups_per_block = AQC_PREP_THREADS / 32, gblocks = (kp / int8_group + groups_per_block - 1) / groups_per_block;
+        const int quads = (kp / 32 + 3) / 4, quads_per_block = AQC_PREP_THREADS / 32, gblocks = (quads + quads_per_block - 1) / quads_per_block;
         if (n_tokens != 1) { aqc__err(err, err_len, "int8 activations are for decode steps only"); return -1; }
         AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_int8_kernel, dim3(gblocks), dim3(AQC_PREP_THREADS), 0, st, in, gate, norm, n, kp,
                             int8_group, eps, (int8_t *)xh, xscale, xsum));
@@ -1466,37 +1654,51 @@ static int aqc__prep(cudaStream_t st, unsigned v, const float *in, const float *
     return 0;
 }
 
-static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum,
-                     float *y, int accumulate, char *err, size_t err_len) {
-    /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor, or fewer rows */
+/* y (+)= W x for a decode step, x prepped already (xh, xscale, xsum: aqc__prep), or, where
+   aqc__gemv_prep says so, made by the GEMV from *in (in must then be given, and is ignored
+   otherwise). */
+static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const aqc__gemv_in *in, const __half *xh, const float *xscale,
+                     const float *xsum, float *y, int accumulate, char *err, size_t err_len) {
+    const bool v2 = aqc__gemv_v2(v, w), x8 = aqc__gemv_x8(v, w), prep = aqc__gemv_prep(v, w);
+    if (prep && !in) { aqc__err(err, err_len, "GEMV: the variant preps in the GEMV, and no input was given"); return -1; }
+    /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor (PREP: one), or fewer rows */
+    const int warps = prep ? AQC_GEMV_PREP_WARPS : AQC_GEMV_WARPS, per_sm = prep ? 1 : AQC_GEMV_BLOCKS_PER_SM;
     int device = 0, n_sms = 0;
     AQC_TRY(cudaGetDevice(&device));
     AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
-    int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
-    if (blocks > AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms) blocks = AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms;
+    int64_t blocks = (w->rows + warps - 1) / warps;
+    if (blocks > per_sm * (int64_t)n_sms) blocks = per_sm * (int64_t)n_sms;
     int group_shift = 0;
     while (w->format != AQC_F16 && (1 << group_shift) < w->group / 32) group_shift++;
-    const bool v2 = aqc__gemv_v2(v, w), x8 = aqc__gemv_x8(v, w);
     if (v2) {   /* as many rows for every warp: fewer warps, if that leaves the rounds as they are */
-        const int64_t rounds = (w->rows + blocks * AQC_GEMV_WARPS - 1) / (blocks * AQC_GEMV_WARPS);
-        blocks = (w->rows + rounds * AQC_GEMV_WARPS - 1) / (rounds * AQC_GEMV_WARPS);
+        const int64_t rounds = (w->rows + blocks * warps - 1) / (blocks * warps);
+        blocks = (w->rows + rounds * warps - 1) / (rounds * warps);
     }
     const size_t x_bytes = aqc__gemv_shared_bytes(w->kp, v2, x8);   /* the 4-bit kernels keep x in shared memory */
     const bool pdl = v & AQC_V_PDL;
-    const dim3 grid((unsigned)blocks), block(AQC_GEMV_WARPS * 32);
+    const dim3 grid((unsigned)blocks), block(warps * 32);
     const uint4 *codes = (const uint4 *)w->data;
     const half2 *table = w->format == AQC_OVP ? w->lut : NULL;
-    if (w->format != AQC_F16) {
-        void (*kernel)(const uint4 *, const __half *, const __half *, const half2 *, int, int, int, int, const __half *,
-                       const float *, const float *, float *, int) =
-            x8                    ? aqc_gemv_4bit_kernel<AQC__INT4_X8, true>
-            : w->format == AQC_INT4 ? (v2 ? aqc_gemv_4bit_kernel<AQC_INT4, true> : aqc_gemv_4bit_kernel<AQC_INT4, false>)
-                                  : (v2 ? aqc_gemv_4bit_kernel<AQC_OVP, true> : aqc_gemv_4bit_kernel<AQC_OVP, false>);
-        AQC_TRY(aqc__launch(pdl, kernel, grid, block, x_bytes, st, codes, w->scales, w->mins, table, (int)w->rows, (int)w->kp,
-                            (int)w->group, group_shift, xh, xscale, xsum, y, accumulate));
-    } else
+    const aqc__gemv_in none = {NULL, NULL, NULL, 0, 0.0f};
+    if (w->format != AQC_F16)
+        AQC_TRY(aqc__launch(pdl, aqc__gemv_4bit_kernel(w->format, v2, x8, prep), grid, block, x_bytes, st, codes, w->scales, w->mins,
+                            table, (int)w->rows, (int)w->kp, (int)w->group, group_shift, xh, xscale, xsum, prep ? *in : none, y,
+                            accumulate));
+    else
         AQC_TRY(aqc__launch(pdl, aqc_gemv_f16_kernel, grid, block, 0, st, codes, (int)w->rows, (int)w->kp, xh, xscale, y, accumulate));
     return 0;
+}
+
+/* The input prep, unless the GEMV does it (aqc__gemv_prep), then the GEMV, of a decode step; the
+   prep kernel's end is marked for aqc_profile_step as prep_name (prof may be NULL). */
+static int aqc__matvec(cudaStream_t st, unsigned v, const aqc__weight *w, const aqc__gemv_in &in, __half *xh, float *xscale,
+                       float *xsum, float *y, int accumulate, aqc__profile *prof, const char *prep_name, char *err, size_t err_len) {
+    if (!aqc__gemv_prep(v, w) &&
+        (aqc__prep(st, v, in.x, in.gate, 0, in.norm, in.n, (int)w->kp, in.eps, 1, aqc__gemv_x8(v, w) ? (int)w->group : 0, 1, xh, xscale,
+                   xsum, w->kp, err, err_len) ||
+         aqc__mark(prof, st, prep_name, err, err_len)))
+        return -1;
+    return aqc__gemv(st, v, w, &in, xh, xscale, xsum, y, accumulate, err, err_len);
 }
 
 /* y[n][ldy] (+)= x[n][ldx] W^T for a prompt batch: cuBLAS on f16 operands with f32 accumulation. */
@@ -1546,12 +1748,17 @@ static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, c
     return 0;
 }
 
+/* The selection's blocks per KV head. */
+static int aqc__select_blocks(int max_pages) {
+    const int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
+    return blocks < 1 ? 1 : blocks;
+}
+
 /* done: AQC_V_FUSED's counters, [n_kv] zeros. */
 static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
                              int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *done, int *lists,
                              int *list_len, char *err, size_t err_len) {
-    int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
-    const dim3 grid(blocks < 1 ? 1 : blocks, n_kv), block(AQC_SCORE_WARPS * 32);
+    const dim3 grid(aqc__select_blocks(max_pages), n_kv), block(AQC_SCORE_WARPS * 32);
     const bool pdl = v & AQC_V_PDL;
     if (v & AQC_V_FUSED) {
         AQC_TRY(aqc__launch(pdl, aqc_quest_select_kernel, grid, block, 0, st, q, bounds_layer, n_heads, n_kv, hd, page_size,
@@ -1562,6 +1769,36 @@ static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const 
                         budget, pos_ptr, scores));
     AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(AQC_TOPK_THREADS), 0, st, scores, max_pages, page_size, budget,
                         pos_ptr, lists, list_len));
+    return 0;
+}
+
+/* A decode step's attention over Quest's selection of pages: aqc__quest_select, then
+   aqc__attention over the lists (the selection's end marked for aqc_profile_step, prof may be
+   NULL), or with AQC_V_ONEPASS both in one kernel.  done: the selection's [n_kv] counters, then
+   the attention's [n_kv]; ready: AQC_V_ONEPASS's [n_kv + 1]; all zeros. */
+static int aqc__quest_attention(cudaStream_t st, unsigned v, const float *qkv, int qkv_dim, const __half *bounds_layer,
+                                const __half *kv_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages, int budget,
+                                const int *pos_ptr, float *scores, int *lists, int *list_len, int splits, float *partial, int *done,
+                                int *ready, float *out, int64_t out_stride, aqc__profile *prof, char *err, size_t err_len) {
+    if (!(v & AQC_V_ONEPASS))
+        return aqc__quest_select(st, v, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, done, lists,
+                                 list_len, err, err_len) ||
+                       aqc__mark(prof, st, "Quest selection", err, err_len) ||
+                       aqc__attention(st, v, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_heads, n_kv, hd, page_size, pos_ptr,
+                                      1, splits, partial, done + n_kv, out, out_stride, err, err_len)
+                   ? -1 : 0;
+    const int group = n_heads / n_kv, maxg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8, n_bx = aqc__select_blocks(max_pages);
+    const dim3 grid(n_bx * n_kv + n_kv * splits), block(AQC_ATT_WARPS * 32);
+    const size_t shm = (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
+    const float scale = 1.0f / sqrtf((float)hd);
+#define AQC_QA(G) AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_quest_attention_kernel<G>, grid, block, shm, st, qkv, qkv_dim, bounds_layer,    \
+                                      kv_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, n_bx, splits, scale, \
+                                      lists, list_len, partial, done, ready, out, out_stride))
+    if (maxg == 1) AQC_QA(1);
+    else if (maxg == 2) AQC_QA(2);
+    else if (maxg == 4) AQC_QA(4);
+    else AQC_QA(8);
+#undef AQC_QA
     return 0;
 }
 
@@ -1640,7 +1877,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
-        aqc__malloc((void **)&s->done, (nb + 1) * c->n_kv_heads * 4, "attention counters", err, err_len) ||
+        aqc__malloc((void **)&s->done, ((nb + 2) * c->n_kv_heads + 1) * 4, "attention counters", err, err_len) ||
         aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * (c->head_dim + 2) * 4, "attention partials", err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->qkv, nb * s->qkv_dim * 4, "activations", err, err_len) ||
@@ -1656,7 +1893,8 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         return -1;
     AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
-    AQC_TRY(cudaMemset(s->done, 0, (nb + 1) * c->n_kv_heads * 4));
+    AQC_TRY(cudaMemset(s->done, 0, ((nb + 2) * c->n_kv_heads + 1) * 4));
+    s->ready = s->done + (nb + 1) * c->n_kv_heads;
     AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memsets */
     return 0;
 }
@@ -1679,20 +1917,6 @@ extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
 }
 
 /* The end of a stage of the step, when a profile is being taken. */
-static int aqc__mark(aqc_session *s, const char *name, char *err, size_t err_len) {
-    aqc__profile *p = s->prof;
-    if (!p || !p->on) return 0;
-    if (p->used == p->events.size()) {
-        cudaEvent_t e;
-        AQC_TRY(cudaEventCreate(&e));
-        p->events.push_back(e);
-        p->names.push_back(name);
-    }
-    p->names[p->used] = name;
-    AQC_TRY(cudaEventRecord(p->events[p->used++], s->stream));
-    return 0;
-}
-
 /* Enqueues the model over n tokens whose ids are at `ids` (device) at positions state[AQC_POS]..
    Logits: none (want = 0), the last token's (1) or every token's (2), into s->logits; a decode
    step (n == 1) always computes them. */
@@ -1700,7 +1924,7 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     const aqc_model *m = s->m;
     const aqc_config *c = &m->c;
     const int dim = c->n_embd, hd = c->head_dim, q_dim = c->n_heads * hd, P = s->c.page_size;
-    const int scaled = n == 1, *pos_ptr = s->state + AQC_POS;
+    const int *pos_ptr = s->state + AQC_POS;
     const int64_t xl = s->x_ld;
     const int pages_touched = (pos0 + n - 1) / P - pos0 / P + 1;
     const int splits = n == 1 ? s->splits : (s->splits / n > 1 ? s->splits / n : 1);
@@ -1708,62 +1932,56 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     const unsigned v = s->variant;
     const __half *embd = (const __half *)m->tok_embd.data;
 
-#define AQC_MATMUL(w, in_h, out, ldo, acc)                                                                                \
-    ((n == 1) ? aqc__gemv(st, v, (w), (in_h), s->xscale, s->xsum, (out), (acc), err, err_len)                            \
-              : aqc__gemm(st, s->blas, (w), s->wtmp, (in_h), xl, n, (out), (ldo), (acc), err, err_len))
-    /* the prep before a decode GEMV of w: int8 for the integer dot products, or f16 */
-#define AQC_Q8(w) (n == 1 && aqc__gemv_x8(v, (w)) ? (int)(w)->group : 0)
+    /* out (+)= in W^T over nt tokens: the input's prep (RMSNorm, SwiGLU or a copy; inside the GEMV
+       of a decode step where aqc__gemv_prep says so) and the product, each marked for
+       aqc_profile_step.  ld_in: the row stride of in's vectors. */
+    auto linear = [&](const aqc__weight *w, const aqc__gemv_in &in, int64_t ld_in, int nt, float *out, int64_t ldo, int accumulate,
+                      const char *prep_name, const char *name) -> int {
+        if (nt == 1
+                ? aqc__matvec(st, v, w, in, s->xh, s->xscale, s->xsum, out, accumulate, s->prof, prep_name, err, err_len)
+                : aqc__prep(st, v, in.x, in.gate, ld_in, in.norm, in.n, (int)w->kp, in.eps, 0, 0, nt, s->xh, s->xscale, s->xsum, xl, err,
+                            err_len) ||
+                      aqc__mark(s->prof, st, prep_name, err, err_len) ||
+                      aqc__gemm(st, s->blas, w, s->wtmp, s->xh, xl, nt, out, ldo, accumulate, err, err_len))
+            return -1;
+        return aqc__mark(s->prof, st, name, err, err_len);
+    };
     /* each stage, then its mark for aqc_profile_step */
-#define AQC_DO(call, name) do { if (call) return -1; if (aqc__mark(s, name, err, err_len)) return -1; } while (0)
+#define AQC_DO(call, name) do { if (call) return -1; if (aqc__mark(s->prof, st, name, err, err_len)) return -1; } while (0)
 
     AQC_DO(aqc__cuda_failed(aqc__launch(v & AQC_V_PDL, aqc_embed_kernel, dim3(n), dim3(256), 0, st, embd, m->tok_embd.kp, dim, ids,
                                         s->x), "embedding", err, err_len), "embedding");
     for (int l = 0; l < c->n_layers; l++) {
         __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
-        const int *lists = NULL;
+        const aqc__gemv_in attn_in = {s->x, NULL, m->attn_norm[l], dim, c->rms_eps}, o_in = {s->att, NULL, NULL, q_dim, 0.0f},
+                           ffn_in = {s->x, NULL, m->ffn_norm[l], dim, c->rms_eps}, down_in = {s->hb + c->n_ff, s->hb, NULL, c->n_ff, 0.0f};
         /* attention block */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->attn_norm[l], dim, (int)m->qkv[l].kp, c->rms_eps, scaled, AQC_Q8(&m->qkv[l]), n,
-                         s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
-        AQC_DO(AQC_MATMUL(&m->qkv[l], s->xh, s->qkv, s->qkv_dim, 0), "q, k, v");
+        if (linear(&m->qkv[l], attn_in, dim, n, s->qkv, s->qkv_dim, 0, "RMSNorm", "q, k, v")) return -1;
         AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
                                 P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
         if (n > 1 && aqc__page_bounds(st, kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n, pages_touched, err,
                                       err_len))   /* a prompt's pages: their bounds from scratch */
             return -1;
-        if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers) {
-            AQC_DO(aqc__quest_select(st, v, s->qkv, bounds_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
-                                     s->c.quest_budget, pos_ptr, s->scores, s->done, s->lists, s->list_len, err, err_len),
-                   "Quest selection");
-            lists = s->lists;
-        }
-        AQC_DO(aqc__attention(st, v, kv_layer, lists, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
-                              pos_ptr, n, lists ? s->quest_splits : splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err,
-                              err_len), lists ? "attention, Quest" : "attention, dense");
-        AQC_DO(aqc__prep(st, v, s->att, NULL, q_dim, NULL, q_dim, (int)m->wo[l].kp, 0.0f, scaled, AQC_Q8(&m->wo[l]), n, s->xh,
-                         s->xscale, s->xsum, xl, err, err_len), "attention output prep");
-        AQC_DO(AQC_MATMUL(&m->wo[l], s->xh, s->x, dim, 1), "o");
+        if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
+            AQC_DO(aqc__quest_attention(st, v, s->qkv, s->qkv_dim, bounds_layer, kv_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
+                                        s->c.quest_budget, pos_ptr, s->scores, s->lists, s->list_len, s->quest_splits, s->partial,
+                                        s->done, s->ready, s->att, q_dim, s->prof, err, err_len),
+                   "attention, Quest");
+        else
+            AQC_DO(aqc__attention(st, v, kv_layer, NULL, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
+                                  pos_ptr, n, splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err, err_len),
+                   "attention, dense");
+        if (linear(&m->wo[l], o_in, q_dim, n, s->x, dim, 1, "attention output prep", "o")) return -1;
         /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
-        AQC_DO(aqc__prep(st, v, s->x, NULL, dim, m->ffn_norm[l], dim, (int)m->gate_up[l].kp, c->rms_eps, scaled,
-                         AQC_Q8(&m->gate_up[l]), n, s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
-        AQC_DO(AQC_MATMUL(&m->gate_up[l], s->xh, s->hb, 2 * (int64_t)c->n_ff, 0), "gate, up");
-        AQC_DO(aqc__prep(st, v, s->hb + c->n_ff, s->hb, 2 * (int64_t)c->n_ff, NULL, c->n_ff, (int)m->down[l].kp, 0.0f, scaled,
-                         AQC_Q8(&m->down[l]), n, s->xh, s->xscale, s->xsum, xl, err, err_len), "SwiGLU");
-        AQC_DO(AQC_MATMUL(&m->down[l], s->xh, s->x, dim, 1), "down");
-    }
-    if (want == 2) {
-        if (aqc__prep(st, v, s->x, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 0, 0, n, s->xh, s->xscale, s->xsum,
-                      xl, err, err_len) ||
-            aqc__gemm(st, s->blas, &m->output, s->wtmp, s->xh, xl, n, s->logits, c->n_vocab, 0, err, err_len))
+        if (linear(&m->gate_up[l], ffn_in, dim, n, s->hb, 2 * (int64_t)c->n_ff, 0, "RMSNorm", "gate, up") ||
+            linear(&m->down[l], down_in, 2 * (int64_t)c->n_ff, n, s->x, dim, 1, "SwiGLU", "down"))
             return -1;
-    } else if (want == 1 || n == 1) {
-        AQC_DO(aqc__prep(st, v, s->x + (size_t)(n - 1) * dim, NULL, dim, m->output_norm, dim, (int)m->output.kp, c->rms_eps, 1,
-                         aqc__gemv_x8(v, &m->output) ? (int)m->output.group : 0, 1,
-                         s->xh, s->xscale, s->xsum, xl, err, err_len), "RMSNorm");
-        AQC_DO(aqc__gemv(st, v, &m->output, s->xh, s->xscale, s->xsum, s->logits, 0, err, err_len), "output");
     }
+    /* logits: every token's (a prompt's GEMM), or the last token's (a GEMV) */
+    const aqc__gemv_in out_in = {s->x + (want == 2 ? 0 : (size_t)(n - 1) * dim), NULL, m->output_norm, dim, c->rms_eps};
+    if ((want == 2 || want == 1 || n == 1) && linear(&m->output, out_in, dim, want == 2 ? n : 1, s->logits, c->n_vocab, 0, "RMSNorm", "output"))
+        return -1;
 #undef AQC_DO
-#undef AQC_Q8
-#undef AQC_MATMUL
     return 0;
 }
 
@@ -1836,7 +2054,7 @@ extern "C" int aqc_profile_step(aqc_session *s, int32_t token, int pos, aqc_prof
     }
     AQC_TRY(cudaStreamBeginCapture(s->stream, cudaStreamCaptureModeThreadLocal));
     p->on = true;
-    const int fwd = aqc__mark(s, "start", err, err_len) || aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len);
+    const int fwd = aqc__mark(s->prof, s->stream, "start", err, err_len) || aqc__forward(s, s->state + AQC_TOKEN, 1, pos, 1, err, err_len);
     p->on = false;   /* later steps take no marks */
     const cudaError_t e = cudaStreamEndCapture(s->stream, &g);
     if (!fwd && !aqc__cuda_failed(e, "capture of a profiled step", err, err_len) &&
@@ -1934,25 +2152,29 @@ struct aqc__scratch {
     }
 };
 
-extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, char *err, size_t err_len) {
+extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, const float *gate, const float *norm, float eps, float *y, char *err,
+                              size_t err_len) {
     if (aqc__allow_shared_memory(w->cols_padded, err, err_len)) return -1;
     aqc__scratch sc;
     aqc__weight dw;
     memset(&dw, 0, sizeof dw);
     if (aqc__weight_upload(&dw, w, err, err_len)) { aqc__weight_free(&dw); return -1; }
-    float *dx = (float *)sc.get((size_t)w->cols * 4, err, err_len), *dy = (float *)sc.get((size_t)w->rows * 4, err, err_len);
+    const size_t x_bytes = (size_t)w->cols * 4;
+    float *dx = (float *)sc.get(x_bytes, err, err_len), *dy = (float *)sc.get((size_t)w->rows * 4, err, err_len);
+    float *dgate = gate ? (float *)sc.get(x_bytes, err, err_len) : NULL, *dnorm = norm ? (float *)sc.get(x_bytes, err, err_len) : NULL;
     __half *xh = (__half *)sc.get((size_t)w->cols_padded * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len), *xsum = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len);
+    const aqc__gemv_in in = {dx, dgate, dnorm, (int)w->cols, eps};
     int rc = -1;
     unsigned v = 0;
     aqc__check_stream st;
-    if (dx && dy && xh && xs && xsum && !aqc__device_variant(&v, err, err_len) &&
+    if (dx && dy && xh && xs && xsum && (dgate || !gate) && (dnorm || !norm) && !aqc__device_variant(&v, err, err_len) &&
         !aqc__cuda_failed(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking), "a stream", err, err_len) &&
-        !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
+        !aqc__cuda_failed(cudaMemcpy(dx, x, x_bytes, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
+        (!gate || !aqc__cuda_failed(cudaMemcpy(dgate, gate, x_bytes, cudaMemcpyHostToDevice), "upload the gate", err, err_len)) &&
+        (!norm || !aqc__cuda_failed(cudaMemcpy(dnorm, norm, x_bytes, cudaMemcpyHostToDevice), "upload the norm", err, err_len)) &&
         !aqc__cuda_failed(cudaMemsetAsync(dy, 0xff, (size_t)w->rows * 4, st.s), "poison y", err, err_len) &&
-        !aqc__prep(st.s, v, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 1, aqc__gemv_x8(v, &dw) ? (int)dw.group : 0,
-                   1, xh, xs, xsum, w->cols_padded, err, err_len) &&
-        !aqc__gemv(st.s, v, &dw, xh, xs, xsum, dy, 0, err, err_len) &&
+        !aqc__matvec(st.s, v, &dw, in, xh, xs, xsum, dy, 0, NULL, NULL, err, err_len) &&
         !aqc__cuda_failed(cudaStreamSynchronize(st.s), "the GEMV", err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
         rc = 0;
@@ -1993,7 +2215,7 @@ struct aqc__attn_rig {
     unsigned v;
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;
-    int *lists, *list_len, *pos, *done;
+    int *lists, *list_len, *pos, *done;   /* done: the selection's [n_kv], the attention's [n_kv], AQC_V_ONEPASS's [n_kv + 1] */
 };
 
 static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_heads, int n_kv, int hd, int P, int layers,
@@ -2016,9 +2238,9 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
-    r->done = (int *)sc->get((size_t)2 * n_kv * 4, err, err_len);   /* the selection's, then the attention's */
+    r->done = (int *)sc->get(((size_t)3 * n_kv + 1) * 4, err, err_len);
     if (!(r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos && r->done)) return -1;
-    AQC_TRY(cudaMemset(r->done, 0, (size_t)2 * n_kv * 4));
+    AQC_TRY(cudaMemset(r->done, 0, ((size_t)3 * n_kv + 1) * 4));
     return 0;
 }
 
@@ -2026,17 +2248,13 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
 static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len) {
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
     const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
-    const int *lists = NULL;
-    if (budget) {
-        if (aqc__quest_select(st, r->v, r->qkv, r->bounds + b_elems * layer, r->n_heads, r->n_kv, r->hd, r->P, r->max_pages, budget,
-                              r->pos, r->scores, r->done, r->lists, r->list_len, err, err_len))
-            return -1;
-        lists = r->lists;
-    }
-    return aqc__attention(st, r->v, r->kv + kv_elems * layer, lists, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads,
-                          r->n_kv, r->hd, r->P, r->pos, 1,
-                          budget ? aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)) : r->splits,
-                          r->partial, r->done + r->n_kv, r->out, r->n_heads * r->hd, err, err_len);
+    if (budget)
+        return aqc__quest_attention(st, r->v, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
+                                    r->n_kv, r->hd, r->P, r->max_pages, budget, r->pos, r->scores, r->lists, r->list_len,
+                                    aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)), r->partial,
+                                    r->done, r->done + 2 * r->n_kv, r->out, r->n_heads * r->hd, NULL, err, err_len);
+    return aqc__attention(st, r->v, r->kv + kv_elems * layer, NULL, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
+                          r->hd, r->P, r->pos, 1, r->splits, r->partial, r->done + r->n_kv, r->out, r->n_heads * r->hd, err, err_len);
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
@@ -2176,10 +2394,11 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     half2 *lut = (half2 *)sc.get(512 * sizeof(half2), err, err_len);
     __half *xh = (__half *)sc.get((size_t)cols * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
-    float *y = (float *)sc.get((size_t)rows * 4, err, err_len);
+    float *y = (float *)sc.get((size_t)rows * 4, err, err_len), *xf = (float *)sc.get((size_t)cols * 4, err, err_len);
     __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
     if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
-    if (!xh || !xs || !xsum || !y || !yh || !lut) return -1;
+    if (!xh || !xs || !xsum || !y || !yh || !lut || !xf) return -1;
+    const aqc__gemv_in in = {xf, NULL, NULL, (int)cols, 0.0f};   /* for the GEMVs that prep their input (AQC_V_PREP) */
     AQC_TRY(aqc__fill_random((__half *)lut, 1024, 3, 0));
     for (int i = 0; i < copies; i++) {
         w4[i].lut = w16[i].lut = NULL;
@@ -2201,7 +2420,9 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     AQC_TRY(aqc__fill_random(xh, cols, 5, 0));
     AQC_TRY(aqc__fill_random(yh, rows, 6, 0));
     {
-        std::vector<float> ones((size_t)cols / 32, 1.0f);
+        std::vector<float> ones((size_t)cols / 32, 1.0f), x((size_t)cols);
+        for (size_t i = 0; i < x.size(); i++) x[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+        AQC_TRY(cudaMemcpy(xf, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
         AQC_TRY(cudaMemcpy(xs, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
         AQC_TRY(cudaMemcpy(xsum, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
     }
@@ -2219,13 +2440,13 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     unsigned v = 0;
     int rc = aqc__device_variant(&v, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w4[i % copies], &in, xh, xs, xsum, y, 0, err, err_len); },
                        &t->int4_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &wo[i % copies], &in, xh, xs, xsum, y, 0, err, err_len); },
                        &t->ovp_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w16[i % copies], NULL, xh, xs, xsum, y, 0, err, err_len); },
                        &t->f16_us, err, err_len);
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) {

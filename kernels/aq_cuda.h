@@ -106,8 +106,11 @@ int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, siz
 
 /* ---- kernel checks and timings for tools/aq-gpu-check (host arrays in, host arrays out) ---- */
 
-/* y[rows] = W x through the decode path (activation prep + GEMV kernel). */
-int aqc_check_gemv(const aqc_weight *w, const float *x, float *y, char *err, size_t err_len);
+/* y[rows] = W x' through the decode path (activation prep + GEMV kernel), x' being x[cols]
+   RMS-normalized with weights norm[cols] and eps where norm is given, times silu(gate[cols])
+   where gate is given. */
+int aqc_check_gemv(const aqc_weight *w, const float *x, const float *gate, const float *norm, float eps, float *y, char *err,
+                   size_t err_len);
 /* y[n][rows] = x[n][cols] W^T through the prompt path (dequantize + cuBLAS). */
 int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *err, size_t err_len);
 /* One decode step's attention for a single layer.  k, v: [n_ctx][n_kv_heads][head_dim] floats
@@ -124,8 +127,8 @@ int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, in
 int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len);
 
 typedef struct {
-    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */
-} aqc_gemv_timing;
+    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data; a 4-bit GEMV that */
+} aqc_gemv_timing;                               /* preps its own input (AQ_CUDA_VARIANT 32) includes it */
 int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len);
 
 typedef struct {

@@ -72,12 +72,16 @@ static unsigned cuda_variant(void) {
     return v ? (unsigned)strtoul(v, NULL, 0) : 0u;
 }
 
-static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
-    char err[512], what[128];
+/* A decode GEMV's input is prepped first: prep "RMSNorm" (random weights), "SwiGLU" (a random
+   gate) or "copy". */
+static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens, const char *prep) {
+    char err[512], what[160];
     const size_t row_bytes = (size_t)aq_type_row_bytes(type, cols);
     uint8_t *data = (uint8_t *)malloc(row_bytes * (size_t)rows);
     float *w = (float *)malloc(sizeof(float) * (size_t)cols), *x = (float *)malloc(sizeof(float) * (size_t)(cols * n_tokens));
     float *y = (float *)malloc(sizeof(float) * (size_t)(rows * n_tokens));
+    float *gate = NULL, *norm = NULL, *xp = (float *)malloc(sizeof(float) * (size_t)(cols * n_tokens));
+    const float eps = 1e-5f;
     double *ref = (double *)calloc((size_t)(rows * n_tokens), sizeof(double));
     aq_weight wt;
     const aq_weight *wp = &wt;
@@ -93,7 +97,18 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     }
     for (c = 0; c < cols * n_tokens; c++) x[c] = uniform();
     for (t = 0; t < n_tokens; t++) x[(size_t)t * cols + (t * 37) % cols] = 60.0f;   /* an activation outlier */
-    /* int4 decode GEMVs on int8 activations (AQ_CUDA_VARIANT's dp4a) round x as the CPU's int8
+    memcpy(xp, x, sizeof(float) * (size_t)(cols * n_tokens));   /* x as prepped, in the GPU's order of operations */
+    if (!strcmp(prep, "RMSNorm")) {
+        double ss = 0;
+        float inv;
+        norm = (float *)malloc(sizeof(float) * (size_t)cols);
+        for (c = 0; c < cols; c++) { norm[c] = 1.0f + 0.5f * uniform(); ss += (double)x[c] * x[c]; }
+        inv = (float)(1.0 / sqrt(ss / (double)cols + eps));
+        for (c = 0; c < cols; c++) xp[c] = norm[c] * (inv * x[c]);
+    } else if (!strcmp(prep, "SwiGLU")) {
+        gate = (float *)malloc(sizeof(float) * (size_t)cols);
+        for (c = 0; c < cols; c++) { gate[c] = 3.0f * uniform(); xp[c] = gate[c] / (1.0f + expf(-gate[c])) * x[c]; }
+    }    /* int4 decode GEMVs on int8 activations (AQ_CUDA_VARIANT's dp4a) round x as the CPU's int8
        path does: their reference is that path, not the unrounded product (the outlier's group
        loses most of its other values to the rounding, on both) */
     int8_ref = n_tokens == 1 && (cuda_variant() & 16) && aq__int4_group(type) > 0 && aq__int4_group(type) <= 128;
@@ -102,27 +117,27 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
         void *mem = malloc(aq__x8_bytes(kp));
         aq__x8 x8;
         aq__x8_init(&x8, mem, kp);
-        aq__x8_quantize(x, cols, group, &x8);
+        aq__x8_quantize(xp, cols, group, &x8);
         for (r = 0; r < rows; r++) ref[r] = aq__dot_int4_x8_ref(data + r * row_bytes, &x8);
         free(mem);
     } else
         for (r = 0; r < rows; r++) {
             aq_dequantize_row(type, data + r * row_bytes, w, cols);
             for (t = 0; t < n_tokens; t++)
-                for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * x[(size_t)t * cols + c];
+                for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * xp[(size_t)t * cols + c];
         }
     wt.type = type; wt.rows = rows; wt.cols = cols; wt.row_bytes = row_bytes; wt.data = data; wt.name = "random";
     if (aq__gpu_pack(&wp, 1, 0, aq__detect_simd(), &d, err, sizeof err) ||
-        (n_tokens == 1 ? aqc_check_gemv(&d, x, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
+        (n_tokens == 1 ? aqc_check_gemv(&d, x, gate, norm, eps, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
         printf("  %s %lldx%lld: %s  FAIL\n", aq_type_name(type), (long long)rows, (long long)cols, err);
         failures++;
     } else {
-        snprintf(what, sizeof what, "%s %s %lld x %lld%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
-                 (long long)cols, n_tokens > 1 ? ", 7 tokens" : int8_ref ? ", int8 x, vs the CPU's int8 dot" : "");
+        snprintf(what, sizeof what, "%s %s %lld x %lld, %s%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
+                 (long long)cols, n_tokens > 1 ? "7 tokens" : prep, int8_ref ? ", int8 x, vs the CPU's int8 dot" : "");
         verdict(what, rel_err(y, ref, rows * n_tokens), 3e-3);
         aq__gpu_weight_free(&d);
     }
-    free(data); free(w); free(x); free(y); free(ref);
+    free(data); free(w); free(x); free(y); free(ref); free(xp); free(gate); free(norm);
 }
 
 static float f16_round(float x) { return aq_f16_to_f32(aq_f32_to_f16(x)); }
@@ -515,17 +530,17 @@ static void profile_decode(aq_model *m, int ctx, int budget) {
 
 static void check_kernels(void) {
     printf("\n1. kernels against the CPU (fresh random inputs)\n");
-    check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1);
-    check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1);
-    check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1);
-    check_matmul(AQ_TYPE_Q4_1, 257, 96, 1);
-    check_matmul(AQ_TYPE_OVP_G128, 1024, 4096, 1);
-    check_matmul(AQ_TYPE_OVP_G64, 300, 200, 1);
-    check_matmul(AQ_TYPE_F16, 4096, 4096, 1);
-    check_matmul(AQ_TYPE_F16, 300, 200, 1);
-    check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7);
-    check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7);
-    check_matmul(AQ_TYPE_F16, 1000, 300, 7);
+    check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1, "RMSNorm");
+    check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1, "SwiGLU");
+    check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1, "copy");
+    check_matmul(AQ_TYPE_Q4_1, 257, 96, 1, "RMSNorm");
+    check_matmul(AQ_TYPE_OVP_G128, 1024, 4096, 1, "SwiGLU");
+    check_matmul(AQ_TYPE_OVP_G64, 300, 200, 1, "RMSNorm");
+    check_matmul(AQ_TYPE_F16, 4096, 4096, 1, "RMSNorm");
+    check_matmul(AQ_TYPE_F16, 300, 200, 1, "SwiGLU");
+    check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7, "copy");
+    check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7, "copy");
+    check_matmul(AQ_TYPE_F16, 1000, 300, 7, "copy");
     check_attention(3000, 32, 32, 128, 16, 0);
     check_attention(3000, 32, 32, 128, 16, 512);
     check_attention(4001, 32, 8, 128, 16, 1024);

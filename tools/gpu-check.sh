@@ -50,15 +50,16 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
 
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
 # context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT 0),
-# then the variants not yet the default (kernels/aq_cuda.cu): every kernel check with all of them,
-# the model checks with those that keep f16 activations (15) and with int8 activations (16, whose
-# agreement with the CPU is the open question, kernels/NOTES.md), and each variant alone and all
-# together timed with the short set, side by side with variant 0's full table.
+# then the variants not yet the default (kernels/aq_cuda.cu): every kernel check with all of them
+# (127) and with int8 activations prepped by their own kernel (16), the model checks with those
+# that keep f16 activations (111) and with int8 activations (16, whose agreement with the CPU is
+# the open question, kernels/NOTES.md), and each variant alone, all but dp4a (111) and all (127)
+# timed with the short set, side by side with variant 0's full table.
 # RUNS overrides the list: variants:part:seconds, variants one or several (0,1,2), part kernels,
 # models, timing or short (timing --short).
 status=0
 : >"$LOG"
-RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 31:kernels:90 15:models:90 16:models:90 1,2,4,8,16,31:short:240"}
+RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,127:kernels:120 111:models:90 16:models:90 1,2,4,8,16,32,64,111,127:short:300"}
 for run in $RUNS; do
     variants=${run%%:*}; part=${run#*:}; limit=${part#*:}; part=${part%:*}
     extra=""

@@ -122,6 +122,14 @@ template <class T> static inline T __ldcg(const T *p) { return *p; }
 static inline void __threadfence(void) {}
 /* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
+template <class T> static inline T atomicExch(T *p, T v) { T old = *p; *p = v; return old; }
+/* Blocks run one after another: a block waiting for another to set a flag waits for one that
+   has finished already, or forever, which the kernels turn into a __trap after a while. */
+static inline void __nanosleep(unsigned) {}
+[[noreturn]] static inline void __trap(void) {
+    fprintf(stderr, "cuda_emu: a kernel called __trap()\n");
+    abort();
+}
 
 /* ---- threads, blocks, barriers, warps ---- */
 /* The built-in variables: one fiber runs at a time, and the scheduler sets threadIdx to its
