@@ -74,9 +74,10 @@ enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
                    multiprocessor: four prep kernels a layer go; implies AQC_V_GEMV's changes
      AQC_V_ONEPASS a Quest layer's selection and sparse attention (and merge) in one kernel:
                    attention blocks wait for their KV head's list, written by a selection block
-                   of the same grid */
+                   of the same grid
+     AQC_V_GQA     attention with 2 to 8 query heads per KV head on tensor cores (mma.sync) */
 enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_GEMV = 8, AQC_V_DP4A = 16, AQC_V_PREP = 32, AQC_V_ONEPASS = 64,
-       AQC_V_ALL = 127 };
+       AQC_V_GQA = 128, AQC_V_ALL = 255 };
 enum { AQC__INT4_X8 = 3 };   /* the GEMV's format for int4 codes against int8 activations (AQC_V_DP4A) */
 
 static unsigned aqc__variant(void) {
@@ -159,6 +160,38 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
     memcpy(&h, &u, 4);
     return h;
 }
+
+/* Tensor cores (sm_80 and newer), for AQC_V_GQA's attention: mma.sync m16n8k16 (f16 in, f32
+   accumulated), ldmatrix and cp.async.  tests/cuda_emu defines AQC_EMULATED_MMA and versions of
+   its own, written from the PTX ISA's fragment layouts, which are (g = lane / 4, t = lane % 4, a
+   register holding two f16, the lower column in its low half):
+     A, 16 x 16 row-major: a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]
+     B, 16 x 8:            b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
+     C and D, 16 x 8, f32: c[0], c[1] = C[g][2t, 2t+1], c[2], c[3] = C[g+8][2t, 2t+1]
+   ldmatrix x4: lane l points at row l % 8 of 8 x 8 matrix l / 8 (16 bytes a row) and receives
+   r[i] = M_i[g][2t..2t+1]; with .trans, (M_i[2t][g], M_i[2t+1][g]). */
+#ifndef AQC_EMULATED_MMA
+__device__ __forceinline__ void aqc__mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void aqc__ldmatrix_x4(uint32_t r[4], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void aqc__ldmatrix_x4_trans(uint32_t r[4], const void *row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(row)));
+}
+__device__ __forceinline__ void aqc__cp_async16(void *smem, const void *global) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(global) : "memory");
+}
+__device__ __forceinline__ void aqc__cp_async_commit(void) { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void aqc__cp_async_wait(void) { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+#endif
 
 /* ---- activation prep ----
    The GEMV kernels read their input as f16 in chunks of 32 values, each divided by its chunk's
@@ -988,17 +1021,57 @@ __device__ void aqc__merge_head(const float *base, size_t stride, int splits, in
    the head's ready flag once every block of the head has read it. */
 enum { AQC__MERGE_KERNEL = 0, AQC__MERGE_LAST = 1, AQC__ONE_PASS = 2 };
 
+/* The end of an attention block: the warps' partial softmaxes (m, l and the unnormalized output
+   of each of the group's heads, in sm_m[warp][h], sm_l[warp][h] and sm_acc[warp][h][hd], MAXG
+   heads apart) merged into the block's, written to partial; and with FUSED the merge of the
+   splits by the (KV head, token)'s last block. */
+template <int MAXG, int MODE>
+__device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int n_kv, int hd, int group, const float *sm_acc,
+                                      const float (*sm_m)[MAXG], const float (*sm_l)[MAXG], float *partial, int *done, float *att_out,
+                                      int64_t out_stride, int *ready) {
+    constexpr bool FUSED = MODE != AQC__MERGE_KERNEL;
+    __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
+    __shared__ int s_ticket;
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
+        const int h = idx / hd, d = idx % hd;
+        float M = -INFINITY, L = 0.0f, O = 0.0f;
+        for (int w = 0; w < AQC_ATT_WARPS; w++) M = fmaxf(M, sm_m[w][h]);
+        if (M != -INFINITY)
+            for (int w = 0; w < AQC_ATT_WARPS; w++) {
+                if (sm_m[w][h] == -INFINITY) continue;
+                float f = __expf(sm_m[w][h] - M);
+                L += sm_l[w][h] * f;
+                O += sm_acc[((size_t)w * MAXG + h) * hd + d] * f;
+            }
+        float *out = partial + ((((size_t)t * n_kv + kvh) * splits + split) * group + h) * (hd + 2);
+        out[2 + d] = O;
+        if (d == 0) { out[0] = M; out[1] = L; }
+    }
+    if (!FUSED) return;
+    __threadfence();   /* this block's partials reach L2 before its ticket is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) s_ticket = atomicAdd(done + (size_t)t * n_kv + kvh, 1);
+    __syncthreads();
+    if (s_ticket != splits - 1) return;
+    const size_t stride = (size_t)group * (hd + 2);
+    for (int h = 0; h < group; h++)
+        aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)h * (hd + 2), stride, splits, hd,
+                        att_out + (size_t)t * out_stride + ((size_t)kvh * group + h) * hd, merge_weight, merge_red);
+    if (threadIdx.x == 0) {
+        done[(size_t)t * n_kv + kvh] = 0;
+        if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
+    }
+}
+
 /* Block (kvh, split of splits, token t) of the attention. */
 template <int MAXG, int MODE>
 __device__ void aqc__attention_block(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
                                      const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
                                      int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
                                      float *att_out, int64_t out_stride, int *ready) {
-    constexpr bool FUSED = MODE != AQC__MERGE_KERNEL;
     AQC_DYNAMIC_SHARED(float, sm_acc);   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
-    __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
-    __shared__ int s_ticket;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pos = *pos_ptr + t, last = pos / page_size;
     const int n_list = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
@@ -1111,36 +1184,189 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
             if (lane == 0) { sm_m[warp][h] = m[h]; sm_l[warp][h] = l[h]; }
         }
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
-        const int h = idx / hd, d = idx % hd;
-        float M = -INFINITY, L = 0.0f, O = 0.0f;
-        for (int w = 0; w < AQC_ATT_WARPS; w++) M = fmaxf(M, sm_m[w][h]);
-        if (M != -INFINITY)
-            for (int w = 0; w < AQC_ATT_WARPS; w++) {
-                if (sm_m[w][h] == -INFINITY) continue;
-                float f = __expf(sm_m[w][h] - M);
-                L += sm_l[w][h] * f;
-                O += sm_acc[((size_t)w * MAXG + h) * hd + d] * f;
+    aqc__attention_finish<MAXG, MODE>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial, done, att_out, out_stride,
+                                      ready);
+}
+
+/* AQC_V_GQA: the attention block of a KV head shared by 2 to 8 query heads (head_dim 64 or 128,
+   pages a multiple of 16), on tensor cores, as the shape of the work asks: per 16 keys the
+   scores of all the group's heads are one 16 x 16 by 16 x 16 product (S = Q K^T, rows the query
+   heads, unused rows zero), and their softmax-weighted values another (O += P V), where the
+   other kernel spends four shuffles per key and head.  Each warp takes the split's pages in turn
+   and copies 16 keys at a time (K and V, 8 KB at head_dim 128) into shared memory with cp.async,
+   one tile ahead; rows past the context are zeros.  A row of a tile is 16-byte pieces at
+   piece ^ (key % 8), so that ldmatrix's eight rows hit eight bank groups.
+   f16 inputs would round q and the probabilities p to 11 bits; each is split into an f16 part
+   and an f16 remainder (two products each), which keeps the products as exact as f32
+   arithmetic.  The fragments line up as in FlashAttention-2: S's accumulator layout is P's
+   operand layout, so p never leaves its registers. */
+#define AQC_ATT_TC 0          /* the attention kernels' MAXG for this path */
+#define AQC_TC_HEADS 8        /* query heads per KV head it takes */
+#define AQC_TC_MAX_HD 128
+
+/* Dynamic shared memory of the tensor-core block: two tiles per warp, or the warps' outputs. */
+static size_t aqc__attention_tc_shared(int hd) {
+    const size_t tiles = (size_t)AQC_ATT_WARPS * 2 * 2 * 16 * hd * sizeof(__half), outs = (size_t)AQC_ATT_WARPS * AQC_TC_HEADS * hd * 4;
+    return tiles > outs ? tiles : outs;
+}
+
+__device__ __forceinline__ uint32_t aqc__half2_bits(half2 h) {
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+
+/* (hi, lo): x0, x1 as f16, and what that rounding left out, as f16. */
+__device__ __forceinline__ void aqc__split_f16(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+    const half2 h = __floats2half2_rn(x0, x1);
+    const float2 f = __half22float2(h);
+    *hi = aqc__half2_bits(h);
+    *lo = aqc__half2_bits(__floats2half2_rn(x0 - f.x, x1 - f.y));
+}
+
+template <int MODE>
+__device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
+                                        const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
+                                        int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
+                                        float *att_out, int64_t out_stride, int *ready) {
+    AQC_DYNAMIC_SHARED(uint4, tiles);   /* [warps][2][K, V][16 keys][hd / 8 pieces]; after the loop, [warps][heads][hd] f32 */
+    __shared__ float sm_m[AQC_ATT_WARPS][AQC_TC_HEADS], sm_l[AQC_ATT_WARPS][AQC_TC_HEADS];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int pos = *pos_ptr + t, last = pos / page_size;
+    const int n_list = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
+    const int begin = (int)((long long)n_list * split / splits), end = (int)((long long)n_list * (split + 1) / splits);
+    const int pieces = hd / 8, k_steps = hd / 16, tiles_per_page = page_size / 16;
+    /* q (scaled) as the A operand, row g = query head g of the group: per k-step its columns 2t..
+       and 2t+8.. (rows g+8 are heads past 8: zero) */
+    const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
+    uint32_t q_hi[AQC_TC_MAX_HD / 16][2], q_lo[AQC_TC_MAX_HD / 16][2];
+#pragma unroll
+    for (int ks = 0; ks < AQC_TC_MAX_HD / 16; ks++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int d = 16 * ks + 8 * half + 2 * tq;
+            const bool real = g < group && ks < k_steps;
+            aqc__split_f16(real ? q[(size_t)g * hd + d] * scale : 0.0f, real ? q[(size_t)g * hd + d + 1] * scale : 0.0f, &q_hi[ks][half],
+                           &q_lo[ks][half]);
+        }
+    float o[AQC_TC_MAX_HD / 8][4], m = -INFINITY, l = 0.0f;   /* o[n-tile]: dims 8j + 2t, +1 of head g (and unused rows) */
+#pragma unroll
+    for (int j = 0; j < AQC_TC_MAX_HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    uint4 *buf = tiles + (size_t)warp * 2 * 2 * 16 * pieces;
+    auto slot = [&](int key, int piece) { return key * pieces + (piece ^ (key & 7)); };
+    /* tile j of this warp's pages into buffer b: its number of keys in the context (0: none) */
+    auto issue = [&](int j, int b) {
+        const int i = begin + warp + AQC_ATT_WARPS * (j / tiles_per_page), k0 = 16 * (j % tiles_per_page);
+        if (i >= end) return 0;
+        const int page = !lists ? i : MODE == AQC__ONE_PASS ? __ldcg(lists + (size_t)kvh * max_pages + i) : lists[(size_t)kvh * max_pages + i];
+        const int n_valid = (page == last ? pos % page_size + 1 : page_size) - k0;
+        if (n_valid <= 0) return 0;
+        const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd + (size_t)k0 * hd, *V = K + (size_t)page_size * hd;
+        uint4 *dst = buf + (size_t)b * 2 * 16 * pieces;
+        for (int c = lane; c < 16 * pieces; c += 32) {
+            const int key = c / pieces, piece = c % pieces;
+            if (key < n_valid) {
+                aqc__cp_async16(dst + slot(key, piece), K + (size_t)key * hd + piece * 8);
+                aqc__cp_async16(dst + 16 * pieces + slot(key, piece), V + (size_t)key * hd + piece * 8);
+            } else {
+                dst[slot(key, piece)] = make_uint4(0, 0, 0, 0);
+                dst[16 * pieces + slot(key, piece)] = make_uint4(0, 0, 0, 0);
             }
-        float *out = partial + ((((size_t)t * n_kv + kvh) * splits + split) * group + h) * (hd + 2);
-        out[2 + d] = O;
-        if (d == 0) { out[0] = M; out[1] = L; }
+        }
+        return n_valid < 16 ? n_valid : 16;
+    };
+    int valid = issue(0, 0);
+    aqc__cp_async_commit();
+    for (int j = 0; valid; j++) {
+        const int next = issue(j + 1, (j + 1) & 1);
+        aqc__cp_async_commit();
+        if (next) aqc__cp_async_wait<1>();
+        else aqc__cp_async_wait<0>();
+        __syncwarp();
+        const uint4 *Kt = buf + (size_t)(j & 1) * 2 * 16 * pieces, *Vt = Kt + 16 * pieces;
+        const int mi = lane / 8;
+        /* S = Q K^T: n-tile 0 keys 0-7, n-tile 1 keys 8-15; ldmatrix's four matrices are (keys
+           0-7, 8-15) x (the k-step's two 8-dim pieces) */
+        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+        for (int ks = 0; ks < AQC_TC_MAX_HD / 16; ks++) {
+            if (ks >= k_steps) break;
+            uint32_t r[4];
+            aqc__ldmatrix_x4(r, Kt + slot(8 * (mi >> 1) + lane % 8, 2 * ks + (mi & 1)));
+            const uint32_t hi[4] = {q_hi[ks][0], 0u, q_hi[ks][1], 0u}, lo[4] = {q_lo[ks][0], 0u, q_lo[ks][1], 0u};
+            const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            aqc__mma_16816(sc[0], hi, b0);
+            aqc__mma_16816(sc[0], lo, b0);
+            aqc__mma_16816(sc[1], hi, b1);
+            aqc__mma_16816(sc[1], lo, b1);
+        }
+        /* online softmax of head g over keys 2t, 2t+1, 2t+8, 2t+9 (the four lanes of a row hold the 16) */
+        float x[4] = {sc[0][0], sc[0][1], sc[1][0], sc[1][1]}, p[4];
+        float mx = -INFINITY;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if (2 * tq + (e & 1) + 8 * (e >> 1) >= valid) x[e] = -INFINITY;
+            mx = fmaxf(mx, x[e]);
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m, mx);   /* finite: a tile's first key is in the context */
+        const float corr = __expf(m - m_new);
+#pragma unroll
+        for (int e = 0; e < 4; e++) p[e] = __expf(x[e] - m_new);
+        l = l * corr + (p[0] + p[1]) + (p[2] + p[3]);
+        m = m_new;
+        uint32_t p_hi[4] = {0u, 0u, 0u, 0u}, p_lo[4] = {0u, 0u, 0u, 0u};
+        aqc__split_f16(p[0], p[1], &p_hi[0], &p_lo[0]);
+        aqc__split_f16(p[2], p[3], &p_hi[2], &p_lo[2]);
+        /* O += P V: ldmatrix.trans's four matrices are (keys 0-7, 8-15) x (n-tiles jn, jn+1) */
+#pragma unroll
+        for (int jn = 0; jn < AQC_TC_MAX_HD / 8; jn += 2) {
+            if (jn >= pieces) break;
+            uint32_t r[4];
+            aqc__ldmatrix_x4_trans(r, Vt + slot(8 * (mi & 1) + lane % 8, jn + (mi >> 1)));
+            const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            o[jn][0] *= corr;
+            o[jn][1] *= corr;
+            o[jn + 1][0] *= corr;
+            o[jn + 1][1] *= corr;
+            aqc__mma_16816(o[jn], p_hi, b0);
+            aqc__mma_16816(o[jn], p_lo, b0);
+            aqc__mma_16816(o[jn + 1], p_hi, b1);
+            aqc__mma_16816(o[jn + 1], p_lo, b1);
+        }
+        __syncwarp();   /* the buffer is refilled two tiles on */
+        valid = next;
     }
-    if (!FUSED) return;
-    __threadfence();   /* this block's partials reach L2 before its ticket is counted */
-    __syncthreads();
-    if (threadIdx.x == 0) s_ticket = atomicAdd(done + (size_t)t * n_kv + kvh, 1);
-    __syncthreads();
-    if (s_ticket != splits - 1) return;
-    const size_t stride = (size_t)group * (hd + 2);
-    for (int h = 0; h < group; h++)
-        aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)h * (hd + 2), stride, splits, hd,
-                        att_out + (size_t)t * out_stride + ((size_t)kvh * group + h) * hd, merge_weight, merge_red);
-    if (threadIdx.x == 0) {
-        done[(size_t)t * n_kv + kvh] = 0;
-        if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads();   /* every warp is done with its tiles: the memory takes the outputs */
+    float *sm_acc = (float *)tiles;
+    if (g < group) {
+#pragma unroll
+        for (int jn = 0; jn < AQC_TC_MAX_HD / 8; jn++) {
+            if (jn >= pieces) break;
+            sm_acc[((size_t)warp * AQC_TC_HEADS + g) * hd + 8 * jn + 2 * tq] = o[jn][0];
+            sm_acc[((size_t)warp * AQC_TC_HEADS + g) * hd + 8 * jn + 2 * tq + 1] = o[jn][1];
+        }
+        if (tq == 0) { sm_m[warp][g] = m; sm_l[warp][g] = l; }
     }
+    aqc__attention_finish<AQC_TC_HEADS, MODE>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial, done, att_out,
+                                              out_stride, ready);
+}
+
+/* Block (kvh, split, t) through the tensor-core path (MAXG AQC_ATT_TC) or the other. */
+template <int MAXG, int MODE>
+__device__ __forceinline__ void aqc__attention_any(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
+                                                   const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
+                                                   int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
+                                                   float *att_out, int64_t out_stride, int *ready) {
+    if constexpr (MAXG == AQC_ATT_TC)
+        aqc__attention_block_tc<MODE>(kvh, split, splits, t, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size,
+                                      group, scale, pos_ptr, partial, done, att_out, out_stride, ready);
+    else
+        aqc__attention_block<MAXG, MODE>(kvh, split, splits, t, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size,
+                                         group, scale, pos_ptr, partial, done, att_out, out_stride, ready);
 }
 
 template <int MAXG, bool FUSED>
@@ -1149,9 +1375,9 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
                      int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
                      float *partial, int *done, float *att_out, int64_t out_stride) {
     aqc__enter();
-    aqc__attention_block<MAXG, FUSED ? AQC__MERGE_LAST : AQC__MERGE_KERNEL>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists,
-                                                                           list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group,
-                                                                           scale, pos_ptr, partial, done, att_out, out_stride, NULL);
+    aqc__attention_any<MAXG, FUSED ? AQC__MERGE_LAST : AQC__MERGE_KERNEL>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists,
+                                                                         list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group,
+                                                                         scale, pos_ptr, partial, done, att_out, out_stride, NULL);
 }
 
 /* Block (query head, token): the merge, when the attention kernel does not do it. */
@@ -1207,9 +1433,8 @@ aqc_quest_attention_kernel(const float *qkv, int qkv_dim, const __half *bounds_l
         __threadfence();
     }
     __syncthreads();
-    aqc__attention_block<MAXG, AQC__ONE_PASS>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd,
-                                              page_size, n_heads / n_kv, scale, pos_ptr, partial, done + n_kv, att_out, out_stride,
-                                              ready);
+    aqc__attention_any<MAXG, AQC__ONE_PASS>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd,
+                                            page_size, n_heads / n_kv, scale, pos_ptr, partial, done + n_kv, att_out, out_stride, ready);
 }
 
 /* Splits of one KV head's page list: enough blocks to keep every multiprocessor's loads in
@@ -1723,21 +1948,43 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
     return 0;
 }
 
+/* The attention kernels' MAXG for a group of query heads per KV head: the smallest register
+   path that holds it, or AQC_ATT_TC (AQC_V_GQA) for 2 to 8 heads of 64 or 128 dims in pages of a
+   multiple of 16. */
+static int aqc__attention_maxg(unsigned v, int group, int hd, int page_size) {
+    if ((v & AQC_V_GQA) && group >= 2 && group <= AQC_TC_HEADS && (hd == 64 || hd == 128) && page_size % 16 == 0) return AQC_ATT_TC;
+    return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+}
+
+static size_t aqc__attention_shared(int maxg, int hd) {
+    return maxg == AQC_ATT_TC ? aqc__attention_tc_shared(hd) : (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
+}
+
+/* The tensor-core attention's two tiles per warp take more than the default 48 KB at head_dim
+   128: allowed once, before any launch or capture (sessions and the checks call this). */
+static int aqc__allow_attention_shared_memory(char *err, size_t err_len) {
+    const int bytes = (int)aqc__attention_tc_shared(AQC_TC_MAX_HD);
+    AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    AQC_TRY(cudaFuncSetAttribute(aqc_quest_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return 0;
+}
+
 /* done: AQC_V_FUSED's counters, [n_tokens][n_kv] zeros. */
 static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
                           const float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int page_size, const int *pos_ptr,
                           int n_tokens, int splits, float *partial, int *done, float *out, int64_t out_stride, char *err,
                           size_t err_len) {
-    const int group = n_heads / n_kv;
+    const int group = n_heads / n_kv, maxg = aqc__attention_maxg(v, group, hd, page_size);
     const float scale = 1.0f / sqrtf((float)hd);
     const dim3 grid(n_kv, splits, n_tokens), block(AQC_ATT_WARPS * 32);
-    const int maxg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
-    const size_t shm = (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
+    const size_t shm = aqc__attention_shared(maxg, hd);
     const bool pdl = v & AQC_V_PDL, fused = v & AQC_V_FUSED;
 #define AQC_ATTN(G) AQC_TRY(aqc__launch(pdl, fused ? aqc_attention_kernel<G, true> : aqc_attention_kernel<G, false>, grid, block, shm, \
                                         st, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group, scale, \
                                         pos_ptr, partial, done, out, out_stride))
-    if (maxg == 1) AQC_ATTN(1);
+    if (maxg == AQC_ATT_TC) AQC_ATTN(AQC_ATT_TC);
+    else if (maxg == 1) AQC_ATTN(1);
     else if (maxg == 2) AQC_ATTN(2);
     else if (maxg == 4) AQC_ATTN(4);
     else AQC_ATTN(8);
@@ -1787,14 +2034,15 @@ static int aqc__quest_attention(cudaStream_t st, unsigned v, const float *qkv, i
                        aqc__attention(st, v, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_heads, n_kv, hd, page_size, pos_ptr,
                                       1, splits, partial, done + n_kv, out, out_stride, err, err_len)
                    ? -1 : 0;
-    const int group = n_heads / n_kv, maxg = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8, n_bx = aqc__select_blocks(max_pages);
+    const int group = n_heads / n_kv, maxg = aqc__attention_maxg(v, group, hd, page_size), n_bx = aqc__select_blocks(max_pages);
     const dim3 grid(n_bx * n_kv + n_kv * splits), block(AQC_ATT_WARPS * 32);
-    const size_t shm = (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
+    const size_t shm = aqc__attention_shared(maxg, hd);
     const float scale = 1.0f / sqrtf((float)hd);
 #define AQC_QA(G) AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_quest_attention_kernel<G>, grid, block, shm, st, qkv, qkv_dim, bounds_layer,    \
                                       kv_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, n_bx, splits, scale, \
                                       lists, list_len, partial, done, ready, out, out_stride))
-    if (maxg == 1) AQC_QA(1);
+    if (maxg == AQC_ATT_TC) AQC_QA(AQC_ATT_TC);
+    else if (maxg == 1) AQC_QA(1);
     else if (maxg == 2) AQC_QA(2);
     else if (maxg == 4) AQC_QA(4);
     else AQC_QA(8);
@@ -1869,7 +2117,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
-    if (aqc__allow_shared_memory(s->x_ld, err, err_len)) return -1;
+    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
@@ -2227,7 +2475,7 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
     r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
     r->n_sms = prop.multiProcessorCount;
-    if (aqc__device_variant(&r->v, err, err_len)) return -1;
+    if (aqc__device_variant(&r->v, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);

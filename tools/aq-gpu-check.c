@@ -549,6 +549,8 @@ static void check_kernels(void) {
     check_attention(500, 4, 4, 256, 32, 128);
     check_attention(100, 32, 8, 128, 16, 512);   /* fits the budget: dense */
     check_attention(20000, 8, 2, 64, 16, 1024);  /* 1250 pages: the top-k's second round */
+    check_attention(2500, 64, 8, 128, 32, 1024);  /* 8 heads per KV head, two 16-key tiles a page, the last page 4 keys */
+    check_attention(1000, 16, 8, 128, 32, 0);
     check_top_k(2047, 127, 1);
     check_top_k(8192, 1000, 1);
     check_top_k(32000, 40, 0);

@@ -51,32 +51,48 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
 # context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT 0),
 # then the variants not yet the default (kernels/aq_cuda.cu): every kernel check with all of them
-# (127) and with int8 activations prepped by their own kernel (16), the model checks with those
-# that keep f16 activations (111) and with int8 activations (16, whose agreement with the CPU is
-# the open question, kernels/NOTES.md), and each variant alone, all but dp4a (111) and all (127)
+# (255) and with int8 activations prepped by their own kernel (16), the model checks with those
+# that keep f16 activations (239) and with int8 activations (16, whose agreement with the CPU is
+# the open question, kernels/NOTES.md), and each variant alone, all but dp4a (239) and all (255)
 # timed with the short set, side by side with variant 0's full table.
 # RUNS overrides the list: variants:part:seconds, variants one or several (0,1,2), part kernels,
 # models, timing or short (timing --short).
 status=0
 : >"$LOG"
-RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,127:kernels:120 111:models:90 16:models:90 1,2,4,8,16,32,64,111,127:short:300"}
-for run in $RUNS; do
+RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,255:kernels:120 239:models:90 16:models:90 1,2,4,8,16,32,64,128,239,255:short:360"}
+queue=$RUNS
+while [ -n "$queue" ]; do
+    run=${queue%% *}; queue=$(echo "${queue#"$run"}" | sed 's/^ *//')
     variants=${run%%:*}; part=${run#*:}; limit=${part#*:}; part=${part%:*}
-    extra=""
-    [ "$part" = short ] && { part=timing; extra=--short; }
-    echo "== aq-gpu-check --variants $variants --part $part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    timeout "$limit" $B/tools/aq-gpu-check --variants "$variants" --part "$part" $extra --shared $SHARED \
+    tool_part=$part; extra=""
+    [ "$part" = short ] && { tool_part=timing; extra=--short; }
+    echo "== aq-gpu-check --variants $variants --part $tool_part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    timeout "$limit" $B/tools/aq-gpu-check --variants "$variants" --part "$tool_part" $extra --shared $SHARED \
         --model build/stories260K-rtn-g32.gguf --model build/stories260K-olive-g32.gguf \
-        --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 || { echo "   (exit status $?)" >>build/gpu-check-part.log; status=1; }
+        --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 && rc=0 || rc=$?
+    [ $rc = 0 ] || { echo "   (exit status $rc)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
-    if grep -q "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log; then fault_variants=${fault_variants:-$variants}; fi
+    fault=$(grep -c "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log || true)
+    if [ "$fault" != 0 ] || [ $rc = 124 ]; then
+        # a fault poisons the process's CUDA context, a time limit ends it: the variants after the
+        # one it stopped in get a process of their own
+        bad=$(grep "^==== AQ_CUDA_VARIANT=" build/gpu-check-part.log | tail -1 | sed 's/.*=//')
+        rest=$(echo ",$variants," | sed "s/.*,$bad,//; s/,$//")
+        [ -n "$bad" ] && [ -n "$rest" ] && [ "$rest" != ",$variants," ] && queue="$rest:$part:$limit $queue"
+        [ "$fault" != 0 ] && { fault_variant=${fault_variant:-$bad}; fault_part=${fault_part:-$part}; }
+    fi
 done
-# a fault: find the kernel and the address under compute-sanitizer, in the decode step at 32K
-if [ -n "${fault_variants:-}" ] && command -v compute-sanitizer >/dev/null; then
-    echo "== compute-sanitizer, variants $fault_variants, decode at 32K ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --variants "$fault_variants" --decode-ctx 32768 \
-        --model-7b build/llama2-7b-aq4.gguf 2>&1 | tail -60 | tee -a "$LOG"
+# a fault: find the kernel and the address under compute-sanitizer (a timing fault in the decode
+# step at 32K)
+if [ -n "${fault_variant:-}" ] && command -v compute-sanitizer >/dev/null; then
+    echo "== compute-sanitizer, variant $fault_variant, part $fault_part ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    case $fault_part in
+        kernels|models) args="--part $fault_part --shared $SHARED --model build/stories260K-rtn-g32.gguf" ;;
+        *) args="--decode-ctx 32768 --model-7b build/llama2-7b-aq4.gguf" ;;
+    esac
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --variants "$fault_variant" $args 2>&1 |
+        tail -60 | tee -a "$LOG"
 fi
 # PROFILE=1: Nsight Compute on one int4 GEMV (12288 x 4096) and on the four kernels of one Quest
 # step (32 KV heads) of the timing part

@@ -351,6 +351,60 @@ static inline unsigned __match_any_sync(unsigned mask, unsigned v) {
     return r;
 }
 
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) aqe::die("only full-warp __syncwarp");
+    aqe::warp_exchange(0);
+}
+
+/* ---- tensor cores: aq_cuda.cu's wrappers of mma.sync m16n8k16, ldmatrix and cp.async, from the
+   PTX ISA's fragment layouts (aq_cuda.cu states them), each a warp collective ---- */
+#define AQC_EMULATED_MMA 1
+static inline float aqe_half_bits(uint32_t u, int high) { return aqe::half_to_float((uint16_t)(high ? u >> 16 : u)); }
+static inline void aqc__mma_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    const uint64_t *all = aqe::warp_exchange((uint64_t)a[0] | (uint64_t)a[1] << 32);
+    uint32_t a01[32][2], a23[32][2], bb[32][2];
+    for (int l = 0; l < 32; l++) { a01[l][0] = (uint32_t)all[l]; a01[l][1] = (uint32_t)(all[l] >> 32); }
+    all = aqe::warp_exchange((uint64_t)a[2] | (uint64_t)a[3] << 32);
+    for (int l = 0; l < 32; l++) { a23[l][0] = (uint32_t)all[l]; a23[l][1] = (uint32_t)(all[l] >> 32); }
+    all = aqe::warp_exchange((uint64_t)b[0] | (uint64_t)b[1] << 32);
+    for (int l = 0; l < 32; l++) { bb[l][0] = (uint32_t)all[l]; bb[l][1] = (uint32_t)(all[l] >> 32); }
+    float A[16][16], B[16][8];
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, t = l % 4;
+        for (int e = 0; e < 2; e++) {
+            A[g][2 * t + e] = aqe_half_bits(a01[l][0], e);
+            A[g + 8][2 * t + e] = aqe_half_bits(a01[l][1], e);
+            A[g][2 * t + 8 + e] = aqe_half_bits(a23[l][0], e);
+            A[g + 8][2 * t + 8 + e] = aqe_half_bits(a23[l][1], e);
+            B[2 * t + e][g] = aqe_half_bits(bb[l][0], e);
+            B[2 * t + 8 + e][g] = aqe_half_bits(bb[l][1], e);
+        }
+    }
+    const int g = aqe::current->lane / 4, t = aqe::current->lane % 4;
+    for (int r = 0; r < 2; r++)
+        for (int c = 0; c < 2; c++) {
+            float sum = d[2 * r + c];
+            for (int k = 0; k < 16; k++) sum += A[g + 8 * r][k] * B[k][2 * t + c];
+            d[2 * r + c] = sum;
+        }
+}
+static inline void aqe_ldmatrix(uint32_t r[4], const void *row, bool trans) {
+    const uint64_t *all = aqe::warp_exchange((uint64_t)(uintptr_t)row);
+    const uint16_t *rows[32];
+    for (int l = 0; l < 32; l++) rows[l] = (const uint16_t *)(uintptr_t)all[l];
+    const int g = aqe::current->lane / 4, t = aqe::current->lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const uint16_t lo = trans ? rows[8 * i + 2 * t][g] : rows[8 * i + g][2 * t];
+        const uint16_t hi = trans ? rows[8 * i + 2 * t + 1][g] : rows[8 * i + g][2 * t + 1];
+        r[i] = (uint32_t)lo | (uint32_t)hi << 16;
+    }
+}
+static inline void aqc__ldmatrix_x4(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, false); }
+static inline void aqc__ldmatrix_x4_trans(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, true); }
+static inline void aqc__cp_async16(void *smem, const void *global) { memcpy(smem, global, 16); }
+static inline void aqc__cp_async_commit(void) {}
+template <int N> static inline void aqc__cp_async_wait(void) {}
+
 /* ---- runtime ---- */
 typedef enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorNotSupported = 801 } cudaError_t;
 typedef enum { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault } cudaMemcpyKind;
