@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "aq_cuda.h"
@@ -1956,6 +1957,17 @@ static int aqc__attention_maxg(unsigned v, int group, int hd, int page_size) {
     return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
 }
 
+/* f(std::integral_constant<int, maxg>()): a launch of the attention kernel instantiated for maxg. */
+template <class F> static cudaError_t aqc__with_maxg(int maxg, F f) {
+    switch (maxg) {
+    case AQC_ATT_TC: return f(std::integral_constant<int, AQC_ATT_TC>());
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 4: return f(std::integral_constant<int, 4>());
+    default: return f(std::integral_constant<int, 8>());
+    }
+}
+
 static size_t aqc__attention_shared(int maxg, int hd) {
     return maxg == AQC_ATT_TC ? aqc__attention_tc_shared(hd) : (size_t)AQC_ATT_WARPS * maxg * hd * sizeof(float);
 }
@@ -1980,15 +1992,12 @@ static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, c
     const dim3 grid(n_kv, splits, n_tokens), block(AQC_ATT_WARPS * 32);
     const size_t shm = aqc__attention_shared(maxg, hd);
     const bool pdl = v & AQC_V_PDL, fused = v & AQC_V_FUSED;
-#define AQC_ATTN(G) AQC_TRY(aqc__launch(pdl, fused ? aqc_attention_kernel<G, true> : aqc_attention_kernel<G, false>, grid, block, shm, \
-                                        st, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group, scale, \
-                                        pos_ptr, partial, done, out, out_stride))
-    if (maxg == AQC_ATT_TC) AQC_ATTN(AQC_ATT_TC);
-    else if (maxg == 1) AQC_ATTN(1);
-    else if (maxg == 2) AQC_ATTN(2);
-    else if (maxg == 4) AQC_ATTN(4);
-    else AQC_ATTN(8);
-#undef AQC_ATTN
+    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
+        constexpr int G = decltype(g)::value;
+        return aqc__launch(pdl, fused ? aqc_attention_kernel<G, true> : aqc_attention_kernel<G, false>, grid, block, shm, st, kv_layer,
+                           lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial, done, out,
+                           out_stride);
+    }));
     if (!fused)
         AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(hd < 32 ? 32 : hd), 0, st, partial, n_kv,
                             group, hd, splits, out, out_stride));
@@ -2038,15 +2047,11 @@ static int aqc__quest_attention(cudaStream_t st, unsigned v, const float *qkv, i
     const dim3 grid(n_bx * n_kv + n_kv * splits), block(AQC_ATT_WARPS * 32);
     const size_t shm = aqc__attention_shared(maxg, hd);
     const float scale = 1.0f / sqrtf((float)hd);
-#define AQC_QA(G) AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_quest_attention_kernel<G>, grid, block, shm, st, qkv, qkv_dim, bounds_layer,    \
-                                      kv_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, n_bx, splits, scale, \
-                                      lists, list_len, partial, done, ready, out, out_stride))
-    if (maxg == AQC_ATT_TC) AQC_QA(AQC_ATT_TC);
-    else if (maxg == 1) AQC_QA(1);
-    else if (maxg == 2) AQC_QA(2);
-    else if (maxg == 4) AQC_QA(4);
-    else AQC_QA(8);
-#undef AQC_QA
+    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
+        return aqc__launch(v & AQC_V_PDL, aqc_quest_attention_kernel<decltype(g)::value>, grid, block, shm, st, qkv, qkv_dim,
+                           bounds_layer, kv_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, n_bx, splits,
+                           scale, lists, list_len, partial, done, ready, out, out_stride);
+    }));
     return 0;
 }
 

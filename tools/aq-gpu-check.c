@@ -369,6 +369,7 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
     V = aq_model_config(m)->n_vocab;
     ids = tool_tokenize_documents("aq-gpu-check", aq_model_vocab(m), text, n_tokens, &n);
     p.n_ctx = window; p.n_batch = window; p.quest_budget = budget;
+    p.kv_type = AQ_KV_F16;   /* the GPU's cache is f16 whatever kv_type says: the CPU's the same, like for like */
     cpu = aq_session_new(m, &p, err, sizeof err);
     if (!budget && (exact_model = aq_model_load(path, err, sizeof err)) && (owned = dequantize_to_f32(exact_model)))
         exact = aq_session_new(exact_model, &p, err, sizeof err);
