@@ -1022,6 +1022,22 @@ __device__ void aqc__merge_head(const float *base, size_t stride, int splits, in
    the head's ready flag once every block of the head has read it. */
 enum { AQC__MERGE_KERNEL = 0, AQC__MERGE_LAST = 1, AQC__ONE_PASS = 2 };
 
+/* A block's share of a KV head's page list: list indices [begin, end) of split `split`, and the
+   page at index i (the list: dense, every page up to the last; or Quest's, which AQC__ONE_PASS
+   reads through L2 because a block of the same grid wrote it). */
+template <int MODE>
+struct aqc__split_pages {
+    const int *list;
+    int begin, end;
+    __device__ aqc__split_pages(const int *lists, const int *list_len, int kvh, int max_pages, int last, int split, int splits) {
+        list = lists ? lists + (size_t)kvh * max_pages : NULL;
+        const int n = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
+        begin = (int)((long long)n * split / splits);
+        end = (int)((long long)n * (split + 1) / splits);
+    }
+    __device__ int page(int i) const { return !list ? i : MODE == AQC__ONE_PASS ? __ldcg(list + i) : list[i]; }
+};
+
 /* The end of an attention block: the warps' partial softmaxes (m, l and the unnormalized output
    of each of the group's heads, in sm_m[warp][h], sm_l[warp][h] and sm_acc[warp][h][hd], MAXG
    heads apart) merged into the block's, written to partial; and with FUSED the merge of the
@@ -1075,8 +1091,8 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pos = *pos_ptr + t, last = pos / page_size;
-    const int n_list = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
-    const int begin = (int)((long long)n_list * split / splits), end = (int)((long long)n_list * (split + 1) / splits);
+    const aqc__split_pages<MODE> pages(lists, list_len, kvh, max_pages, last, split, splits);
+    const int begin = pages.begin, end = pages.end;
     const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
     float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
@@ -1094,11 +1110,7 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
        (the next page's first, through the page id read a page ahead) are issued before the
        current step is computed, so that every warp keeps two steps of loads in flight */
     const int steps_per_page = (page_size + 2 * keys_per_step - 1) / (2 * keys_per_step);
-    auto page_at = [&](int i) {
-        if (i >= end) return 0;
-        if (!lists) return i;
-        return MODE == AQC__ONE_PASS ? __ldcg(lists + (size_t)kvh * max_pages + i) : lists[(size_t)kvh * max_pages + i];
-    };
+    auto page_at = [&](int i) { return i < end ? pages.page(i) : 0; };
     auto fetch = [&](int page, int step, uint4 *raw, bool &va, bool &vb) {
         const int n_valid = page == last ? pos % page_size + 1 : page_size;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
@@ -1234,8 +1246,7 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
     __shared__ float sm_m[AQC_ATT_WARPS][AQC_TC_HEADS], sm_l[AQC_ATT_WARPS][AQC_TC_HEADS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const int pos = *pos_ptr + t, last = pos / page_size;
-    const int n_list = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
-    const int begin = (int)((long long)n_list * split / splits), end = (int)((long long)n_list * (split + 1) / splits);
+    const aqc__split_pages<MODE> pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int pieces = hd / 8, k_steps = hd / 16, tiles_per_page = page_size / 16;
     /* q (scaled) as the A operand, row g = query head g of the group: per k-step its columns 2t..
        and 2t+8.. (rows g+8 are heads past 8: zero) */
@@ -1257,9 +1268,9 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
     auto slot = [&](int key, int piece) { return key * pieces + (piece ^ (key & 7)); };
     /* tile j of this warp's pages into buffer b: its number of keys in the context (0: none) */
     auto issue = [&](int j, int b) {
-        const int i = begin + warp + AQC_ATT_WARPS * (j / tiles_per_page), k0 = 16 * (j % tiles_per_page);
-        if (i >= end) return 0;
-        const int page = !lists ? i : MODE == AQC__ONE_PASS ? __ldcg(lists + (size_t)kvh * max_pages + i) : lists[(size_t)kvh * max_pages + i];
+        const int i = pages.begin + warp + AQC_ATT_WARPS * (j / tiles_per_page), k0 = 16 * (j % tiles_per_page);
+        if (i >= pages.end) return 0;
+        const int page = pages.page(i);
         const int n_valid = (page == last ? pos % page_size + 1 : page_size) - k0;
         if (n_valid <= 0) return 0;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd + (size_t)k0 * hd, *V = K + (size_t)page_size * hd;

@@ -3,12 +3,13 @@
 
    Each GPU thread of a block is a fiber on the one host thread, and blocks run one
    after another.  A fiber runs until it reaches a barrier or a warp collective (shuffle, ballot,
-   match) and then yields; a barrier completes when every thread of the block that has not
+   match, __syncwarp, aq_cuda.cu's mma.sync and ldmatrix) and then yields; a barrier completes when every thread of the block that has not
    exited has reached it, a collective when all 32 lanes of the warp have.  So race-free kernels
    compute what they compute on a GPU, in the same order within each thread, with f16 arithmetic
    rounded as the GPU rounds it (one rounding per operation, ties to even).  What it cannot show:
-   speed, races, and the memory model (every write is visible at once, programmatic launches
-   and fences do nothing, streams run in issue order).
+   speed, races, and the memory model (every write is visible at once, cp.async copies at once,
+   programmatic launches and fences do nothing, streams run in issue order, and a block waiting
+   for another block's flag finds it set or waits forever).
 
    Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
    else it is asked for. */
