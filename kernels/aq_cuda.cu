@@ -236,11 +236,21 @@ __device__ __forceinline__ void aqc__prep_chunks(const float *x, const float *g,
                                                  int n_chunks, int chunks_per_group, int scaled, Store store) {
     static_assert(!INT8 || B % 4 == 0, "int8 batches hold whole groups of up to four chunks");
     const int lane = threadIdx.x % 32;
-    float v[B], amax[B];
+    float v[B], amax[B], sum[B];
 #pragma unroll
-    for (int k = 0; k < B; k++) v[k] = c0 + k < n_chunks ? aqc__prep_value(x, g, norm, inv, (c0 + k) * 32 + lane, n) : 0.0f;
+    for (int k = 0; k < B; k++) {
+        v[k] = c0 + k < n_chunks ? aqc__prep_value(x, g, norm, inv, (c0 + k) * 32 + lane, n) : 0.0f;
+        amax[k] = fabsf(v[k]);
+        sum[k] = v[k];
+    }
+    /* aqc__warp_max and aqc__warp_sum of every chunk, level by level: the chunks' shuffles
+       overlap instead of waiting on each other */
+    for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
-    for (int k = 0; k < B; k++) amax[k] = aqc__warp_max(fabsf(v[k]));
+        for (int k = 0; k < B; k++) {
+            amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], o));
+            sum[k] += __shfl_xor_sync(0xffffffffu, sum[k], o);
+        }
     if constexpr (INT8) {   /* each chunk's group maximum: pairs, then quads (max is exact in any order) */
         if (chunks_per_group >= 2)
 #pragma unroll
@@ -252,13 +262,12 @@ __device__ __forceinline__ void aqc__prep_chunks(const float *x, const float *g,
 #pragma unroll
     for (int k = 0; k < B; k++) {
         if (c0 + k >= n_chunks) break;
-        const float sum = aqc__warp_sum(v[k]);
         if constexpr (INT8) {
             const float to_int = amax[k] > 0.0f ? 127.0f / amax[k] : 0.0f;
-            store(c0 + k, (int8_t)__float2int_rn(v[k] * to_int), amax[k] / 127.0f, sum);
+            store(c0 + k, (int8_t)__float2int_rn(v[k] * to_int), amax[k] / 127.0f, sum[k]);
         } else {
             const float scale = scaled && amax[k] > 0.0f ? amax[k] : 1.0f;
-            store(c0 + k, __float2half(v[k] / scale), scale, sum);
+            store(c0 + k, __float2half(v[k] / scale), scale, sum[k]);
         }
     }
 }
