@@ -2484,18 +2484,19 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
-    int n_ctx, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, n_sms;
+    int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, n_sms;
     unsigned v;
     __half *kv, *bounds;
-    float *qkv, *scores, *partial, *out;
-    int *lists, *list_len, *pos, *done;   /* done: the selection's [n_kv], the attention's [n_kv], AQC_V_ONEPASS's [n_kv + 1] */
+    float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
+    int *lists, *list_len, *pos, *done;   /* done: the selection's [n_kv], the attention's [n_q][n_kv], AQC_V_ONEPASS's [n_kv + 1] */
 };
 
-static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_heads, int n_kv, int hd, int P, int layers,
+/* A rig for n_q queries at the last positions of a context of n_ctx (n_q > 1: a prompt, dense). */
+static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, int n_heads, int n_kv, int hd, int P, int layers,
                         char *err, size_t err_len) {
     cudaDeviceProp prop;
     AQC_TRY(cudaGetDeviceProperties(&prop, 0));
-    r->n_ctx = n_ctx; r->n_heads = n_heads; r->n_kv = n_kv; r->hd = hd; r->P = P;
+    r->n_ctx = n_ctx; r->n_q = n_q; r->n_heads = n_heads; r->n_kv = n_kv; r->hd = hd; r->P = P;
     r->max_pages = (n_ctx + P - 1) / P;
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
     r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
@@ -2504,20 +2505,21 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_hea
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
-    r->qkv = (float *)sc->get((size_t)r->qkv_dim * 4, err, err_len);
+    r->qkv = (float *)sc->get((size_t)n_q * r->qkv_dim * 4, err, err_len);
     r->scores = (float *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
-    r->partial = (float *)sc->get((size_t)r->splits * n_kv * (n_heads / n_kv) * (hd + 2) * 4, err, err_len);
-    r->out = (float *)sc->get((size_t)n_heads * hd * 4, err, err_len);
+    r->partial = (float *)sc->get((size_t)n_q * r->splits * n_kv * (n_heads / n_kv) * (hd + 2) * 4, err, err_len);
+    r->out = (float *)sc->get((size_t)n_q * n_heads * hd * 4, err, err_len);
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
-    r->done = (int *)sc->get(((size_t)3 * n_kv + 1) * 4, err, err_len);
+    r->done = (int *)sc->get(((size_t)(n_q + 2) * n_kv + 1) * 4, err, err_len);
     if (!(r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos && r->done)) return -1;
-    AQC_TRY(cudaMemset(r->done, 0, ((size_t)3 * n_kv + 1) * 4));
+    AQC_TRY(cudaMemset(r->done, 0, ((size_t)(n_q + 2) * n_kv + 1) * 4));
     return 0;
 }
 
-/* Attention for the query in r->qkv at position n_ctx - 1 over layer `layer` of the rig. */
+/* Attention for the queries in r->qkv at positions *r->pos .. + n_q - 1 over layer `layer` of the
+   rig (Quest: one query), split as the forward pass splits them. */
 static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len) {
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
     const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
@@ -2525,22 +2527,24 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
         return aqc__quest_attention(st, r->v, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
                                     r->n_kv, r->hd, r->P, r->max_pages, budget, r->pos, r->scores, r->lists, r->list_len,
                                     aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)), r->partial,
-                                    r->done, r->done + 2 * r->n_kv, r->out, r->n_heads * r->hd, NULL, err, err_len);
+                                    r->done, r->done + (r->n_q + 1) * r->n_kv, r->out, r->n_heads * r->hd, NULL, err, err_len);
     return aqc__attention(st, r->v, r->kv + kv_elems * layer, NULL, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
-                          r->hd, r->P, r->pos, 1, r->splits, r->partial, r->done + r->n_kv, r->out, r->n_heads * r->hd, err, err_len);
+                          r->hd, r->P, r->pos, r->n_q, r->splits / r->n_q > 1 ? r->splits / r->n_q : 1, r->partial, r->done + r->n_kv,
+                          r->out, r->n_heads * r->hd, err, err_len);
 }
 
-extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
+extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
                                    const float *k, const float *v, const float *q, float *out, int *pages,
                                    char *err, size_t err_len) {
     aqc__scratch sc;
     aqc__attn_rig r;
     const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
-    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > 8) {
+    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > 8 || n_queries < 1 ||
+        n_queries > n_ctx || (budget && n_queries > 1)) {
         aqc__err(err, err_len, "attention check: unsupported shape");
         return -1;
     }
-    if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, 1, err, err_len)) return -1;
+    if (aqc__rig_new(&r, &sc, n_ctx, n_queries, n_heads, n_kv_heads, head_dim, page_size, 1, err, err_len)) return -1;
     /* append every position through the real kernels (no rotation: n_rot 0), one batch */
     float *tokens = (float *)sc.get((size_t)n_ctx * r.qkv_dim * 4, err, err_len);
     if (!tokens) return -1;
@@ -2560,14 +2564,15 @@ extern "C" int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int h
     if (aqc__page_bounds(st.s, r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx, r.max_pages, err, err_len))
         return -1;
     AQC_TRY(cudaStreamSynchronize(st.s));
-    int last = n_ctx - 1;
-    AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
-    AQC_TRY(cudaMemcpy(r.qkv, q, (size_t)q_dim * 4, cudaMemcpyHostToDevice));
-    AQC_TRY(cudaMemset(r.out, 0xff, (size_t)q_dim * 4));
+    const int first = n_ctx - n_queries;
+    for (int t = 0; t < n_queries; t++) memcpy(&host[(size_t)t * r.qkv_dim], q + (size_t)t * q_dim, (size_t)q_dim * 4);
+    AQC_TRY(cudaMemcpy(r.pos, &first, 4, cudaMemcpyHostToDevice));
+    AQC_TRY(cudaMemcpy(r.qkv, host.data(), (size_t)n_queries * r.qkv_dim * 4, cudaMemcpyHostToDevice));
+    AQC_TRY(cudaMemset(r.out, 0xff, (size_t)n_queries * q_dim * 4));
     AQC_TRY(cudaDeviceSynchronize());   /* the poisoned output, as above */
     if (aqc__rig_step(&r, 0, budget, st.s, err, err_len)) return -1;
     AQC_TRY(cudaStreamSynchronize(st.s));
-    AQC_TRY(cudaMemcpy(out, r.out, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
+    AQC_TRY(cudaMemcpy(out, r.out, (size_t)n_queries * q_dim * 4, cudaMemcpyDeviceToHost));
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
         const int keep = budget / page_size;
         for (int h = 0; h < n_kv_heads; h++)
@@ -2748,7 +2753,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     const double quest_bytes = (double)layer_bytes * ((double)budget / n_ctx + 1.0 / page_size);
     int layers = (int)std::min(16.0, std::ceil(4.0 * l2 / std::min((double)layer_bytes, quest_bytes)));
     if (layers < 1) layers = 1;
-    if (aqc__rig_new(&r, &sc, n_ctx, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
+    if (aqc__rig_new(&r, &sc, n_ctx, 1, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r.max_pages * n_kv_heads * 2 * page_size * head_dim;
     const size_t b_elems = (size_t)n_kv_heads * r.max_pages * 2 * head_dim;
     AQC_TRY(aqc__fill_random(r.kv, (int64_t)(kv_elems * layers), 99, 0));

@@ -113,11 +113,13 @@ int aqc_check_gemv(const aqc_weight *w, const float *x, const float *gate, const
                    size_t err_len);
 /* y[n][rows] = x[n][cols] W^T through the prompt path (dequantize + cuBLAS). */
 int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *err, size_t err_len);
-/* One decode step's attention for a single layer.  k, v: [n_ctx][n_kv_heads][head_dim] floats
-   (stored to the paged f16 cache by the append kernel, bounds by the bounds kernel), q:
-   [n_heads][head_dim].  budget 0 = dense.  out: [n_heads][head_dim]; pages (may be NULL):
+/* One layer's attention for the queries at the last n_queries positions of the context (one: a
+   decode step; more: a prompt, each query seeing the positions up to its own).  k, v:
+   [n_ctx][n_kv_heads][head_dim] floats (stored to the paged f16 cache by the append kernel,
+   bounds by the bounds kernel), q: [n_queries][n_heads][head_dim].  budget 0 = dense (Quest
+   takes one query).  out: [n_queries][n_heads][head_dim]; pages (may be NULL):
    [n_kv_heads][budget / page_size] the selected pages, ascending, current page last. */
-int aqc_check_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
+int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
                         const float *k, const float *v, const float *q, float *out, int *pages,
                         char *err, size_t err_len);
 /* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the

@@ -149,24 +149,28 @@ static int by_score_desc(const void *a, const void *b) {
     return x->page - y->page;
 }
 
-static void check_attention(int n_ctx, int n_heads, int n_kv, int hd, int P, int budget) {
-    char err[512], what[160];
-    const int kv_dim = n_kv * hd, group = n_heads / n_kv, n_pages = (n_ctx + P - 1) / P, keep = budget / P, last = (n_ctx - 1) / P;
+/* The attention of the queries at the last n_q positions of a context of n_ctx (one: a decode
+   step, which budget > 0 puts on Quest; more: a prompt's, each query seeing the keys up to its
+   own position). */
+static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, int P, int budget) {
+    char err[512], what[160], pages_of[24];
+    const int kv_dim = n_kv * hd, q_dim = n_heads * hd, group = n_heads / n_kv, n_pages = (n_ctx + P - 1) / P, keep = budget / P,
+              last = (n_ctx - 1) / P;
     float *k = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim), *v = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim);
-    float *q = (float *)malloc(sizeof(float) * (size_t)n_heads * hd), *out = (float *)malloc(sizeof(float) * (size_t)n_heads * hd);
-    double *ref = (double *)calloc((size_t)n_heads * hd, sizeof(double));
+    float *q = (float *)malloc(sizeof(float) * (size_t)n_q * q_dim), *out = (float *)malloc(sizeof(float) * (size_t)n_q * q_dim);
+    double *ref = (double *)calloc((size_t)n_q * q_dim, sizeof(double));
     int *pages = (int *)calloc((size_t)(n_kv * (keep ? keep : 1)), sizeof(int));
     page_score *ps = (page_score *)malloc(sizeof(page_score) * (size_t)n_pages);
     double *sc = (double *)malloc(sizeof(double) * (size_t)n_ctx);
     int64_t i;
-    int h, kvh, p, d, j, wrong_pages = 0;
+    int h, kvh, p, d, j, t, wrong_pages = 0;
     /* keys with a per-channel bias, so that pages differ and the selection matters */
     for (i = 0; i < (int64_t)n_ctx * kv_dim; i++) {
         k[i] = f16_round(uniform() + 0.5f * sinf((float)(i % kv_dim) + (float)(i / kv_dim) * 0.01f));
         v[i] = f16_round(uniform());
     }
-    for (i = 0; i < (int64_t)n_heads * hd; i++) q[i] = 2.0f * uniform();
-    if (aqc_check_attention(n_ctx, n_heads, n_kv, hd, P, budget, k, v, q, out, pages, err, sizeof err)) {
+    for (i = 0; i < (int64_t)n_q * q_dim; i++) q[i] = 2.0f * uniform();
+    if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, k, v, q, out, pages, err, sizeof err)) {
         printf("  attention: %s  FAIL\n", err);
         failures++;
         goto done;
@@ -211,38 +215,43 @@ static void check_attention(int n_ctx, int n_heads, int n_kv, int hd, int P, int
             n_list = 0;
             list = list_dense;
         }
-        /* reference attention over the pages the GPU read (all of them when dense) */
-        for (h = kvh * group; h < (kvh + 1) * group; h++) {
-            double mx = -INFINITY, sum = 0;
-            int n_keys = 0;
-            for (p = 0; p < (n_list ? n_list : n_pages); p++) {
-                int page = n_list ? list[p] : p;
-                for (j = page * P; j < (page + 1) * P && j < n_ctx; j++) {
-                    double s = 0;
-                    for (d = 0; d < hd; d++) s += (double)q[h * hd + d] * k[(size_t)j * kv_dim + kvh * hd + d];
-                    sc[n_keys++] = s / sqrt((double)hd);
-                    mx = sc[n_keys - 1] > mx ? sc[n_keys - 1] : mx;
+        /* reference attention over the pages the GPU read (all of them when dense), each query
+           up to its own position */
+        for (t = 0; t < n_q; t++)
+            for (h = kvh * group; h < (kvh + 1) * group; h++) {
+                const float *qh = q + (size_t)t * q_dim + h * hd;
+                double *rh = ref + (size_t)t * q_dim + h * hd, mx = -INFINITY, sum = 0;
+                const int end = n_ctx - n_q + t + 1;
+                int n_keys = 0;
+                for (p = 0; p < (n_list ? n_list : n_pages); p++) {
+                    int page = n_list ? list[p] : p;
+                    for (j = page * P; j < (page + 1) * P && j < end; j++) {
+                        double s = 0;
+                        for (d = 0; d < hd; d++) s += (double)qh[d] * k[(size_t)j * kv_dim + kvh * hd + d];
+                        sc[n_keys++] = s / sqrt((double)hd);
+                        mx = sc[n_keys - 1] > mx ? sc[n_keys - 1] : mx;
+                    }
                 }
-            }
-            n_keys = 0;
-            for (p = 0; p < (n_list ? n_list : n_pages); p++) {
-                int page = n_list ? list[p] : p;
-                for (j = page * P; j < (page + 1) * P && j < n_ctx; j++) {
-                    double e = exp(sc[n_keys++] - mx);
-                    sum += e;
-                    for (d = 0; d < hd; d++) ref[h * hd + d] += e * v[(size_t)j * kv_dim + kvh * hd + d];
+                n_keys = 0;
+                for (p = 0; p < (n_list ? n_list : n_pages); p++) {
+                    int page = n_list ? list[p] : p;
+                    for (j = page * P; j < (page + 1) * P && j < end; j++) {
+                        double e = exp(sc[n_keys++] - mx);
+                        sum += e;
+                        for (d = 0; d < hd; d++) rh[d] += e * v[(size_t)j * kv_dim + kvh * hd + d];
+                    }
                 }
+                for (d = 0; d < hd; d++) rh[d] /= sum;
             }
-            for (d = 0; d < hd; d++) ref[h * hd + d] /= sum;
-        }
     }
-    snprintf(what, sizeof what, "attention %s ctx %d, %d heads / %d KV, hd %d%s", budget && n_ctx > budget ? "Quest" : "dense", n_ctx,
-             n_heads, n_kv, hd, budget && n_ctx > budget ? ", pages as the CPU picks" : "");
+    snprintf(pages_of, sizeof pages_of, P != 16 ? ", pages of %d" : "", P);
+    snprintf(what, sizeof what, "attention %s ctx %d, %d heads / %d KV, hd %d%s%s", budget && n_ctx > budget ? "Quest" : "dense", n_ctx,
+             n_heads, n_kv, hd, pages_of, budget && n_ctx > budget ? ", pages as the CPU picks" : n_q > 1 ? ", a prompt's queries" : "");
     if (wrong_pages) {
         printf("  %-58s %d pages differ from the CPU's selection  FAIL\n", what, wrong_pages);
         failures++;
     }
-    verdict(what, rel_err(out, ref, (int64_t)n_heads * hd), 1e-3);
+    verdict(what, rel_err(out, ref, (int64_t)n_q * q_dim), 1e-3);
 done:
     free(k); free(v); free(q); free(out); free(ref); free(pages); free(ps); free(sc);
 }
@@ -542,16 +551,19 @@ static void check_kernels(void) {
     check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7, "copy");
     check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7, "copy");
     check_matmul(AQ_TYPE_F16, 1000, 300, 7, "copy");
-    check_attention(3000, 32, 32, 128, 16, 0);
-    check_attention(3000, 32, 32, 128, 16, 512);
-    check_attention(4001, 32, 8, 128, 16, 1024);
-    check_attention(1000, 8, 4, 8, 16, 256);
-    check_attention(777, 16, 2, 64, 16, 128);
-    check_attention(500, 4, 4, 256, 32, 128);
-    check_attention(100, 32, 8, 128, 16, 512);   /* fits the budget: dense */
-    check_attention(20000, 8, 2, 64, 16, 1024);  /* 1250 pages: the top-k's second round */
-    check_attention(2500, 64, 8, 128, 32, 1024);  /* 8 heads per KV head, two 16-key tiles a page, the last page 4 keys */
-    check_attention(1000, 16, 8, 128, 32, 0);
+    check_attention(3000, 1, 32, 32, 128, 16, 0);
+    check_attention(3000, 1, 32, 32, 128, 16, 512);
+    check_attention(4001, 1, 32, 8, 128, 16, 1024);
+    check_attention(1000, 1, 8, 4, 8, 16, 256);
+    check_attention(777, 1, 16, 2, 64, 16, 128);
+    check_attention(500, 1, 4, 4, 256, 32, 128);
+    check_attention(100, 1, 32, 8, 128, 16, 512);   /* fits the budget: dense */
+    check_attention(20000, 1, 8, 2, 64, 16, 1024);  /* 1250 pages: the top-k's second round */
+    check_attention(2500, 1, 64, 8, 128, 32, 1024);  /* 8 heads per KV head, two 16-key tiles a page, the last page 4 keys */
+    check_attention(1000, 1, 16, 8, 128, 32, 0);
+    check_attention(700, 9, 32, 8, 128, 16, 0);     /* a prompt's queries: GQA, each query's last page partial */
+    check_attention(300, 5, 16, 2, 64, 32, 0);
+    check_attention(500, 6, 32, 32, 128, 16, 0);
     check_top_k(2047, 127, 1);
     check_top_k(8192, 1000, 1);
     check_top_k(32000, 40, 0);
