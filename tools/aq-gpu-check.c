@@ -7,7 +7,8 @@
         batches and then decode steps, next-token argmax agreement and logit differences, and
         greedy and sampled text (the draw on the device);
      3. one timing table: GEMV vs cuBLAS on Llama-2-7B shapes, dense vs Quest attention at 32K,
-        and the whole decode step of a Llama-2-7B-shape int4 model, with where its time goes.
+        and the whole decode step of a Llama-2-7B-shape int4 model, with where its time goes;
+        apart (--part gqa), the decode step of a model with grouped KV heads (Llama-3-8B's shape).
    --variants runs the parts for kernels not yet made the default (AQ_CUDA_VARIANT, see
    kernels/aq_cuda.cu).  The same checks run without a GPU on tests/cuda_emu (make test-cuda-emu).
    Exit status 1 when a check fails. */
@@ -29,10 +30,12 @@ static void usage(FILE *f) {
             "  --model PATH       a quantized model to run teacher-forced too (e.g. stories260K through aq-quantize\n"
             "                     --method rtn or olive); up to 4\n"
             "  --model-7b PATH    a Llama-2-7B-shape int4 model for the decode-step timing (aq-synth --type aq4_g128)\n"
+            "  --model-gqa PATH   a model with grouped KV heads (aq-synth --preset llama3-8b) for the gqa part\n"
             "  --tokens N         teacher-forced tokens per model (default 2000)\n"
             "  --part P           run one part: kernels, models or timing (default: all three); separate\n"
             "                     processes keep a fault in one part (a bad address poisons the CUDA\n"
-            "                     context) from hiding the others.  decode: only the decode-step timings\n"
+            "                     context) from hiding the others.  decode: only the decode-step timings;\n"
+            "                     gqa: the --model-gqa model's decode step at 32K, dense and Quest\n"
             "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
             "  --short            timing: two GEMV shapes, the attention, and the decode step in graphs\n"
             "                     at 4K dense and 32K, with the 32K Quest step's profile (to compare variants)\n"
@@ -640,10 +643,22 @@ static void decode_table(aq_model *m, int decode_ctx, int short_set) {
     }
 }
 
+/* the decode step of a model whose query heads share KV heads (the tensor-core attention's case) */
+static void gqa_table(aq_model *m) {
+    const aq_config *c;
+    if (!m) { printf("\n  grouped KV heads: no --model-gqa, nothing to time\n"); return; }
+    c = aq_model_config(m);
+    printf("\n  %d layers, %d query heads on %d KV heads of %d, feed-forward %d, vocabulary %d:\n", c->n_layers, c->n_heads,
+           c->n_kv_heads, c->head_dim, c->n_ff, c->n_vocab);
+    time_decode(m, 32768, 0, 0, 0);
+    time_decode(m, 32768, 2048, 0, 0);
+    profile_decode(m, 32768, 2048);
+}
+
 int main(int argc, char **argv) {
-    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *part = "all", *variants = getenv("AQ_CUDA_VARIANT");
+    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *model_gqa = NULL, *part = "all", *variants = getenv("AQ_CUDA_VARIANT");
     char variant[16];
-    aq_model *m7 = NULL;
+    aq_model *m7 = NULL, *mg = NULL;
     char err[512], name[256];
     int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, i;
     setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
@@ -665,12 +680,13 @@ int main(int argc, char **argv) {
             }
         }
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
+        else if (!strcmp(a, "--model-gqa")) model_gqa = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
         else if (!strcmp(a, "--part")) {
             part = tool_arg("aq-gpu-check", argc, argv, &i);
             if (strcmp(part, "kernels") && strcmp(part, "models") && strcmp(part, "timing") && strcmp(part, "decode") &&
-                strcmp(part, "all")) {
-                fprintf(stderr, "aq-gpu-check: --part must be kernels, models, timing, decode or all, got '%s'\n", part);
+                strcmp(part, "gqa") && strcmp(part, "all")) {
+                fprintf(stderr, "aq-gpu-check: --part must be kernels, models, timing, decode, gqa or all, got '%s'\n", part);
                 return 2;
             }
         }
@@ -681,6 +697,10 @@ int main(int argc, char **argv) {
     if (decode_ctx) part = "decode";
     if (model_7b && (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) &&
         !(m7 = aq_model_load(model_7b, err, sizeof err))) {
+        printf("  %s  FAIL\n", err);
+        failures++;
+    }
+    if (model_gqa && (!strcmp(part, "all") || !strcmp(part, "gqa")) && !(mg = aq_model_load(model_gqa, err, sizeof err))) {
         printf("  %s  FAIL\n", err);
         failures++;
     }
@@ -696,8 +716,10 @@ int main(int argc, char **argv) {
         if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
         if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
         if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
+        if (!strcmp(part, "all") || !strcmp(part, "gqa")) gqa_table(mg);
     }
     aq_model_free(m7);
+    aq_model_free(mg);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");
     return failures ? 1 : 0;
 }

@@ -24,6 +24,8 @@ if [ "${1:-}" = "--prepare" ]; then
 fi
 
 start=$(date +%s)
+# the parts to run, variants:part:seconds (see the loop below)
+RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,255:kernels:120 239:models:90 16:models:90 1,2,4,8,16,32,64,128,239,255:short:360 0,128,255:gqa:150"}
 if [ -z "${SHARED:-}" ]; then
     if [ -d third_party/shared ]; then SHARED=third_party/shared; else SHARED=../shared; fi
 fi
@@ -47,6 +49,12 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
 [ -f build/llama2-7b-aq4.gguf ] ||
     $B/tools/aq-synth --preset llama2-7b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
         -o build/llama2-7b-aq4.gguf >>build/gpu-check-build.log 2>&1
+# a model with grouped KV heads, for the gqa part only: made when RUNS asks for that part
+case " $RUNS " in *:gqa:*)
+    [ -f build/llama3-8b-aq4.gguf ] ||
+        $B/tools/aq-synth --preset llama3-8b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
+            -o build/llama3-8b-aq4.gguf >>build/gpu-check-build.log 2>&1 ;;
+esac
 
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
 # context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT 0),
@@ -55,11 +63,11 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
 # that keep f16 activations (239) and with int8 activations (16, whose agreement with the CPU is
 # the open question, kernels/NOTES.md), and each variant alone, all but dp4a (239) and all (255)
 # timed with the short set, side by side with variant 0's full table.
-# RUNS overrides the list: variants:part:seconds, variants one or several (0,1,2), part kernels,
-# models, timing or short (timing --short).
+# RUNS (set at the top) overrides the list: variants:part:seconds, variants one or several
+# (0,1,2), part kernels, models, timing, short (timing --short) or gqa (the decode step of a
+# Llama-3-8B-shape int4 model, 8 KV heads, for the tensor-core attention of variant 128).
 status=0
 : >"$LOG"
-RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,255:kernels:120 239:models:90 16:models:90 1,2,4,8,16,32,64,128,239,255:short:360"}
 queue=$RUNS
 while [ -n "$queue" ]; do
     run=${queue%% *}; queue=$(echo "${queue#"$run"}" | sed 's/^ *//')
@@ -69,7 +77,7 @@ while [ -n "$queue" ]; do
     echo "== aq-gpu-check --variants $variants --part $tool_part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     timeout "$limit" $B/tools/aq-gpu-check --variants "$variants" --part "$tool_part" $extra --shared $SHARED \
         --model build/stories260K-rtn-g32.gguf --model build/stories260K-olive-g32.gguf \
-        --model-7b build/llama2-7b-aq4.gguf >build/gpu-check-part.log 2>&1 && rc=0 || rc=$?
+        --model-7b build/llama2-7b-aq4.gguf --model-gqa build/llama3-8b-aq4.gguf >build/gpu-check-part.log 2>&1 && rc=0 || rc=$?
     [ $rc = 0 ] || { echo "   (exit status $rc)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
@@ -108,6 +116,6 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
 fi
 # the lines that decide things, together at the end (the whole log is in $LOG)
 echo "== summary"
-grep -E "FAIL|^==== |^  +[0-9]+ x [0-9]+ |attention 32K|sparse attention alone|decode step|one step,|agreement|no activation" "$LOG" || true
+grep -E "FAIL|^==== |^  +[0-9]+ x [0-9]+ |attention 32K|sparse attention alone|decode step|one step,|agreement|no activation|KV heads of" "$LOG" || true
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
