@@ -1993,9 +1993,11 @@ static size_t aqc__attention_shared(int maxg, int hd) {
 }
 
 /* The tensor-core attention's two tiles per warp take more than the default 48 KB at head_dim
-   128: allowed once, before any launch or capture (sessions and the checks call this). */
-static int aqc__allow_attention_shared_memory(char *err, size_t err_len) {
+   128: allowed once, before any launch or capture (sessions and the checks call this), and only
+   where variant v runs it. */
+static int aqc__allow_attention_shared_memory(unsigned v, char *err, size_t err_len) {
     const int bytes = (int)aqc__attention_tc_shared(AQC_TC_MAX_HD);
+    if (!(v & AQC_V_GQA)) return 0;
     AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     AQC_TRY(cudaFuncSetAttribute(aqc_quest_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
@@ -2142,7 +2144,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
-    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(s->variant, err, err_len)) return -1;
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
@@ -2501,7 +2503,7 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
     r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
     r->n_sms = prop.multiProcessorCount;
-    if (aqc__device_variant(&r->v, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    if (aqc__device_variant(&r->v, err, err_len) || aqc__allow_attention_shared_memory(r->v, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
