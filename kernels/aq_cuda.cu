@@ -813,9 +813,16 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
 #define AQC_TOPK_CACHE 8   /* Quest's page scores kept in registers up to 8192 pages (128K tokens at 16) */
 
 /* The k largest of vals[0..n) (0 < k <= n), ties to the lower index, written to out in
-   ascending index order.  Every thread of the block calls it.  A radix select (four passes over
-   8 bits of an order-preserving key) finds the k-th largest key; then, in rounds of one key per
-   thread, one block scan places the keys above it and the first ties equal to it.  CACHE > 0
+   ascending index order.  Every thread of the block calls it.  A radix select (passes over 8
+   bits of an order-preserving key) narrows the keys down to those sharing the k-th largest key's
+   high bits; then, in rounds of one key per thread, one block scan places the keys above it and
+   the first ties equal to it.  Each pass is a chain of barriers, and the selection is on the
+   critical path of every Quest layer, so there are as few as can be: with the keys in registers
+   the first pass starts at the highest bit where they differ (alike scores share their sign and
+   most of their exponent), and any pass stops the select when the bucket it picked holds exactly
+   the keys still wanted (they are all taken, whatever their low bits).  Typically that is two
+   passes where a full select takes four; the keys read per pass skip the first step, which would
+   cost a pass over memory of its own.  CACHE > 0
    keeps each thread's keys in registers (n <= CACHE * blockDim.x), so that the passes read
    memory once; CACHE = 0 reads vals in every pass.  Used for Quest's pages (cached) and the
    sampler's top-k over the vocabulary.
@@ -828,7 +835,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
     __shared__ int scan[32];
     __shared__ uint32_t s_prefix;
-    __shared__ int s_k;
+    __shared__ int s_k, s_exact;
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
     const int rounds = (n + nt - 1) / nt;   /* at most CACHE when CACHE > 0 */
     auto index = [&](int r) { return CONTIG ? tid * rounds + r : r * nt + tid; };
@@ -847,15 +854,36 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         } else
             for (int r = 0; r < rounds; r++) f(r, key_at(index(r)));
     };
+    /* the key's bits from `low` up are settled: every key wanted has (key & mask) >= prefix */
     uint32_t prefix = 0, mask = 0;
-    for (int shift = 24; shift >= 0; shift -= 8) {
+    int low = 32;
+    if (CACHE) {
+        __shared__ uint32_t s_min[32], s_max[32];
+        uint32_t lo_key = 0xffffffffu, hi_key = 0u;
+        for_each_key([&](int r, uint32_t key) {
+            if (index(r) < n) { lo_key = min(lo_key, key); hi_key = max(hi_key, key); }
+        });
+        for (int o = 16; o > 0; o >>= 1) {
+            lo_key = min(lo_key, __shfl_xor_sync(0xffffffffu, lo_key, o));
+            hi_key = max(hi_key, __shfl_xor_sync(0xffffffffu, hi_key, o));
+        }
+        if (lane == 0) { s_min[tid / 32] = lo_key; s_max[tid / 32] = hi_key; }
+        __syncthreads();
+        for (int w = 0; w < (nt + 31) / 32; w++) { lo_key = min(lo_key, s_min[w]); hi_key = max(hi_key, s_max[w]); }
+        low = lo_key == hi_key ? 0 : 32 - __clz((int)(lo_key ^ hi_key));   /* above bit `low`, every key is alike */
+        mask = low == 32 ? 0u : 0xffffffffu << low;
+        prefix = hi_key & mask;
+    }
+    while (low > 0) {
+        const int width = low < 8 ? low : 8;
+        low -= width;
         for (int i = tid; i < 256; i += nt) hist[i] = 0;
         __syncthreads();
         /* scores are alike, so most keys of a pass share a bucket: one atomic per bucket per warp
            (lanes with the same bucket found by __match_any_sync), not one per key */
         auto count = [&](int r, uint32_t key) {
             uint32_t bucket = 0xffffffffu;   /* no bucket: past the end, or outside the prefix */
-            if (index(r) < n && (key & mask) == prefix) bucket = (key >> shift) & 255u;
+            if (index(r) < n && (key & mask) == prefix) bucket = (key >> low) & ((1u << width) - 1u);
             const unsigned peers = __match_any_sync(0xffffffffu, bucket);
             if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
         };
@@ -873,32 +901,36 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
                     if (cum + hist[b] >= k) break;
                     cum += hist[b];
                 }
-                s_prefix = prefix | ((uint32_t)b << shift);
+                s_prefix = prefix | ((uint32_t)b << low);
                 s_k = k - cum;
+                s_exact = hist[b] == k - cum;
             }
         }
         __syncthreads();
         prefix = s_prefix;
         k = s_k;
-        mask |= 255u << shift;
+        mask |= ((1u << width) - 1u) << low;
+        const bool exact = s_exact;
         __syncthreads();
+        if (exact) break;   /* the bucket's keys are exactly the ones still wanted */
     }
-    /* prefix is now the k-th best key: take every key above it and the first k equal to it, in
-       index order.  CONTIG: a key's place is the number of keys above before it plus the number
-       of ties before it, up to k; two scans give each thread the counts before its first key. */
+    /* Every key whose bits under the mask are above prefix is taken, and the first k of those
+       equal to it, in index order (when the select stopped early, all of them).  CONTIG: a key's
+       place is the number of keys above before it plus the number of ties before it, up to k;
+       two scans give each thread the counts before its first key. */
     if (CONTIG) {
         int above = 0, ties = 0;
         for_each_key([&](int r, uint32_t key) {
-            above += index(r) < n && key > prefix;
-            ties += index(r) < n && key == prefix;
+            above += index(r) < n && (key & mask) > prefix;
+            ties += index(r) < n && (key & mask) == prefix;
         });
         above = aqc__block_exclusive_scan(above, scan);
         ties = aqc__block_exclusive_scan(ties, scan);
         for_each_key([&](int r, uint32_t key) {
             const int i = index(r);
             if (i >= n) return;
-            if (key > prefix) out[above++ + min(ties, k)] = i;
-            else if (key == prefix && ties < k) out[above + ties++] = i;
+            if ((key & mask) > prefix) out[above++ + min(ties, k)] = i;
+            else if ((key & mask) == prefix && ties < k) out[above + ties++] = i;
         });
         return;
     }
@@ -906,7 +938,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     int written = 0, ties_seen = 0;
     auto place = [&](int r, uint32_t key) {
         const int i = r * nt + tid;
-        const int above = i < n && key > prefix, tie = i < n && key == prefix;
+        const int above = i < n && (key & mask) > prefix, tie = i < n && (key & mask) == prefix;
         const int before = aqc__block_exclusive_scan(above | (tie << 16), scan);
         const int ties_left = max(0, k - ties_seen), tie_before = before >> 16;
         if (above || (tie && tie_before < ties_left)) out[written + (before & 0xffff) + min(tie_before, ties_left)] = i;

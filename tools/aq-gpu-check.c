@@ -261,22 +261,27 @@ done:
 
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
-/* the block top-k (Quest's pages, the sampler's candidates) against a sort, with many ties */
-static void check_top_k(int n, int k, int mode) {
+/* the block top-k (Quest's pages, the sampler's candidates) against a sort, with many ties;
+   spread 0: scores in [-8, 8) with a seventh of them tied on five values; 1: the same shape in
+   [99.99, 100.01), keys alike in their first 20 bits; 2: every score equal */
+static void check_top_k(int n, int k, int mode, int spread) {
     static const char *modes[3] = {"keys read per pass", "keys in registers", "fused selection's"};
+    static const char *spreads[3] = {"", ", alike", ", all equal"};
     char err[512], what[128];
     float *v = (float *)malloc(sizeof(float) * (size_t)n);
     int *got = (int *)malloc(sizeof(int) * (size_t)k), *want = (int *)malloc(sizeof(int) * (size_t)k), i, wrong = 0;
     page_score *ps = (page_score *)malloc(sizeof(page_score) * (size_t)n);
     for (i = 0; i < n; i++) {
-        v[i] = (i % 7 == 0) ? 0.25f * (float)(i % 5) : uniform() * 8.0f;   /* a seventh of them tied on five values */
+        if (spread == 0) v[i] = (i % 7 == 0) ? 0.25f * (float)(i % 5) : uniform() * 8.0f;
+        else if (spread == 1) v[i] = 100.0f + ((i % 7 == 0) ? 0.002f * (float)(i % 5) : uniform() * 0.01f);
+        else v[i] = -1.5f;
         ps[i].score = v[i];
         ps[i].page = i;
     }
     qsort(ps, (size_t)n, sizeof *ps, by_score_desc);
     for (i = 0; i < k; i++) want[i] = ps[i].page;
     qsort(want, (size_t)k, sizeof *want, by_int);
-    snprintf(what, sizeof what, "top-k %d of %d, %s", k, n, modes[mode]);
+    snprintf(what, sizeof what, "top-k %d of %d, %s%s", k, n, modes[mode], spreads[spread]);
     if (aqc_check_top_k(v, n, k, mode, got, err, sizeof err)) {
         printf("  %s: %s  FAIL\n", what, err);
         failures++;
@@ -567,13 +572,18 @@ static void check_kernels(void) {
     check_attention(700, 9, 32, 8, 128, 16, 0);     /* a prompt's queries: GQA, each query's last page partial */
     check_attention(300, 5, 16, 2, 64, 32, 0);
     check_attention(500, 6, 32, 32, 128, 16, 0);
-    check_top_k(2047, 127, 1);
-    check_top_k(8192, 1000, 1);
-    check_top_k(32000, 40, 0);
-    check_top_k(5000, 1024, 0);
-    check_top_k(2047, 127, 2);
-    check_top_k(2048, 1, 2);
-    check_top_k(5000, 300, 2);   /* past the registers: read per pass */
+    check_top_k(2047, 127, 1, 0);
+    check_top_k(8192, 1000, 1, 0);
+    check_top_k(8192, 1000, 1, 1);
+    check_top_k(2047, 2000, 1, 1);   /* most of them: keys on both sides of the first bit that differs */
+    check_top_k(32000, 40, 0, 0);
+    check_top_k(5000, 1024, 0, 1);
+    check_top_k(2047, 127, 2, 0);
+    check_top_k(2047, 127, 2, 1);
+    check_top_k(2048, 1, 2, 0);
+    check_top_k(2047, 2000, 2, 0);
+    check_top_k(2000, 100, 2, 2);
+    check_top_k(5000, 300, 2, 0);   /* past the registers: read per pass */
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
