@@ -951,7 +951,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
 
 /* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
    page order, then the current page. */
-__global__ void __launch_bounds__(AQC_TOPK_THREADS)
+__global__ void __launch_bounds__(AQC_TOPK_THREADS, 1)
 aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
     aqc__enter();
     const int kvh = blockIdx.x, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
@@ -1532,7 +1532,7 @@ __global__ void aqc_argmax_kernel(const float *logits, int n, int *state) {
    and then by min_p, and the token where the uniform r (the host sampler's own RNG draw) falls
    in the cumulative probabilities.  One block; top_k <= AQC_SAMPLE_MAX_K. */
 #define AQC_SAMPLE_MAX_K 1024
-__global__ void __launch_bounds__(AQC_TOPK_THREADS)
+__global__ void __launch_bounds__(AQC_TOPK_THREADS, 1)
 aqc_sample_kernel(const float *logits, int n, float temperature, int top_k, float top_p, float min_p, float r, int *state) {
     __shared__ int cand[AQC_SAMPLE_MAX_K], sorted_id[AQC_SAMPLE_MAX_K];
     __shared__ float sorted_p[AQC_SAMPLE_MAX_K];
@@ -2617,7 +2617,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
 }
 
 template <int CACHE, bool CONTIG>
-__global__ void __launch_bounds__(AQC_TOPK_THREADS) aqc_top_k_check_kernel(const float *vals, int n, int k, int *out) {
+__global__ void __launch_bounds__(AQC_TOPK_THREADS, 1) aqc_top_k_check_kernel(const float *vals, int n, int k, int *out) {
     aqc__block_top_k<CACHE, CONTIG>(vals, n, k, out);
 }
 
