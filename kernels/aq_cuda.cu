@@ -860,16 +860,22 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     if (CACHE) {
         __shared__ uint32_t s_min[32], s_max[32];
         uint32_t lo_key = 0xffffffffu, hi_key = 0u;
+        auto warp_min_max = [&]() {
+            for (int o = 16; o > 0; o >>= 1) {
+                lo_key = min(lo_key, __shfl_xor_sync(0xffffffffu, lo_key, o));
+                hi_key = max(hi_key, __shfl_xor_sync(0xffffffffu, hi_key, o));
+            }
+        };
         for_each_key([&](int r, uint32_t key) {
             if (index(r) < n) { lo_key = min(lo_key, key); hi_key = max(hi_key, key); }
         });
-        for (int o = 16; o > 0; o >>= 1) {
-            lo_key = min(lo_key, __shfl_xor_sync(0xffffffffu, lo_key, o));
-            hi_key = max(hi_key, __shfl_xor_sync(0xffffffffu, hi_key, o));
-        }
+        warp_min_max();
         if (lane == 0) { s_min[tid / 32] = lo_key; s_max[tid / 32] = hi_key; }
         __syncthreads();
-        for (int w = 0; w < (nt + 31) / 32; w++) { lo_key = min(lo_key, s_min[w]); hi_key = max(hi_key, s_max[w]); }
+        const bool has_warp = lane < (nt + 31) / 32;   /* every warp reduces the warps' results itself */
+        lo_key = has_warp ? s_min[lane] : 0xffffffffu;
+        hi_key = has_warp ? s_max[lane] : 0u;
+        warp_min_max();
         low = lo_key == hi_key ? 0 : 32 - __clz((int)(lo_key ^ hi_key));   /* above bit `low`, every key is alike */
         mask = low == 32 ? 0u : 0xffffffffu << low;
         prefix = hi_key & mask;
