@@ -1034,32 +1034,60 @@ aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads,
    head] counts them, and that block sets it back to 0. */
 #define AQC_ATT_WARPS 4
 #define AQC_MAX_SPLITS 256
+#define AQC_MAX_GROUP 8   /* query heads per KV head */
 
-/* out[hd] for one query head from its splits' (max, sum, output[hd]) at base, stride apart; every
-   thread of the block calls it.  The splits' weights are worked out in parallel first, so that
-   the sums over splits below are independent loads rather than a chain of them.  The partials
-   come from other blocks (of this grid, when fused): loads through L2. */
-__device__ void aqc__merge_head(const float *base, size_t stride, int splits, int hd, float *out, float *weight, float *red) {
-    float M = -INFINITY;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) M = fmaxf(M, __ldcg(base + s * stride));
-    M = aqc__warp_max(M);
-    __syncthreads();   /* red and weight may still be read by the previous head's merge */
-    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = M;
-    __syncthreads();
-    M = -INFINITY;
-    for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) M = fmaxf(M, red[w]);
-    float L = 0.0f;
-    for (int s = threadIdx.x; s < splits; s += blockDim.x) {
-        const float m = __ldcg(base + s * stride), f = m == -INFINITY ? 0.0f : __expf(m - M);
-        weight[s] = f;
-        L += f * __ldcg(base + s * stride + 1);
+/* A split's record for the merge, per query head: its max score m, its softmax sum l, two floats
+   of padding (so that the output is 16-byte aligned for the merge's vector loads), then its
+   unnormalized output [hd]. */
+#define AQC_PARTIAL_PAD 4
+__host__ __device__ constexpr int aqc__partial_floats(int hd) { return hd + AQC_PARTIAL_PAD; }
+
+/* out[h][hd] for the group's query heads of one (KV head, token), from its splits' records at
+   base + s * stride + h * aqc__partial_floats(hd); every thread of the block calls it.  The
+   merge is on the critical path of every attention, and what it costs is round trips to L2, so
+   the heads are merged at once, not one after another: a warp per head finds the head's max and
+   softmax sum (one load per split, up to AQC_MAX_SPLITS); then each thread owns four output
+   values and sums them over the splits, each split's weight worked out again beside its load, so
+   that the loads of a sum do not wait for one another.  head_stats: 2 * group floats of shared
+   memory.  The partials come from other blocks (of this grid, when fused): loads through L2. */
+__device__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32, rec = aqc__partial_floats(hd);
+    constexpr int PER_LANE = AQC_MAX_SPLITS / 32;
+    __syncthreads();   /* head_stats may still be read by the block's previous merge */
+    for (int h = warp; h < group; h += n_warps) {
+        float m[PER_LANE], l[PER_LANE], M = -INFINITY, L = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) {
+            const int sp = lane + 32 * j;
+            m[j] = sp < splits ? __ldcg(base + sp * stride + (size_t)h * rec) : -INFINITY;
+            l[j] = sp < splits ? __ldcg(base + sp * stride + (size_t)h * rec + 1) : 0.0f;
+            M = fmaxf(M, m[j]);
+        }
+        M = aqc__warp_max(M);
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++)
+            if (m[j] != -INFINITY) L += __expf(m[j] - M) * l[j];
+        L = aqc__warp_sum(L);
+        if (lane == 0) { head_stats[2 * h] = M; head_stats[2 * h + 1] = L; }
     }
-    L = aqc__block_sum(L, red);   /* its barriers also publish weight[] */
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float O = 0.0f;
+    __syncthreads();
+    const int quads = hd / 4;
+    for (int o = threadIdx.x; o < group * quads; o += blockDim.x) {
+        const int h = o / quads, d = (o % quads) * 4;
+        const float *b = base + (size_t)h * rec;
+        const float M = head_stats[2 * h], L = head_stats[2 * h + 1];
+        float O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 8
-        for (int s = 0; s < splits; s++) O += weight[s] * __ldcg(base + s * stride + 2 + d);
-        out[d] = O / L;
+        for (int sp = 0; sp < splits; sp++) {
+            const float m = __ldcg(b + sp * stride);
+            const float4 v = __ldcg((const float4 *)(b + sp * stride + AQC_PARTIAL_PAD + d));
+            const float f = m == -INFINITY ? 0.0f : __expf(m - M);
+            O[0] += f * v.x;
+            O[1] += f * v.y;
+            O[2] += f * v.z;
+            O[3] += f * v.w;
+        }
+        for (int e = 0; e < 4; e++) out[(size_t)h * hd + d + e] = O[e] / L;
     }
 }
 
@@ -1094,7 +1122,7 @@ __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int
                                       const float (*sm_m)[MAXG], const float (*sm_l)[MAXG], float *partial, int *done, float *att_out,
                                       int64_t out_stride, int *ready) {
     constexpr bool FUSED = MODE != AQC__MERGE_KERNEL;
-    __shared__ float merge_weight[FUSED ? AQC_MAX_SPLITS : 1], merge_red[FUSED ? 32 : 1];
+    __shared__ float head_stats[FUSED ? 2 * MAXG : 1];
     __shared__ int s_ticket;
     __syncthreads();
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
@@ -1108,8 +1136,8 @@ __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int
                 L += sm_l[w][h] * f;
                 O += sm_acc[((size_t)w * MAXG + h) * hd + d] * f;
             }
-        float *out = partial + ((((size_t)t * n_kv + kvh) * splits + split) * group + h) * (hd + 2);
-        out[2 + d] = O;
+        float *out = partial + ((((size_t)t * n_kv + kvh) * splits + split) * group + h) * aqc__partial_floats(hd);
+        out[AQC_PARTIAL_PAD + d] = O;
         if (d == 0) { out[0] = M; out[1] = L; }
     }
     if (!FUSED) return;
@@ -1118,10 +1146,9 @@ __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int
     if (threadIdx.x == 0) s_ticket = atomicAdd(done + (size_t)t * n_kv + kvh, 1);
     __syncthreads();
     if (s_ticket != splits - 1) return;
-    const size_t stride = (size_t)group * (hd + 2);
-    for (int h = 0; h < group; h++)
-        aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)h * (hd + 2), stride, splits, hd,
-                        att_out + (size_t)t * out_stride + ((size_t)kvh * group + h) * hd, merge_weight, merge_red);
+    const size_t stride = (size_t)group * aqc__partial_floats(hd);
+    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride, stride, splits, group, hd,
+                     att_out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats);
     if (threadIdx.x == 0) {
         done[(size_t)t * n_kv + kvh] = 0;
         if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
@@ -1439,15 +1466,15 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
                                                                          scale, pos_ptr, partial, done, att_out, out_stride, NULL);
 }
 
-/* Block (query head, token): the merge, when the attention kernel does not do it. */
+/* Block (KV head, token): the merge, when the attention kernel does not do it. */
 __global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd, int splits, float *out,
                                            int64_t out_stride) {
-    __shared__ float weight[AQC_MAX_SPLITS], red[32];
+    __shared__ float head_stats[2 * AQC_MAX_GROUP];
     aqc__enter();
-    const int h = blockIdx.x, t = blockIdx.y, kvh = h / group, hh = h % group;
-    const size_t stride = (size_t)group * (hd + 2);
-    aqc__merge_head(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)hh * (hd + 2), stride, splits, hd,
-                    out + (size_t)t * out_stride + (size_t)h * hd, weight, red);
+    const int kvh = blockIdx.x, t = blockIdx.y;
+    const size_t stride = (size_t)group * aqc__partial_floats(hd);
+    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride, stride, splits, group, hd,
+                     out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats);
 }
 
 /* AQC_V_ONEPASS: a Quest step's selection and sparse attention in one grid.  Blocks take tickets
@@ -1763,7 +1790,7 @@ extern "C" aqc_model *aqc_model_new(const aqc_config *c, char *err, size_t err_l
         aqc__err(err, err_len, "the GPU path needs head_dim 8, 16, 32, 64, 128 or 256 (this model has %d)", c->head_dim);
         return NULL;
     }
-    if (c->n_heads / c->n_kv_heads > 8) {
+    if (c->n_heads / c->n_kv_heads > AQC_MAX_GROUP) {
         aqc__err(err, err_len, "the GPU path handles up to 8 query heads per KV head (this model has %d)", c->n_heads / c->n_kv_heads);
         return NULL;
     }
@@ -2059,7 +2086,7 @@ static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, c
                            out_stride);
     }));
     if (!fused)
-        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(hd < 32 ? 32 : hd), 0, st, partial, n_kv,
+        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_kv, n_tokens), dim3((group * hd / 4 + 31) / 32 * 32), 0, st, partial, n_kv,
                             group, hd, splits, out, out_stride));
     return 0;
 }
@@ -2191,7 +2218,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->done, ((nb + 2) * c->n_kv_heads + 1) * 4, "attention counters", err, err_len) ||
-        aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * (c->head_dim + 2) * 4, "attention partials", err, err_len) ||
+        aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * aqc__partial_floats(c->head_dim) * 4, "attention partials", err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->qkv, nb * s->qkv_dim * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->att, nb * c->n_heads * c->head_dim * 4, "activations", err, err_len) ||
@@ -2547,7 +2574,7 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
     r->qkv = (float *)sc->get((size_t)n_q * r->qkv_dim * 4, err, err_len);
     r->scores = (float *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
-    r->partial = (float *)sc->get((size_t)n_q * r->splits * n_kv * (n_heads / n_kv) * (hd + 2) * 4, err, err_len);
+    r->partial = (float *)sc->get((size_t)n_q * r->splits * n_kv * (n_heads / n_kv) * aqc__partial_floats(hd) * 4, err, err_len);
     r->out = (float *)sc->get((size_t)n_q * n_heads * hd * 4, err, err_len);
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
@@ -2579,7 +2606,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
     aqc__scratch sc;
     aqc__attn_rig r;
     const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
-    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > 8 || n_queries < 1 ||
+    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > AQC_MAX_GROUP || n_queries < 1 ||
         n_queries > n_ctx || (budget && n_queries > 1)) {
         aqc__err(err, err_len, "attention check: unsupported shape");
         return -1;
