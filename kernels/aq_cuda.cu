@@ -397,8 +397,14 @@ __device__ void aqc__gemv_build_x(const aqc__gemv_in &in, int kp, int group, uin
 
 /* V2 (AQC_V_GEMV): group_shift = log2(group / 32) and offsets in 32 bits (the host checks that
    they fit), where the other version divides by the group per chunk; (xscale, xsum) per chunk in
-   shared memory after x.  PREP (AQC_V_PREP, implies V2): x built from `in` (aqc__gemv_build_x)
-   instead of copied from xh, xscale and xsum. */
+   shared memory after x; and the work split evenly.  A warp's work is units of one 16-byte load
+   per lane (32 chunks of a row); a block takes a run of whole rows and splits their units evenly
+   among its warps, so that no warp does a round or a short stage more than the others (a
+   4096 x 11008 matrix has rows of 10.75 units: rows per warp put 2 x 3 stages on some warps and
+   1 x 3 on others, where an even split gives every warp 4.3).  A row split between warps leaves a
+   piece per warp in shared memory, and the block adds a row's pieces in their order, so that the
+   sum is the same every run.  PREP (AQC_V_PREP, implies V2): x built from `in`
+   (aqc__gemv_build_x) instead of copied from xh, xscale and xsum. */
 template <int FORMAT, bool V2, bool PREP>
 __global__ void __launch_bounds__(PREP ? AQC_GEMV_PREP_WARPS * 32 : AQC_GEMV_WARPS * 32, PREP ? 1 : AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
@@ -412,33 +418,54 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     AQC_DYNAMIC_SHARED(uint4, x_sm);
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
     __shared__ float red[PREP ? 32 : 1];
-    const int lane = threadIdx.x % 32, warps_total = gridDim.x * WARPS;
-    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
+    __shared__ int piece_row[V2 ? 2 * WARPS : 1];   /* V2: a warp's first and last row, where split */
+    __shared__ float piece_sum[V2 ? 2 * WARPS : 1];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps_total = gridDim.x * WARPS;
+    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group, units_per_row = (n_chunks + 31) / 32;
     float2 *xs_sm = (float2 *)(x_sm + (FORMAT == AQC__INT4_X8 ? kp / 16 : kp / 8));
     const uint4 *x4 = (const uint4 *)xh;
-    int row = blockIdx.x * WARPS + threadIdx.x / 32, c0 = 0;
+    /* V0: rows warp, warp + warps_total, ...; V2: the units [begin, end) of the block's rows (fewer
+       than the chunks, which the host keeps under 2^32) */
+    int row = blockIdx.x * WARPS + warp, c0 = 0;
+    unsigned begin = 0, end = 0;
+    if (V2) {
+        const long long row0 = (long long)blockIdx.x * rows / gridDim.x, row1 = (long long)(blockIdx.x + 1) * rows / gridDim.x;
+        const long long units = (row1 - row0) * units_per_row;
+        begin = (unsigned)(row0 * units_per_row + units * warp / WARPS);
+        end = (unsigned)(row0 * units_per_row + units * (warp + 1) / WARPS);
+        row = (int)(begin / units_per_row);
+        c0 = (int)(begin % units_per_row) * 32;
+    }
+    const int first_row = row;
     aqc__stage4 cur, nxt;
-    auto load = [&](aqc__stage4 &st, int r, int base) {
+    /* a stage: n units from (r, chunk c) on, r's later units and then the next rows' (V0 never
+       leaves r: its stages are a row's units in turn) */
+    auto load = [&](aqc__stage4 &st, int r, int c, int n) {
 #pragma unroll
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-            const int c = base + 32 * u + lane;
-            if (c < n_chunks) {
+            if (u < n && c + lane < n_chunks) {
+                const int cl = c + lane;
                 if (V2) {
-                    const unsigned gi = (unsigned)r * (unsigned)n_groups + ((unsigned)c >> group_shift);
-                    st.w[u] = __ldg(codes + ((unsigned)r * (unsigned)n_chunks + (unsigned)c));
+                    const unsigned gi = (unsigned)r * (unsigned)n_groups + ((unsigned)cl >> group_shift);
+                    st.w[u] = __ldg(codes + ((unsigned)r * (unsigned)n_chunks + (unsigned)cl));
                     st.d[u] = scales[gi];
                     st.m[u] = mins[gi];
                 } else {
-                    const size_t gi = (size_t)r * n_groups + c / chunks_per_group;
-                    st.w[u] = __ldg(codes + (size_t)r * n_chunks + c);
+                    const size_t gi = (size_t)r * n_groups + cl / chunks_per_group;
+                    st.w[u] = __ldg(codes + (size_t)r * n_chunks + cl);
                     st.d[u] = scales[gi];
                     st.m[u] = mins[gi];
                 }
             }
+            c += 32;
+            if (V2 && c >= n_chunks) { c = 0; r++; }
         }
     };
+    unsigned left = end - begin;
+    auto stage_units = [&](unsigned n) { return n < AQC_GEMV_STAGE ? (int)n : AQC_GEMV_STAGE; };
     aqc__let_next_start();
-    if (row < rows) load(cur, row, 0);   /* weights: written before the step, safe to read before the wait */
+    /* weights: written before the step, safe to read before the wait */
+    if (V2 ? left > 0 : row < rows) load(cur, row, c0, V2 ? stage_units(left) : AQC_GEMV_STAGE);
     aqc__wait_prior();
     if (PREP)
         aqc__gemv_build_x<FORMAT>(in, kp, group, x_sm, xs_sm, red);
@@ -450,77 +477,141 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) xs_sm[i] = make_float2(xscale[i], xsum[i]);
     if (FORMAT == AQC_OVP)
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
+    if (V2)
+        for (int i = threadIdx.x; i < 2 * WARPS; i += blockDim.x) piece_row[i] = -1;
     __syncthreads();
-    if (row >= rows) return;
-    float acc = 0.0f;
-    for (;;) {
-        int next_row = row, next_c0 = c0;
-        aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
-        if (next_row < rows) load(nxt, next_row, next_c0);
+    /* chunk c's share of its row's sum: scale * xscale * sum(v * x') + min * sum(x), the sum
+       over pairs in f16, from load u of stage st */
+    auto chunk_sum = [&](const aqc__stage4 &st, int u, int c) -> float {
+        const uint32_t words[4] = {st.w[u].x, st.w[u].y, st.w[u].z, st.w[u].w};
+        const float d = __half2float(st.d[u]), m = __half2float(st.m[u]);
+        const float2 xs = V2 ? xs_sm[c] : make_float2(xscale[c], xsum[c]);   /* (scale, sum) of x's chunk */
+        if (FORMAT == AQC_INT4) {
+            /* AWQ's dequantization, centred: a word's nibbles (0,4) and (2,6) are OR-ed into
+               1024.0 as they stand, (1,5) and (3,7) in place, 16 times too large, and scaled back
+               by the FMA that subtracts; every pair comes out as q - 8 exactly.  Centred codes
+               keep the chunk's 32 products summed in f16 small, so one conversion per chunk
+               does; the 8 comes back through the offset: y += d*xs*sum((q-8)x') + (m+8d)*sum(x). */
+            const half2 bias_lo = __float2half2_rn(1032.0f), sixteenth = __float2half2_rn(1.0f / 16.0f),
+                        bias_hi = __float2half2_rn(-72.0f);
+            half2 s2 = __float2half2_rn(0.0f);
 #pragma unroll
-        for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-            const int c = c0 + 32 * u + lane;
-            if (c >= n_chunks) break;
-            const uint32_t words[4] = {cur.w[u].x, cur.w[u].y, cur.w[u].z, cur.w[u].w};
-            const float d = __half2float(cur.d[u]), m = __half2float(cur.m[u]);
-            const float2 xs = V2 ? xs_sm[c] : make_float2(xscale[c], xsum[c]);   /* (scale, sum) of x's chunk */
-            if (FORMAT == AQC_INT4) {
-                /* AWQ's dequantization, centred: a word's nibbles (0,4) and (2,6) are OR-ed into
-                   1024.0 as they stand, (1,5) and (3,7) in place, 16 times too large, and scaled back
-                   by the FMA that subtracts; every pair comes out as q - 8 exactly.  Centred codes
-                   keep the chunk's 32 products summed in f16 small, so one conversion per chunk
-                   does; the 8 comes back through the offset: y += d*xs*sum((q-8)x') + (m+8d)*sum(x). */
-                const half2 bias_lo = __float2half2_rn(1032.0f), sixteenth = __float2half2_rn(1.0f / 16.0f),
-                            bias_hi = __float2half2_rn(-72.0f);
+            for (int j = 0; j < 4; j++) {
+                const uint4 xv = x_sm[aqc__x_slot(c, j)];
+                const half2 *xp = (const half2 *)&xv;
+                const uint32_t lo = words[j], hi = words[j] >> 8;
+                s2 = __hfma2(__hsub2(aqc__bits_to_half2((lo & 0x000f000fu) | 0x64006400u), bias_lo), xp[0], s2);
+                s2 = __hfma2(__hfma2(aqc__bits_to_half2((lo & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[1], s2);
+                s2 = __hfma2(__hsub2(aqc__bits_to_half2((hi & 0x000f000fu) | 0x64006400u), bias_lo), xp[2], s2);
+                s2 = __hfma2(__hfma2(aqc__bits_to_half2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[3], s2);
+            }
+            const float2 f = __half22float2(s2);
+            return d * xs.x * (f.x + f.y) + (m + 8.0f * d) * xs.y;
+        } else if (FORMAT == AQC__INT4_X8) {
+            /* a word's low nibbles meet activations {0, 4, 1, 5}, its high ones {2, 6, 3, 7} */
+            const uint4 xa = x_sm[c], xb = x_sm[n_chunks + c];
+            const int xw[8] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w, (int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
+            int isum = 0;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                isum = __dp4a((int)(words[j] & 0x0f0f0f0fu), xw[2 * j], isum);
+                isum = __dp4a((int)((words[j] >> 4) & 0x0f0f0f0fu), xw[2 * j + 1], isum);
+            }
+            return d * xs.x * (float)isum + m * xs.y;
+        } else {
+            const half2 *t = lut + ((__half_as_ushort(st.d[u]) & 0x8000u) ? 256 : 0);
+            float qx = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const uint4 xv = x_sm[aqc__x_slot(c, j)];
+                const half2 *xp = (const half2 *)&xv;
                 half2 s2 = __float2half2_rn(0.0f);
 #pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const uint4 xv = x_sm[aqc__x_slot(c, j)];
-                    const half2 *xp = (const half2 *)&xv;
-                    const uint32_t lo = words[j], hi = words[j] >> 8;
-                    s2 = __hfma2(__hsub2(aqc__bits_to_half2((lo & 0x000f000fu) | 0x64006400u), bias_lo), xp[0], s2);
-                    s2 = __hfma2(__hfma2(aqc__bits_to_half2((lo & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[1], s2);
-                    s2 = __hfma2(__hsub2(aqc__bits_to_half2((hi & 0x000f000fu) | 0x64006400u), bias_lo), xp[2], s2);
-                    s2 = __hfma2(__hfma2(aqc__bits_to_half2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[3], s2);
-                }
+                for (int q = 0; q < 4; q++) s2 = __hfma2(t[(words[j] >> (8 * q)) & 255u], xp[q], s2);
                 const float2 f = __half22float2(s2);
-                acc += d * xs.x * (f.x + f.y) + (m + 8.0f * d) * xs.y;
-            } else if (FORMAT == AQC__INT4_X8) {
-                /* a word's low nibbles meet activations {0, 4, 1, 5}, its high ones {2, 6, 3, 7} */
-                const uint4 xa = x_sm[c], xb = x_sm[n_chunks + c];
-                const int xw[8] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w, (int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
-                int isum = 0;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    isum = __dp4a((int)(words[j] & 0x0f0f0f0fu), xw[2 * j], isum);
-                    isum = __dp4a((int)((words[j] >> 4) & 0x0f0f0f0fu), xw[2 * j + 1], isum);
-                }
-                acc += d * xs.x * (float)isum + m * xs.y;
-            } else {
-                const half2 *t = lut + ((__half_as_ushort(cur.d[u]) & 0x8000u) ? 256 : 0);
-                float qx = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const uint4 xv = x_sm[aqc__x_slot(c, j)];
-                    const half2 *xp = (const half2 *)&xv;
-                    half2 s2 = __float2half2_rn(0.0f);
-#pragma unroll
-                    for (int s = 0; s < 4; s++) s2 = __hfma2(t[(words[j] >> (8 * s)) & 255u], xp[s], s2);
-                    const float2 f = __half22float2(s2);
-                    qx += f.x + f.y;
-                }
-                acc += fabsf(d) * xs.x * qx + m * xs.y;
+                qx += f.x + f.y;
             }
+            return fabsf(d) * xs.x * qx + m * xs.y;
         }
-        if (next_row != row) {
-            acc = aqc__warp_sum(acc);
-            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-            acc = 0.0f;
+    };
+    float acc = 0.0f;
+    if (!V2) {
+        if (row >= rows) return;
+        for (;;) {
+            int next_row = row, next_c0 = c0;
+            aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
+            if (next_row < rows) load(nxt, next_row, next_c0, AQC_GEMV_STAGE);
+#pragma unroll
+            for (int u = 0; u < AQC_GEMV_STAGE; u++) {
+                const int c = c0 + 32 * u + lane;
+                if (c >= n_chunks) break;
+                acc += chunk_sum(cur, u, c);
+            }
+            if (next_row != row) {
+                acc = aqc__warp_sum(acc);
+                if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+                acc = 0.0f;
+            }
+            if (next_row >= rows) break;
+            cur = nxt;
+            row = next_row;
+            c0 = next_c0;
         }
-        if (next_row >= rows) break;
+        return;
+    }
+    /* V2: a row's sum goes to y when the warp has all of the row's units, else to its piece */
+    auto row_done = [&](int r, float a) {
+        a = aqc__warp_sum(a);
+        if (lane != 0) return;
+        const unsigned first = (unsigned)r * units_per_row;
+        if (first >= begin && first + units_per_row <= end) y[r] = accumulate ? y[r] + a : a;
+        else {
+            const int slot = 2 * warp + (r == first_row ? 0 : 1);
+            piece_row[slot] = r;
+            piece_sum[slot] = a;
+        }
+    };
+    int acc_row = row;
+    while (left > 0) {
+        const int n = stage_units(left);
+        int next_row = row, next_c0 = c0 + 32 * n;
+        while (next_c0 >= 32 * units_per_row) { next_c0 -= 32 * units_per_row; next_row++; }
+        const unsigned next_left = left - n;
+        if (next_left > 0) load(nxt, next_row, next_c0, stage_units(next_left));
+        int r = row, c = c0;
+#pragma unroll
+        for (int u = 0; u < AQC_GEMV_STAGE; u++) {
+            if (u >= n) break;
+            if (r != acc_row) {
+                row_done(acc_row, acc);
+                acc_row = r;
+                acc = 0.0f;
+            }
+            if (c + lane < n_chunks) acc += chunk_sum(cur, u, c + lane);
+            c += 32;
+            if (c >= n_chunks) { c = 0; r++; }
+        }
         cur = nxt;
         row = next_row;
         c0 = next_c0;
+        left = next_left;
+    }
+    if (end > begin) row_done(acc_row, acc);
+    __syncthreads();
+    /* the split rows: the first piece of each adds its row's pieces, in order */
+    for (int slot = threadIdx.x; slot < 2 * WARPS; slot += blockDim.x) {
+        const int r = piece_row[slot];
+        if (r < 0) continue;
+        int prev = slot - 1;
+        while (prev >= 0 && piece_row[prev] < 0) prev--;
+        if (prev >= 0 && piece_row[prev] == r) continue;
+        float total = 0.0f;
+        for (int i = slot; i < 2 * WARPS; i++) {
+            if (piece_row[i] < 0) continue;
+            if (piece_row[i] != r) break;
+            total += piece_sum[i];
+        }
+        y[r] = accumulate ? y[r] + total : total;
     }
 }
 
@@ -1977,14 +2068,10 @@ static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const aq
     int device = 0, n_sms = 0;
     AQC_TRY(cudaGetDevice(&device));
     AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
-    int64_t blocks = (w->rows + warps - 1) / warps;
+    int64_t blocks = v2 ? w->rows : (w->rows + warps - 1) / warps;   /* V2: a row per block at least */
     if (blocks > per_sm * (int64_t)n_sms) blocks = per_sm * (int64_t)n_sms;
     int group_shift = 0;
     while (w->format != AQC_F16 && (1 << group_shift) < w->group / 32) group_shift++;
-    if (v2) {   /* as many rows for every warp: fewer warps, if that leaves the rounds as they are */
-        const int64_t rounds = (w->rows + blocks * warps - 1) / (blocks * warps);
-        blocks = (w->rows + rounds * warps - 1) / (rounds * warps);
-    }
     const size_t x_bytes = aqc__gemv_shared_bytes(w->kp, v2, x8);   /* the 4-bit kernels keep x in shared memory */
     const bool pdl = v & AQC_V_PDL;
     const dim3 grid((unsigned)blocks), block(warps * 32);
