@@ -401,10 +401,10 @@ __device__ void aqc__gemv_build_x(const aqc__gemv_in &in, int kp, int group, uin
    per lane (32 chunks of a row); a block takes a run of whole rows and splits their units evenly
    among its warps, so that no warp does a round or a short stage more than the others (a
    4096 x 11008 matrix has rows of 10.75 units: rows per warp put 2 x 3 stages on some warps and
-   1 x 3 on others, where an even split gives every warp 16 to 20 units, 5 stages at most).  A row split between warps leaves a
-   piece per warp in shared memory, and the block adds a row's pieces in their order, so that the
-   sum is the same every run.  PREP (AQC_V_PREP, implies V2): x built from `in`
-   (aqc__gemv_build_x) instead of copied from xh, xscale and xsum. */
+   1 x 3 on others, where an even split gives every warp 16 to 20 units, 5 stages at most).  A
+   row split between warps leaves a piece per warp in shared memory, and the block adds a row's
+   pieces in their order, so that the sum is the same every run.  PREP (AQC_V_PREP, implies V2):
+   x built from `in` (aqc__gemv_build_x) instead of copied from xh, xscale and xsum. */
 template <int FORMAT, bool V2, bool PREP>
 __global__ void __launch_bounds__(PREP ? AQC_GEMV_PREP_WARPS * 32 : AQC_GEMV_WARPS * 32, PREP ? 1 : AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
