@@ -1140,8 +1140,10 @@ __host__ __device__ constexpr int aqc__partial_floats(int hd) { return hd + AQC_
    softmax sum (one load per split, up to AQC_MAX_SPLITS); then each thread owns four output
    values and sums them over the splits, each split's weight worked out again beside its load, so
    that the loads of a sum do not wait for one another.  head_stats: 2 * group floats of shared
-   memory.  The partials come from other blocks (of this grid, when fused): loads through L2. */
-__device__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats) {
+   memory.  The partials come from other blocks (of this grid, when fused): loads through L2.
+   Not inlined: inlined into the tensor-core attention it raises that kernel from 168 registers
+   to 179, and three of its blocks no longer fit a multiprocessor. */
+__device__ __noinline__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32, rec = aqc__partial_floats(hd);
     constexpr int PER_LANE = AQC_MAX_SPLITS / 32;
     __syncthreads();   /* head_stats may still be read by the block's previous merge */
