@@ -33,6 +33,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static   /* blocks run one at a time: a static is the block's shared memory */
