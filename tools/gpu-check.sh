@@ -10,7 +10,8 @@
 #   tools/gpu-check.sh             on the GPU machine
 #
 # Environment: CUDA_ARCH (default 90), SHARED (default third_party/shared if present, else
-# ../shared), OUT (if set, the log and the timing table are also written there), RUNS (below),
+# ../shared), OUT (if set, the log and the timing table are written there, and where cuobjdump is
+# found the kernels' machine code, aq_cuda.sass.gz), RUNS (below),
 # BUDGET (default 540: seconds from the start after which no part starts, and a part's time limit
 # shrinks to what is left, so that the summary prints inside a 10-minute command limit).
 set -eu
@@ -43,6 +44,10 @@ echo "== build (CUDA_ARCH=${CUDA_ARCH:-90})"
 make -s cuda CUDA_ARCH="${CUDA_ARCH:-90}" STB_INCLUDE=$STB SHARED=$SHARED -j"$(nproc)" >build/gpu-check-build.log 2>&1 ||
     { tail -40 build/gpu-check-build.log; exit 1; }
 B=build/cuda
+# the machine code, for reading off the device: this machine has cuobjdump, the one we edit on does not
+if command -v cuobjdump >/dev/null; then
+    cuobjdump --dump-sass $B/aq_cuda.o 2>/dev/null | gzip >"$(dirname "$LOG")/aq_cuda.sass.gz" || true
+fi
 
 echo "== models ($(($(date +%s) - start)) s)"
 $B/tools/aq-quantize --method rtn --group 32 $SHARED/models/stories260K.gguf build/stories260K-rtn-g32.gguf \
@@ -114,7 +119,7 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
     echo "== ncu ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     for k in "gemv_4bit_kernel 20 1" "quest_score|quest_topk|attention_kernel|attention_merge 1600 4"; do
         set -- $k
-        timeout 100 ncu --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
+        timeout 100 ncu --clock-control none --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
             --log-file build/ncu.txt $B/tools/aq-gpu-check --part timing >/dev/null 2>&1
         cat build/ncu.txt | tee -a "$LOG"
