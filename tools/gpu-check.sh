@@ -29,7 +29,7 @@ fi
 start=$(date +%s)
 BUDGET=${BUDGET:-540}
 # the parts to run, variants:part:seconds (see the loop below)
-RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,255:kernels:120 239:models:90 16:models:90 1,2,4,8,16,32,64,128,239,255:short:360 0,128,255:gqa:150"}
+RUNS=${RUNS:-"0:kernels:90 0:models:90 0:timing:180 16,255:kernels:120 239:models:90 1,2,4,8,16,32,64,128,239,255:short:360 0,128,255:gqa:150 16:models:90"}
 if [ -z "${SHARED:-}" ]; then
     if [ -d third_party/shared ]; then SHARED=third_party/shared; else SHARED=../shared; fi
 fi
@@ -68,9 +68,10 @@ esac
 # context) or a hang must not cost the others.  First the kernels as measured (AQ_CUDA_VARIANT 0),
 # then the variants not yet the default (kernels/aq_cuda.cu): every kernel check with all of them
 # (255) and with int8 activations prepped by their own kernel (16), the model checks with those
-# that keep f16 activations (239) and with int8 activations (16, whose agreement with the CPU is
-# the open question, kernels/NOTES.md), and each variant alone, all but dp4a (239) and all (255)
-# timed with the short set, side by side with variant 0's full table.
+# that keep f16 activations (239), and each variant alone, all but dp4a (239) and all (255) timed
+# with the short set, side by side with variant 0's full table; last, as the first to go when
+# time runs out, the model checks with int8 activations (16: on the emulation they fail on
+# stories260K, kernels/NOTES.md; this confirms it on the GPU).
 # RUNS (set at the top) overrides the list: variants:part:seconds, variants one or several
 # (0,1,2), part kernels, models, timing, short (timing --short) or gqa (the decode step of a
 # Llama-3-8B-shape int4 model, 8 KV heads, for the tensor-core attention of variant 128).
