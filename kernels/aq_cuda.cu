@@ -2175,8 +2175,8 @@ static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, c
                            out_stride);
     }));
     if (!fused)
-        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_kv, n_tokens), dim3((group * hd / 4 + 31) / 32 * 32), 0, st, partial, n_kv,
-                            group, hd, splits, out, out_stride));
+        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_kv, n_tokens), dim3((group * hd / 4 + 31) / 32 * 32), 0, st,
+                            partial, n_kv, group, hd, splits, out, out_stride));
     return 0;
 }
 
@@ -2307,7 +2307,8 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->done, ((nb + 2) * c->n_kv_heads + 1) * 4, "attention counters", err, err_len) ||
-        aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * aqc__partial_floats(c->head_dim) * 4, "attention partials", err, err_len) ||
+        aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * aqc__partial_floats(c->head_dim) * 4, "attention partials",
+                    err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->qkv, nb * s->qkv_dim * 4, "activations", err, err_len) ||
         aqc__malloc((void **)&s->att, nb * c->n_heads * c->head_dim * 4, "activations", err, err_len) ||
