@@ -138,6 +138,15 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
         snprintf(what, sizeof what, "%s %s %lld x %lld, %s%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
                  (long long)cols, n_tokens > 1 ? "7 tokens" : prep, int8_ref ? ", int8 x, vs the CPU's int8 dot" : "");
         verdict(what, rel_err(y, ref, rows * n_tokens), 3e-3);
+        if (n_tokens == 1) {   /* the same input again: bit for bit the same output, or a race */
+            float *y2 = (float *)malloc(sizeof(float) * (size_t)rows);
+            err[0] = '\0';
+            if (aqc_check_gemv(&d, x, gate, norm, eps, y2, err, sizeof err) || memcmp(y, y2, sizeof(float) * (size_t)rows)) {
+                printf("  %-58s %s  FAIL\n", "  the same GEMV again", err[0] ? err : "a different result");
+                failures++;
+            }
+            free(y2);
+        }
         aq__gpu_weight_free(&d);
     }
     free(data); free(w); free(x); free(y); free(ref); free(xp); free(gate); free(norm);
