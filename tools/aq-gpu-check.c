@@ -187,6 +187,20 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
         failures++;
         goto done;
     }
+    {   /* the same inputs again: bit for bit the same pages and output, or a race between blocks */
+        float *out2 = (float *)malloc(sizeof(float) * (size_t)n_q * q_dim);
+        int *pages2 = (int *)calloc((size_t)n_kv * (keep ? keep : 1), sizeof(int));
+        err[0] = '\0';
+        if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, k, v, q, out2, pages2, err, sizeof err) ||
+            memcmp(out, out2, sizeof(float) * (size_t)n_q * q_dim) ||
+            (budget && n_ctx > budget && memcmp(pages, pages2, sizeof(int) * (size_t)n_kv * keep))) {
+            printf("  attention ctx %d, %d heads / %d KV, the same inputs again: %s  FAIL\n", n_ctx, n_heads, n_kv,
+                   err[0] ? err : "a different result");
+            failures++;
+        }
+        free(out2);
+        free(pages2);
+    }
     for (kvh = 0; kvh < n_kv; kvh++) {
         int *list = pages + (size_t)kvh * keep, n_list = keep;
         int list_dense[1] = {0};
