@@ -438,6 +438,11 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     }
     const int first_row = row;
     aqc__stage4 cur, nxt;
+    /* V2: (r, c) to the next unit, the next row's first after a row's last */
+    auto next_unit = [&](int &r, int &c) {
+        c += 32;
+        if (c >= n_chunks) { c = 0; r++; }
+    };
     /* a stage: n units from (r, chunk c) on, r's later units and then the next rows' (V0 never
        leaves r: its stages are a row's units in turn) */
     auto load = [&](aqc__stage4 &st, int r, int c, int n) {
@@ -457,8 +462,8 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                     st.m[u] = mins[gi];
                 }
             }
-            c += 32;
-            if (V2 && c >= n_chunks) { c = 0; r++; }
+            if (V2) next_unit(r, c);
+            else c += 32;
         }
     };
     unsigned left = end - begin;
@@ -574,8 +579,8 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     int acc_row = row;
     while (left > 0) {
         const int n = stage_units(left);
-        int next_row = row, next_c0 = c0 + 32 * n;
-        while (next_c0 >= 32 * units_per_row) { next_c0 -= 32 * units_per_row; next_row++; }
+        int next_row = row, next_c0 = c0;
+        for (int u = 0; u < n; u++) next_unit(next_row, next_c0);
         const unsigned next_left = left - n;
         if (next_left > 0) load(nxt, next_row, next_c0, stage_units(next_left));
         int r = row, c = c0;
@@ -588,8 +593,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                 acc = 0.0f;
             }
             if (c + lane < n_chunks) acc += chunk_sum(cur, u, c + lane);
-            c += 32;
-            if (c >= n_chunks) { c = 0; r++; }
+            next_unit(r, c);
         }
         cur = nxt;
         row = next_row;
