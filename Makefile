@@ -79,6 +79,8 @@ endif
 ifeq ($(CUDA_EMU),1)
 $(CUDA_OBJ): kernels/aq_cuda.cu kernels/aq_cuda.h $(wildcard tests/cuda_emu/*.h) $(P).build-flags
 	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+$(OUT)/selftest: tests/cuda_emu/selftest.cpp $(wildcard tests/cuda_emu/*.h) $(P).build-flags
+	$(CXX) $(EMU_CXXFLAGS) $< -o $@
 endif
 
 $(P)examples/%: examples/%.c awq_quest.h $(P).build-flags $(CUDA_OBJ)
@@ -95,7 +97,7 @@ cuda:
 	$(MAKE) CUDA=1 all build/cuda/tests/run_tests
 
 test-cuda-emu:
-	$(MAKE) CUDA_EMU=1 build/cuda-emu/tools/aq-gpu-check build/cuda-emu/tools/aq-quantize
+	$(MAKE) CUDA_EMU=1 build/cuda-emu/selftest build/cuda-emu/tools/aq-gpu-check build/cuda-emu/tools/aq-quantize
 	tests/cuda_emu/run
 
 test: $(EXAMPLES) $(TOOLS) $(TESTS)

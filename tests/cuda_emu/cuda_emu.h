@@ -1,15 +1,19 @@
 /* cuda_emu.h - just enough of CUDA, on the CPU, to run kernels/aq_cuda.cu's kernels and checks
    without a GPU (make test-cuda-emu, which runs tests/cuda_emu/run; kernels/README.md).
 
-   Each GPU thread of a block is a fiber on the one host thread, and blocks run one
-   after another.  A fiber runs until it reaches a barrier or a warp collective (shuffle, ballot,
-   match, __syncwarp, aq_cuda.cu's mma.sync and ldmatrix) and then yields; a barrier completes when every thread of the block that has not
-   exited has reached it, a collective when all 32 lanes of the warp have.  So race-free kernels
-   compute what they compute on a GPU, in the same order within each thread, with f16 arithmetic
-   rounded as the GPU rounds it (one rounding per operation, ties to even).  What it cannot show:
-   speed, races, and the memory model (every write is visible at once, cp.async copies at once,
-   programmatic launches and fences do nothing, streams run in issue order, and a block waiting
-   for another block's flag finds it set or waits forever).
+   Each GPU thread of a block is a fiber on the one host thread, and blocks run one after
+   another.  A fiber runs until it reaches a barrier or a warp collective (shuffle, ballot, match,
+   __syncwarp, aq_cuda.cu's mma.sync and ldmatrix) and then yields; a barrier completes when every
+   thread of the block that has not exited has reached it, a collective when all 32 lanes of the
+   warp have.  So race-free kernels compute what they compute on a GPU, in the same order within
+   each thread, with f16 arithmetic rounded as the GPU rounds it (one rounding per operation,
+   ties to even).
+
+   Some races show: threads resume, and blocks run, in a shuffled order, and warps stall
+   (AQE_SCHEDULE below); a cp.async copy lands only at its wait; and fresh device memory is all
+   ones.  What it cannot show: speed, and the rest of the memory model (every write is visible at once, programmatic
+   launches and fences do nothing, streams run in issue order, and a block waiting for another
+   block's flag finds it set or waits forever).
 
    Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
    else it is asked for. */
@@ -166,6 +170,10 @@ namespace aqe {
     abort();
 }
 
+/* cp.async: a copy lands only when its thread waits for its group (aqc__cp_async_wait), the
+   latest a GPU may land it, so that a read before the wait sees the old contents. */
+struct AsyncCopy { void *dst; const void *src; };
+
 struct Fiber {
     ucontext_t ctx;   /* without AQE_FAST_SWITCH */
     void *sp;         /* with it: the saved stack pointer */
@@ -173,7 +181,51 @@ struct Fiber {
     int lane, warp;
     bool done;
     unsigned collective;   /* how many warp collectives this thread has entered */
+    enum { RUNNING, AT_BARRIER, AT_COLLECTIVE } waits;   /* what it waits for, and which: */
+    unsigned wait_token;   /* the barrier's generation, or the collective's parity */
+    std::vector<AsyncCopy> async_open;                 /* issued since the last commit */
+    std::vector<std::vector<AsyncCopy>> async_groups;  /* committed, oldest first */
 };
+
+/* The order threads resume in, each pass of the scheduler, and the order a grid's blocks run
+   in: AQE_SCHEDULE=forward (by index), reverse, or shuffle (the default, from AQE_SEED: each
+   pass the warps in a fresh order and each warp's lanes in a fresh one of a cheap kind, and
+   each grid's blocks in a fresh order).  A thread runs from one barrier or warp collective
+   to the next before another resumes, so a read of shared memory that another thread writes
+   without a barrier between sees the write in one order and misses it in the other; between
+   blocks, likewise for a block that reads what another block writes without a flag.  Checks
+   that compare a result with a reference, or one run with the next, then fail. */
+enum Schedule { SCHEDULE_FORWARD, SCHEDULE_REVERSE, SCHEDULE_SHUFFLE };
+inline Schedule schedule_mode(void) {
+    static const Schedule mode = [] {
+        const char *s = getenv("AQE_SCHEDULE");
+        if (!s || !*s || !strcmp(s, "shuffle")) return SCHEDULE_SHUFFLE;
+        if (!strcmp(s, "forward")) return SCHEDULE_FORWARD;
+        if (!strcmp(s, "reverse")) return SCHEDULE_REVERSE;
+        fprintf(stderr, "cuda_emu: AQE_SCHEDULE=%s: want forward, reverse or shuffle\n", s);
+        exit(2);
+    }();
+    return mode;
+}
+inline uint64_t schedule_rng = [] {
+    const char *s = getenv("AQE_SEED");
+    return s && *s ? strtoull(s, NULL, 0) * 2 + 1 : 0x9e3779b97f4a7c15ull;
+}();
+/* a number in [0, n), xorshift64* */
+inline unsigned schedule_random(unsigned n) {
+    schedule_rng ^= schedule_rng >> 12;
+    schedule_rng ^= schedule_rng << 25;
+    schedule_rng ^= schedule_rng >> 27;
+    return (unsigned)((schedule_rng * 0x2545f4914f6cdd1dull >> 33) % n);
+}
+/* order[0..n) = 0..n-1 in the schedule's order */
+inline void schedule_order(std::vector<int> &order, int n) {
+    order.resize(n);
+    const Schedule mode = schedule_mode();
+    for (int i = 0; i < n; i++) order[i] = mode == SCHEDULE_REVERSE ? n - 1 - i : i;
+    if (mode == SCHEDULE_SHUFFLE)
+        for (int i = n - 1; i > 0; i--) std::swap(order[i], order[schedule_random((unsigned)i + 1)]);   /* Fisher-Yates */
+}
 
 struct Warp {
     uint64_t value[2][32];   /* a collective's values, by parity of its number */
@@ -226,6 +278,8 @@ inline long long barrier(long long pred) {
     b.barrier_sum[parity] += pred;
     b.barrier_arrived++;
     b.events++;
+    current->waits = Fiber::AT_BARRIER;
+    current->wait_token = gen;
     while (b.barrier_gen == gen) {
         if (b.barrier_arrived == b.n_threads - b.exited) {
             b.barrier_arrived = 0;
@@ -236,6 +290,7 @@ inline long long barrier(long long pred) {
         }
         yield();
     }
+    current->waits = Fiber::RUNNING;
     return b.barrier_sum[parity];
 }
 
@@ -247,9 +302,24 @@ inline const uint64_t *warp_exchange(uint64_t mine) {
     w.value[parity][f->lane] = mine;
     if (++w.arrived[parity] == 32) w.arrived[parity ^ 1] = 0;   /* the collective before is read by all: its parity is free */
     block.events++;
+    f->waits = Fiber::AT_COLLECTIVE;
+    f->wait_token = parity;
     while (w.arrived[parity] < 32) yield();
+    f->waits = Fiber::RUNNING;
     f->collective++;
     return w.value[parity];
+}
+
+/* Whether resuming f would get it anywhere: a thread waiting at a barrier or a collective
+   that has not completed would only yield again (under shuffle and stalls, most of the
+   scheduler's resumes, without this). */
+inline bool can_run(const Fiber &f) {
+    const Block &b = block;
+    switch (f.waits) {
+    case Fiber::AT_BARRIER: return b.barrier_gen != f.wait_token || b.barrier_arrived == b.n_threads - b.exited;
+    case Fiber::AT_COLLECTIVE: return b.warps[f.warp].arrived[f.wait_token] >= 32;
+    default: return true;
+    }
 }
 
 /* Runs body for every thread of a block, blockIdx = idx. */
@@ -275,6 +345,7 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
         f.warp = i / 32;
         f.done = false;
         f.collective = 0;
+        f.waits = Fiber::RUNNING;
         char *stack = b.stacks.data() + (size_t)i * stack_bytes;
 #if AQE_FAST_SWITCH
         /* what aqe_switch pops when it first switches in: six registers, then fiber_main as the
@@ -293,22 +364,45 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
         makecontext(&f.ctx, fiber_main, 0);
 #endif
     }
+    /* Under shuffle, warps also stall, as warps drift apart on a GPU: each pass a running warp
+       stops, with odds 1 in 8, for 16 to 47 passes, while the others run on.  So a thread that
+       overwrites shared memory another warp has yet to read (a barrier missing before a
+       buffer's reuse) gets there first.  (Odds and lengths: the ones of those tried that
+       selftest.cpp's write-after-read case caught most often.)  A pass in which nothing
+       arrives anywhere ends the stalls; a full pass in which nothing arrives is a deadlock. */
+    const Schedule mode = schedule_mode();
+    const int n_warps = n / 32;
+    std::vector<int> warp_order, stalled(n_warps, 0);
+    bool full = true;
     for (;;) {
         const unsigned long long before = b.events;
         int live = 0;
-        for (int i = 0; i < n; i++) {
-            if (b.fibers[i].done) continue;
-            current = &b.fibers[i];
-            threadIdx = current->tid;
+        schedule_order(warp_order, n_warps);
+        for (int w : warp_order) {
+            if (mode == SCHEDULE_SHUFFLE) stalled[w] = full ? 0 : stalled[w] ? stalled[w] - 1 : schedule_random(8) ? 0 : 16 + (int)schedule_random(32);
+            /* lanes in the order of lane ^ flip: any two lanes meet in either order, equally often */
+            const int flip = mode == SCHEDULE_SHUFFLE ? (int)schedule_random(32) : mode == SCHEDULE_REVERSE ? 31 : 0;
+            for (int l = 0; l < 32; l++) {
+                Fiber &f = b.fibers[32 * w + (l ^ flip)];
+                if (f.done) continue;
+                if (stalled[w] || !can_run(f)) { live++; continue; }
+                current = &f;
+                threadIdx = f.tid;
 #if AQE_FAST_SWITCH
-            aqe_switch(&b.scheduler_sp, current->sp);
+                aqe_switch(&b.scheduler_sp, f.sp);
 #else
-            swapcontext(&b.scheduler, &current->ctx);
+                swapcontext(&b.scheduler, &f.ctx);
 #endif
-            live += !current->done;
+                live += !f.done;
+            }
         }
         if (!live) break;
-        if (b.events == before) die("deadlock: threads wait at a barrier or a warp collective that the others never reach");
+        if (b.events == before) {
+            if (full) die("deadlock: threads wait at a barrier or a warp collective that the others never reach");
+            full = true;
+        } else {
+            full = false;
+        }
     }
     current = NULL;
 }
@@ -316,9 +410,9 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
 inline void run_grid(dim3 grid, dim3 bdim, size_t shared_bytes, const std::function<void()> &body) {
     gridDim = grid;
     blockDim = bdim;
-    for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
-            for (unsigned x = 0; x < grid.x; x++) run_block(dim3(x, y, z), bdim, shared_bytes, body);
+    std::vector<int> order;
+    schedule_order(order, (int)(grid.x * grid.y * grid.z));
+    for (int i : order) run_block(dim3(i % grid.x, i / grid.x % grid.y, i / (grid.x * grid.y)), bdim, shared_bytes, body);
 }
 }  // namespace aqe
 
@@ -405,9 +499,20 @@ static inline void aqe_ldmatrix(uint32_t r[4], const void *row, bool trans) {
 }
 static inline void aqc__ldmatrix_x4(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, false); }
 static inline void aqc__ldmatrix_x4_trans(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, true); }
-static inline void aqc__cp_async16(void *smem, const void *global) { memcpy(smem, global, 16); }
-static inline void aqc__cp_async_commit(void) {}
-template <int N> static inline void aqc__cp_async_wait(void) {}
+static inline void aqc__cp_async16(void *smem, const void *global) { aqe::current->async_open.push_back({smem, global}); }
+static inline void aqc__cp_async_commit(void) {
+    aqe::Fiber *f = aqe::current;
+    f->async_groups.push_back(std::move(f->async_open));
+    f->async_open.clear();
+}
+/* every committed group but the newest N lands */
+template <int N> static inline void aqc__cp_async_wait(void) {
+    std::vector<std::vector<aqe::AsyncCopy>> &groups = aqe::current->async_groups;
+    while (groups.size() > (size_t)N) {
+        for (const aqe::AsyncCopy &c : groups.front()) memcpy(c.dst, c.src, 16);
+        groups.erase(groups.begin());
+    }
+}
 
 /* ---- runtime ---- */
 typedef enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorNotSupported = 801 } cudaError_t;
@@ -481,9 +586,14 @@ static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) 
     return cudaErrorInvalidValue;
 }
 template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+/* Fresh device memory is all ones (NaN as f16 and f32, -1 as an integer): a GPU promises no
+   zeros either, and a kernel that reads what nothing wrote should not pass by luck. */
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
-    *p = aligned_alloc(256, (n + 255) / 256 * 256);
-    return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+    const size_t bytes = (n + 255) / 256 * 256;
+    *p = aligned_alloc(256, bytes);
+    if (!*p) return cudaErrorMemoryAllocation;
+    memset(*p, 0xff, bytes);
+    return cudaSuccess;
 }
 static inline cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
