@@ -12,6 +12,7 @@
 #   make test-cuda-emu   kernels/aq_cuda.cu compiled by the C++ compiler against tests/cuda_emu (CUDA
 #                        emulated on the CPU, no GPU needed), and aq-gpu-check's kernel and model checks
 #                        run on it (tests/cuda_emu/run; build/cuda-emu/)
+#   make test-cuda-emu-asan  the same under AddressSanitizer (build/cuda-emu-asan/; slower, not in CI)
 
 CC          ?= cc
 STB_INCLUDE ?= /usr/include/stb
@@ -42,7 +43,7 @@ CUDA_OBJ   = $(OUT)/aq_cuda.o
 CUDA_DEFS  = -DAQ_CUDA
 CUDA_LIBS  = $(CUDA_OBJ) -lstdc++
 GPU_TOOLS  = $(OUT)/tools/aq-gpu-check
-EMU_CXXFLAGS = -std=c++17 -O2 -g -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unknown-pragmas -Itests/cuda_emu
+EMU_CXXFLAGS = -std=c++17 -O2 -g -fno-strict-aliasing -Wall -Wno-unused-function -Wno-unknown-pragmas -Itests/cuda_emu $(EMU_SANITIZE)
 endif
 ifeq ($(AQ_NO_BLAS),1)
 OUT      ?= build/noblas
@@ -62,7 +63,7 @@ TOOLS    = $(P)tools/aq-inspect $(P)tools/aq-synth $(P)tools/aq-bench $(P)tools/
 TESTS    = $(P)tests/run_tests
 TEST_SRC = $(wildcard tests/*.c tests/*.h) tools/tool_util.h
 
-.PHONY: all test test-asan test-cuda-emu demo bench bench-models bench-quest cuda clean FORCE
+.PHONY: all test test-asan test-cuda-emu test-cuda-emu-asan demo bench bench-models bench-quest cuda clean FORCE
 
 all: $(EXAMPLES) $(TOOLS) $(GPU_TOOLS)
 
@@ -99,6 +100,14 @@ cuda:
 test-cuda-emu:
 	$(MAKE) CUDA_EMU=1 build/cuda-emu/selftest build/cuda-emu/tools/aq-gpu-check build/cuda-emu/tools/aq-quantize
 	tests/cuda_emu/run
+
+# the same under AddressSanitizer, device memory allocated to the byte: a kernel's read past a
+# buffer's end stops the run (on a GPU it reads garbage, or faults and poisons the context)
+EMU_ASAN = -fsanitize=address -fno-omit-frame-pointer
+test-cuda-emu-asan:
+	$(MAKE) CUDA_EMU=1 OUT=build/cuda-emu-asan CFLAGS="-O2 -g $(EMU_ASAN)" EMU_SANITIZE="$(EMU_ASAN)" \
+		build/cuda-emu-asan/selftest build/cuda-emu-asan/tools/aq-gpu-check build/cuda-emu-asan/tools/aq-quantize
+	B=build/cuda-emu-asan tests/cuda_emu/run
 
 test: $(EXAMPLES) $(TOOLS) $(TESTS)
 	$(TESTS)

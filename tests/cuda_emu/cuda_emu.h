@@ -26,6 +26,9 @@
 #include <string.h>
 #include <math.h>
 #include <ucontext.h>
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -336,7 +339,10 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
     b.body = &body;
     b.fibers.assign(n, Fiber());
     b.warps.assign(n / 32, Warp());
-    if (b.stacks.size() < (size_t)n * stack_bytes) b.stacks.resize((size_t)n * stack_bytes);
+    if (b.stacks.size() < (size_t)n * stack_bytes) {   /* nothing on them to keep */
+        std::vector<char>().swap(b.stacks);
+        b.stacks.resize((size_t)n * stack_bytes);
+    }
     b.shared.assign(shared_bytes ? shared_bytes : 1, (char)0xa5);   /* not zero: as on a GPU, nothing to rely on */
     for (int i = 0; i < n; i++) {
         Fiber &f = b.fibers[i];
@@ -347,6 +353,9 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
         f.collective = 0;
         f.waits = Fiber::RUNNING;
         char *stack = b.stacks.data() + (size_t)i * stack_bytes;
+#ifdef __SANITIZE_ADDRESS__
+        ASAN_UNPOISON_MEMORY_REGION(stack, stack_bytes);   /* the last block's threads left their frames' redzones */
+#endif
 #if AQE_FAST_SWITCH
         /* what aqe_switch pops when it first switches in: six registers, then fiber_main as the
            return address; 16-byte aligned so that fiber_main starts as if called */
@@ -589,8 +598,13 @@ template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAtt
 /* Fresh device memory is all ones (NaN as f16 and f32, -1 as an integer): a GPU promises no
    zeros either, and a kernel that reads what nothing wrote should not pass by luck. */
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
+#ifdef __SANITIZE_ADDRESS__
+    const size_t bytes = n;   /* so that AddressSanitizer flags a read one byte past the end */
+    if (posix_memalign(p, 256, bytes)) *p = NULL;
+#else
     const size_t bytes = (n + 255) / 256 * 256;
     *p = aligned_alloc(256, bytes);
+#endif
     if (!*p) return cudaErrorMemoryAllocation;
     memset(*p, 0xff, bytes);
     return cudaSuccess;
