@@ -2750,14 +2750,19 @@ __global__ void __launch_bounds__(AQC_TOPK_THREADS, 1) aqc_top_k_check_kernel(co
 
 extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len) {
     aqc__scratch sc;
-    if (k < 1 || k > n || (mode == 1 && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS) || mode < 0 || mode > 2) {
+    if (k < 1 || k > n || (mode == 1 && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS) || (mode == 3 && k != 1) || mode < 0 || mode > 3) {
         aqc__err(err, err_len, "top-k check: bad n %d, k %d or mode %d", n, k, mode);
         return -1;
     }
     float *dv = (float *)sc.get((size_t)n * 4, err, err_len);
-    int *dout = (int *)sc.get((size_t)k * 4, err, err_len);
+    int *dout = (int *)sc.get((size_t)(k > AQC_STATE_INTS ? k : AQC_STATE_INTS) * 4, err, err_len);
     if (!dv || !dout) return -1;
     AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
+    if (mode == 3) {   /* the decode step's argmax, as aqc_step_greedy launches it */
+        AQC_TRY(aqc__launch(false, aqc_argmax_kernel, dim3(1), dim3(1024), 0, 0, (const float *)dv, n, dout));
+        AQC_TRY(cudaMemcpy(out, dout + AQC_NEXT, 4, cudaMemcpyDeviceToHost));
+        return 0;
+    }
     const int select_threads = AQC_SCORE_WARPS * 32;   /* the fused selection's block */
     const float *vals_d = dv;
     if (mode == 1) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE, false>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));

@@ -125,7 +125,8 @@ int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, i
 /* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the
    lower index) in ascending index order, into out[k], through the path that reads vals in every
    pass (mode 0), the register-cached one (mode 1, n <= 8192), or the fused selection's (mode 2:
-   AQ_CUDA_VARIANT's fused Quest, 128 threads, each with adjacent keys). */
+   AQ_CUDA_VARIANT's fused Quest, 128 threads, each with adjacent keys); mode 3, k = 1: the
+   greedy decode's argmax kernel instead. */
 int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len);
 
 typedef struct {

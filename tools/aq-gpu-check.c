@@ -288,7 +288,7 @@ static int by_int(const void *a, const void *b) { return *(const int *)a - *(con
    spread 0: scores in [-8, 8) with a seventh of them tied on five values; 1: the same shape in
    [99.99, 100.01), keys alike in their first 20 bits; 2: every score equal */
 static void check_top_k(int n, int k, int mode, int spread) {
-    static const char *modes[3] = {"keys read per pass", "keys in registers", "fused selection's"};
+    static const char *modes[4] = {"keys read per pass", "keys in registers", "fused selection's", "the argmax kernel"};
     static const char *spreads[3] = {"", ", alike", ", all equal"};
     char err[512], what[128];
     float *v = (float *)malloc(sizeof(float) * (size_t)n);
@@ -637,6 +637,9 @@ static void check_kernels(void) {
     check_top_k(2047, 2000, 2, 0);
     check_top_k(2000, 100, 2, 2);
     check_top_k(5000, 300, 2, 0);   /* past the registers: read per pass */
+    check_top_k(32000, 1, 3, 0);     /* the greedy decode's argmax: more logits than threads */
+    check_top_k(32000, 1, 3, 1);
+    check_top_k(1000, 1, 3, 2);      /* all equal: the lowest index */
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
