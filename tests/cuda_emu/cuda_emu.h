@@ -11,9 +11,9 @@
 
    Some races show: threads resume, and blocks run, in a shuffled order, and warps stall
    (AQE_SCHEDULE below); a cp.async copy lands only at its wait; and fresh device memory is all
-   ones.  What it cannot show: speed, and the rest of the memory model (every write is visible at once, programmatic
-   launches and fences do nothing, streams run in issue order, and a block waiting for another
-   block's flag finds it set or waits forever).
+   ones.  What it cannot show: speed, and the rest of the memory model (every write is visible
+   at once, programmatic launches and fences do nothing, streams run in issue order, and a block
+   waiting for another block's flag finds it set or waits forever).
 
    Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
    else it is asked for. */
@@ -388,7 +388,8 @@ inline void run_block(dim3 idx, dim3 bdim, size_t shared_bytes, const std::funct
         int live = 0;
         schedule_order(warp_order, n_warps);
         for (int w : warp_order) {
-            if (mode == SCHEDULE_SHUFFLE) stalled[w] = full ? 0 : stalled[w] ? stalled[w] - 1 : schedule_random(8) ? 0 : 16 + (int)schedule_random(32);
+            if (mode == SCHEDULE_SHUFFLE)
+                stalled[w] = full ? 0 : stalled[w] ? stalled[w] - 1 : schedule_random(8) ? 0 : 16 + (int)schedule_random(32);
             /* lanes in the order of lane ^ flip: any two lanes meet in either order, equally often */
             const int flip = mode == SCHEDULE_SHUFFLE ? (int)schedule_random(32) : mode == SCHEDULE_REVERSE ? 31 : 0;
             for (int l = 0; l < 32; l++) {
