@@ -274,6 +274,9 @@ inline void fiber_main(void) {
 #endif
 }   /* (ucontext) returns to the scheduler through uc_link */
 
+/* Every thread of the block that has not exited is at the barrier. */
+inline bool barrier_reached(const Block &b) { return b.barrier_arrived == b.n_threads - b.exited; }
+
 /* __syncthreads: every thread of the block that has not exited, with the sum of their preds. */
 inline long long barrier(long long pred) {
     Block &b = block;
@@ -284,7 +287,7 @@ inline long long barrier(long long pred) {
     current->waits = Fiber::AT_BARRIER;
     current->wait_token = gen;
     while (b.barrier_gen == gen) {
-        if (b.barrier_arrived == b.n_threads - b.exited) {
+        if (barrier_reached(b)) {
             b.barrier_arrived = 0;
             b.barrier_sum[parity ^ 1] = 0;   /* the next barrier's, free: everyone has left the one before */
             b.barrier_gen++;
@@ -319,7 +322,7 @@ inline const uint64_t *warp_exchange(uint64_t mine) {
 inline bool can_run(const Fiber &f) {
     const Block &b = block;
     switch (f.waits) {
-    case Fiber::AT_BARRIER: return b.barrier_gen != f.wait_token || b.barrier_arrived == b.n_threads - b.exited;
+    case Fiber::AT_BARRIER: return b.barrier_gen != f.wait_token || barrier_reached(b);
     case Fiber::AT_COLLECTIVE: return b.warps[f.warp].arrived[f.wait_token] >= 32;
     default: return true;
     }
