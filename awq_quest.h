@@ -4718,7 +4718,9 @@ static float aq__rand01(aq_sampler *s) {
     return (float)((s->rng * 0x2545f4914f6cdd1dull) >> 40) * (1.0f / 16777216.0f);
 }
 
-int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {
+/* aq_sampler_sample with its uniform draw r01 in [0, 1) given: a GPU's draw is checked against it
+   at draws on either side of r01 (tools/aq-gpu-check), since the two round the softmax apart. */
+static int32_t aq__sampler_pick(aq_sampler *s, const float *logits, float r01) {
     aq__cand *c = s->cand;
     int n = s->n_vocab, i, j;
     float max, sum, r;
@@ -4761,12 +4763,16 @@ int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {
     }
     sum = 0.0f;
     for (i = 0; i < n; i++) sum += c[i].logit;
-    r = aq__rand01(s) * sum;
+    r = r01 * sum;
     for (i = 0; i < n - 1; i++) {
         r -= c[i].logit;
         if (r < 0.0f) break;
     }
     return c[i].id;
+}
+
+int32_t aq_sampler_sample(aq_sampler *s, const float *logits) {
+    return aq__sampler_pick(s, logits, s->p.temperature <= 0.0f ? 0.0f : aq__rand01(s));
 }
 
 /* ---------------------------------------------------------------------------------------

@@ -2774,6 +2774,23 @@ extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *o
     return 0;
 }
 
+extern "C" int aqc_check_sample(const float *logits, int n, const aqc_sampling *p, float r, int32_t *out, char *err,
+                                size_t err_len) {
+    aqc__scratch sc;
+    if (n < 1 || p->temperature <= 0.0f || p->top_k < 1 || p->top_k > AQC_SAMPLE_MAX_K || p->top_k > n) {
+        aqc__err(err, err_len, "sampler check: bad n %d, temperature %g or top_k %d", n, p->temperature, p->top_k);
+        return -1;
+    }
+    float *dv = (float *)sc.get((size_t)n * 4, err, err_len);
+    int *state = (int *)sc.get((size_t)AQC_STATE_INTS * 4, err, err_len);
+    if (!dv || !state) return -1;
+    AQC_TRY(cudaMemcpy(dv, logits, (size_t)n * 4, cudaMemcpyHostToDevice));
+    AQC_TRY(aqc__launch(false, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, (const float *)dv, n, p->temperature,
+                        p->top_k, p->top_p, p->min_p, r, state));
+    AQC_TRY(cudaMemcpy(out, state + AQC_NEXT, 4, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
 static double aqc__median(std::vector<float> &v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];

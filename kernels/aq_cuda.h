@@ -128,6 +128,8 @@ int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, i
    AQ_CUDA_VARIANT's fused Quest, 128 threads, each with adjacent keys); mode 3, k = 1: the
    greedy decode's argmax kernel instead. */
 int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len);
+/* The sampled decode's draw, as aqc_step_sample launches it, from logits[n] and the uniform r. */
+int aqc_check_sample(const float *logits, int n, const aqc_sampling *p, float r, int32_t *out, char *err, size_t err_len);
 
 typedef struct {
     double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data; a 4-bit GEMV that */

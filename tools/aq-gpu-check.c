@@ -2,7 +2,8 @@
    it on the GPU machine).  Three parts:
      1. every kernel on fresh random inputs against a CPU reference in double precision:
         int4 / OliVe / f16 GEMV (decode), the same as prompt GEMMs, and attention (append, page bounds,
-        Quest score and top-k, sparse and dense paged attention, merge) for several shapes;
+        Quest score and top-k, sparse and dense paged attention, merge) for several shapes, and
+        the decode step's argmax and sampler's draw;
      2. whole models teacher-forced over the same tokens of real text on GPU and CPU: prompt
         batches and then decode steps, next-token argmax agreement and logit differences, and
         greedy and sampled text (the draw on the device);
@@ -316,6 +317,83 @@ static void check_top_k(int n, int k, int mode, int spread) {
     free(v); free(got); free(want); free(ps);
 }
 
+/* Whether the CPU sampler (sp) can draw `token` from logits[V] at the uniform r once its inputs
+   move by their rounding: r and the top_p / min_p cuts by 1e-4 (the GPU's softmax rounds apart
+   from the CPU's), and each logit by up to tol (the GPU's logits against the CPU's; 0 when both
+   drew from the same logits).  The logits move so as to widen the token's share of the draw: the
+   token up, and those ranked above it down and the rest up (so that its share starts lower), or
+   the other way round (so that it ends higher).  Returns 1 when the CPU draws it as is, 2 when
+   it takes a move, 0 when no move gets there. */
+static int sampler_reaches(const aq_sampler_params *sp, const float *logits, int V, float r, double tol, int32_t token) {
+    static const float edge = 1e-4f;
+    aq_sampler_params q = *sp;
+    aq_sampler *s = aq_sampler_new(sp, V);
+    float *moved = (float *)malloc(sizeof(float) * (size_t)V);
+    int reached = 0, dir, dr, dp, dm, i;
+    if (!s || !moved) { fprintf(stderr, "aq-gpu-check: out of memory\n"); exit(1); }
+    if (aq__sampler_pick(s, logits, r) == token) reached = 1;
+    for (dir = 0; dir < 3 && !reached; dir++) {
+        for (i = 0; i < V; i++) {
+            const int above = logits[i] > logits[token] || (logits[i] == logits[token] && i < token);
+            const double away = dir == 0 ? 0 : (above == (dir == 1) ? -tol : tol);
+            moved[i] = (float)(logits[i] + (i == token ? tol : away));
+        }
+        for (dr = -1; dr <= 1 && !reached; dr++)
+            for (dp = sp->top_p < 1.0f ? -1 : 0; dp <= (sp->top_p < 1.0f ? 1 : 0) && !reached; dp++)
+                for (dm = sp->min_p > 0.0f ? -1 : 0; dm <= (sp->min_p > 0.0f ? 1 : 0) && !reached; dm++) {
+                    const float rr = r + (float)dr * edge;
+                    q.top_p = sp->top_p + (float)dp * edge;
+                    q.min_p = sp->min_p + (float)dm * edge;
+                    s->p = q;
+                    reached = aq__sampler_pick(s, moved, rr < 0 ? 0 : rr > 0.99999994f ? 0.99999994f : rr) == token ? 2 : 0;
+                }
+    }
+    aq_sampler_free(s);
+    free(moved);
+    return reached;
+}
+
+/* The sampled decode's draw (the kernel aqc_step_sample launches) against the CPU sampler on the
+   same logits and draws (the first 0, the last just below 1).  spread 0: logits in [-8, 8) with
+   a seventh of them tied on five values; 1: five far ahead of the rest (top_p cuts among them);
+   2: on steps of 0.5 (ties everywhere, ranked by id). */
+static void check_sample(int n, int spread, float temperature, int top_k, float top_p, float min_p, int draws) {
+    static const char *spreads[3] = {"", ", five ahead", ", ties"};
+    aq_sampler_params sp = aq_sampler_default_params();
+    aqc_sampling gp;
+    char err[512], what[128];
+    float *v = (float *)malloc(sizeof(float) * (size_t)n);
+    int i, d, wrong = 0, edges = 0;
+    for (i = 0; i < n; i++) {
+        if (spread == 0) v[i] = (i % 7 == 0) ? 0.25f * (float)(i % 5) : uniform() * 8.0f;
+        else if (spread == 1) v[i] = i % (n / 5) == 3 ? 10.0f + uniform() : uniform() * 3.0f;
+        else v[i] = 0.5f * floorf(uniform() * 6.0f);
+    }
+    sp.temperature = gp.temperature = temperature;
+    sp.top_k = gp.top_k = top_k;
+    sp.top_p = gp.top_p = top_p;
+    sp.min_p = gp.min_p = min_p;
+    snprintf(what, sizeof what, "sampler, %d logits, T %.1f, k %d, p %.2f, min-p %.2f%s", n, temperature, top_k, top_p, min_p,
+             spreads[spread]);
+    for (d = 0; d < draws; d++) {
+        const float r = d == 0 ? 0.0f : d == draws - 1 ? 0.99999994f : 0.5f * (uniform() + 1.0f);
+        int32_t got;
+        if (aqc_check_sample(v, n, &gp, r, &got, err, sizeof err)) {
+            printf("  %s: %s  FAIL\n", what, err);
+            failures++;
+            free(v);
+            return;
+        }
+        switch (sampler_reaches(&sp, v, n, r, 0.0, got)) {
+        case 0: wrong++; break;
+        case 2: edges++; break;
+        }
+    }
+    printf("  %-58s %d of %d draws not the CPU's (%d more at a rounding edge)  %s\n", what, wrong, draws, edges, wrong ? "FAIL" : "ok");
+    if (wrong) failures++;
+    free(v);
+}
+
 /* ---- 2. models ---- */
 
 /* The CPU's int4 and OliVe kernels round their activations to int8 (per group, for integer
@@ -395,19 +473,24 @@ static double agreement(const float *a, const float *b, int64_t n, int window, i
     return scored ? (double)agree / (double)scored : 0.0;
 }
 
-/* Where the GPU's greedy text first leaves the CPU's (step `step`: the prompt ids[0..8), then
-   tc[0..step)), the reference's logits there must make it a near tie: the GPU's token at most
-   tol below the reference's best.  The reference is the CPU session with the weights in f32
-   when there is one (the GPU's f16 activations are closer to it than to the CPU's int8 ones).
-   Returns 1 when it is, with the gap; 0 (a wrong argmax, or a broken cache) when not. */
-static int greedy_near_tie(aq_session *ref, const int32_t *ids, const int32_t *tc, int step, int32_t gpu_token, float *logits,
-                           int V, double tol, double *gap) {
+/* The reference's logits where the GPU's text first leaves the CPU's, at step `step`: after the
+   prompt ids[0..8) and then tc[0..step).  The reference is the CPU session with the weights in
+   f32 when there is one (the GPU's f16 activations are closer to it than to the CPU's int8 ones). */
+static int logits_at_step(aq_session *ref, const int32_t *ids, const int32_t *tc, int step, float *logits) {
     char err[512];
     int j, ok;
     aq_session_reset(ref);
     ok = aq_eval(ref, ids, 8, logits, err, sizeof err) == 0;
     for (j = 1; ok && j <= step; j++) ok = aq_eval(ref, &tc[j - 1], 1, logits, err, sizeof err) == 0;
-    if (!ok) { *gap = INFINITY; return 0; }
+    return ok;
+}
+
+/* There greedy's token must be a near tie: at most tol below the reference's best logit.
+   Returns 1 when it is, with the gap; 0 (a wrong argmax, or a broken cache) when not. */
+static int greedy_near_tie(aq_session *ref, const int32_t *ids, const int32_t *tc, int step, int32_t gpu_token, float *logits,
+                           int V, double tol, double *gap) {
+    int j;
+    if (!logits_at_step(ref, ids, tc, step, logits)) { *gap = INFINITY; return 0; }
     float best = logits[0];
     for (j = 1; j < V; j++) best = logits[j] > best ? logits[j] : best;
     *gap = (double)best - logits[gpu_token];
@@ -506,9 +589,26 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
                 for (ng = 1; ng < 128 && !aq_eval_sample(gpu, sg, tg[ng - 1], &tg[ng], err, sizeof err); ng++) {}
                 while (same < nc && same < ng && tc[same] == tg[same]) same++;
             }
-            printf("  %-40s sampled on the device: first %d of 128 tokens identical to the CPU's (%s)\n", "", same,
-                   ng == 128 ? "ran" : err);
-            if (ng != 128) failures++;
+            if (ng == 128 && same < 128) {   /* where they part, the CPU sampler must draw the GPU's token from
+                                                the reference's logits moved by at most the tie limit */
+                aq_sampler *replay = aq_sampler_new(&sp, V);
+                float r = 0;
+                int reached = 0;
+                if (replay) {   /* one draw per token: the draw at step `same` is the same+1st */
+                    for (k = 0; k <= same; k++) r = aq__rand01(replay);
+                    aq_sampler_free(replay);
+                    if (logits_at_step(exact ? exact : cpu, ids, tc, same, lc))
+                        reached = sampler_reaches(&sp, lc, V, r, tie_tol, tg[same]);
+                }
+                printf("  %-40s sampled on the device: first %d of 128 tokens identical to the CPU's; there the CPU%s %s the "
+                       "GPU's token%s (logits moved by at most %.4f)%s\n", "", same, exact ? " with f32 weights" : "",
+                       reached ? "draws" : "cannot draw", reached == 1 ? " as is" : "", tie_tol, reached ? "" : "  FAIL");
+                if (!reached) failures++;
+            } else {
+                printf("  %-40s sampled on the device: first %d of 128 tokens identical to the CPU's%s%s\n", "", same,
+                       ng == 128 ? "" : ": ", ng == 128 ? "" : err);
+                if (ng != 128) failures++;
+            }
             aq_sampler_free(sc);
             aq_sampler_free(sg);
         }
@@ -640,6 +740,12 @@ static void check_kernels(void) {
     check_top_k(32000, 1, 3, 0);     /* the greedy decode's argmax: more logits than threads */
     check_top_k(32000, 1, 3, 1);
     check_top_k(1000, 1, 3, 2);      /* all equal: the lowest index */
+    check_sample(32000, 0, 0.8f, 40, 0.95f, 0.05f, 6);   /* the default sampler on a Llama vocabulary */
+    check_sample(32000, 2, 0.8f, 40, 0.95f, 0.05f, 6);
+    check_sample(4096, 1, 0.8f, 40, 0.95f, 0.05f, 12);
+    check_sample(4096, 0, 1.5f, 1024, 1.0f, 0.0f, 12);    /* the largest top-k, no cuts: every rank counts */
+    check_sample(4096, 2, 1.0f, 300, 0.5f, 0.2f, 12);
+    check_sample(512, 0, 0.5f, 1, 1.0f, 0.0f, 4);
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
