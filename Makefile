@@ -82,6 +82,8 @@ $(CUDA_OBJ): kernels/aq_cuda.cu kernels/aq_cuda.h $(wildcard tests/cuda_emu/*.h)
 	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
 $(OUT)/selftest: tests/cuda_emu/selftest.cpp $(wildcard tests/cuda_emu/*.h) $(P).build-flags
 	$(CXX) $(EMU_CXXFLAGS) $< -o $@
+$(OUT)/traffic: tests/cuda_emu/traffic.c awq_quest.h $(P).build-flags $(CUDA_OBJ)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(LDLIBS)
 endif
 
 $(P)examples/%: examples/%.c awq_quest.h $(P).build-flags $(CUDA_OBJ)
@@ -98,7 +100,8 @@ cuda:
 	$(MAKE) CUDA=1 all build/cuda/tests/run_tests
 
 test-cuda-emu:
-	$(MAKE) CUDA_EMU=1 build/cuda-emu/selftest build/cuda-emu/tools/aq-gpu-check build/cuda-emu/tools/aq-quantize
+	$(MAKE) CUDA_EMU=1 build/cuda-emu/selftest build/cuda-emu/traffic build/cuda-emu/tools/aq-gpu-check \
+		build/cuda-emu/tools/aq-quantize build/cuda-emu/tools/aq-synth
 	tests/cuda_emu/run
 
 # the same under AddressSanitizer, device memory allocated to the byte: a kernel's read past a
@@ -106,7 +109,8 @@ test-cuda-emu:
 EMU_ASAN = -fsanitize=address -fno-omit-frame-pointer
 test-cuda-emu-asan:
 	$(MAKE) CUDA_EMU=1 OUT=build/cuda-emu-asan CFLAGS="-O2 -g $(EMU_ASAN)" EMU_SANITIZE="$(EMU_ASAN)" \
-		build/cuda-emu-asan/selftest build/cuda-emu-asan/tools/aq-gpu-check build/cuda-emu-asan/tools/aq-quantize
+		build/cuda-emu-asan/selftest build/cuda-emu-asan/traffic build/cuda-emu-asan/tools/aq-gpu-check \
+		build/cuda-emu-asan/tools/aq-quantize build/cuda-emu-asan/tools/aq-synth
 	B=build/cuda-emu-asan tests/cuda_emu/run
 
 test: $(EXAMPLES) $(TOOLS) $(TESTS)

@@ -1803,6 +1803,9 @@ static int aqc__malloc(void **p, size_t bytes, const char *what, char *err, size
                  cudaGetErrorString(e));
         return -1;
     }
+#ifdef AQE_NAME_ALLOCATION
+    AQE_NAME_ALLOCATION(*p, what);   /* tests/cuda_emu counts the kernels' loads from each kind of buffer */
+#endif
     return 0;
 }
 

@@ -15,6 +15,9 @@
    at once, programmatic launches and fences do nothing, streams run in issue order, and a block
    waiting for another block's flag finds it set or waits forever).
 
+   It counts the bytes the kernels' streams (__ldg, cp.async) load from each named allocation,
+   for tests/cuda_emu/traffic.c, and stops a run whose stream load leaves its allocation.
+
    Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
    else it is asked for. */
 #ifndef AQ_CUDA_EMU_H
@@ -32,6 +35,8 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <map>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -128,7 +133,13 @@ static inline int __dp4a(int a, int b, int c) {
     for (int k = 0; k < 4; k++) c += (int)(int8_t)(a >> 8 * k) * (int)(int8_t)(b >> 8 * k);
     return c;
 }
-template <class T> static inline T __ldg(const T *p) { return *p; }
+namespace aqe { static inline void count_load(const void *p, size_t bytes); }
+/* __ldg and cp.async are the kernels' streams (weights, KV pages, page bounds): their loads are
+   counted per allocation (traffic, below) */
+template <class T> static inline T __ldg(const T *p) {
+    aqe::count_load(p, sizeof(T));
+    return *p;
+}
 template <class T> static inline T __ldcg(const T *p) { return *p; }
 static inline void __threadfence(void) {}
 /* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
@@ -512,7 +523,10 @@ static inline void aqe_ldmatrix(uint32_t r[4], const void *row, bool trans) {
 }
 static inline void aqc__ldmatrix_x4(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, false); }
 static inline void aqc__ldmatrix_x4_trans(uint32_t r[4], const void *row) { aqe_ldmatrix(r, row, true); }
-static inline void aqc__cp_async16(void *smem, const void *global) { aqe::current->async_open.push_back({smem, global}); }
+static inline void aqc__cp_async16(void *smem, const void *global) {
+    aqe::count_load(global, 16);
+    aqe::current->async_open.push_back({smem, global});
+}
 static inline void aqc__cp_async_commit(void) {
     aqe::Fiber *f = aqe::current;
     f->async_groups.push_back(std::move(f->async_open));
@@ -599,6 +613,65 @@ static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) 
     return cudaErrorInvalidValue;
 }
 template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+/* Traffic: each allocation's size and name (aq_cuda.cu's aqc__malloc names it through
+   AQE_NAME_ALLOCATION: "a weight matrix", "the KV cache", ...), and per name what __ldg and
+   cp.async loaded from it since aqe_traffic_reset.  tests/cuda_emu/traffic.c checks a decode
+   step's loads against what the kernels' designs say they read: every weight byte once, each
+   KV page once for all the query heads that share it, only Quest's pages, in 16-byte loads.  A
+   stream load outside every allocation, or running past one's end, stops the run. */
+namespace aqe {
+struct Allocation { size_t bytes; std::string name; };
+struct Tally { unsigned long long loaded, loads, narrow, allocated; };
+static std::map<uintptr_t, Allocation> allocations;
+static std::map<std::string, Tally> tallies;
+
+static inline void count_load(const void *p, size_t bytes) {
+    static char msg[256];
+    const uintptr_t a = (uintptr_t)p;
+    auto it = allocations.upper_bound(a);
+    if (it == allocations.begin() || a - (--it)->first >= it->second.bytes) die("a stream load (__ldg, cp.async) from memory cudaMalloc did not allocate");
+    if (a - it->first + bytes > it->second.bytes) {
+        snprintf(msg, sizeof msg, "a %zu-byte stream load runs past the end of %s (%zu bytes)", bytes, it->second.name.c_str(),
+                 it->second.bytes);
+        die(msg);
+    }
+    Tally &t = tallies[it->second.name];
+    t.loaded += bytes;
+    t.loads++;
+    t.narrow += bytes < 16;
+}
+static inline void track(void *p, size_t bytes, const char *name) {
+    auto it = allocations.find((uintptr_t)p);
+    if (it != allocations.end()) tallies[it->second.name].allocated -= it->second.bytes;
+    if (name) {
+        allocations[(uintptr_t)p] = Allocation{bytes, name};
+        tallies[name].allocated += bytes;
+    } else if (it != allocations.end())
+        allocations.erase(it);
+}
+static inline void name_allocation(void *p, const char *name) {
+    auto it = allocations.find((uintptr_t)p);
+    if (it == allocations.end()) die("AQE_NAME_ALLOCATION: not a cudaMalloc pointer");
+    track(p, it->second.bytes, name);
+}
+}  // namespace aqe
+
+#define AQE_NAME_ALLOCATION(p, name) aqe::name_allocation((p), (name))
+
+typedef struct { unsigned long long loaded, loads, narrow, allocated; } aqe_traffic;
+extern "C" void aqe_traffic_reset(void) {
+    for (auto &t : aqe::tallies) t.second.loaded = t.second.loads = t.second.narrow = 0;
+}
+/* what the kernels loaded from the allocations named `name` since the reset, in how many loads
+   (narrow: under 16 bytes), and how many bytes are allocated under that name now */
+extern "C" void aqe_traffic_get(const char *name, aqe_traffic *out) {
+    const aqe::Tally t = aqe::tallies[name];
+    out->loaded = t.loaded;
+    out->loads = t.loads;
+    out->narrow = t.narrow;
+    out->allocated = t.allocated;
+}
+
 /* Fresh device memory is all ones (NaN as f16 and f32, -1 as an integer): a GPU promises no
    zeros either, and a kernel that reads what nothing wrote should not pass by luck. */
 static inline cudaError_t cudaMalloc(void **p, size_t n) {
@@ -611,11 +684,16 @@ static inline cudaError_t cudaMalloc(void **p, size_t n) {
 #endif
     if (!*p) return cudaErrorMemoryAllocation;
     memset(*p, 0xff, bytes);
+    aqe::track(*p, n, "unnamed");
     return cudaSuccess;
 }
-static inline cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaFree(void *p) {
+    aqe::track(p, 0, NULL);
+    free(p);
+    return cudaSuccess;
+}
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
-static inline cudaError_t cudaFreeHost(void *p) { free(p); return cudaSuccess; }
+static inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
 static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
     aqe::enqueue([=] { memcpy(d, s, n); });

@@ -1,0 +1,105 @@
+/* tests/cuda_emu/traffic.c - what one decode step's kernels load from device memory, counted by
+   the CPU emulation of CUDA (cuda_emu.h counts every __ldg and cp.async, the kernels' streams,
+   per named allocation), against what the GPU path's design says a step reads:
+     - every weight matrix's bytes once (the one pass over the weights the GEMVs promise), the
+       token embedding's aside (one row, read by the embedding kernel);
+     - dense attention: each KV head's keys and values once for all the query heads that share
+       them (GQA), and no more;
+     - Quest: per KV head, the page bounds of the complete pages once (the score), and the keys
+       and values of budget / page_size - 1 complete pages and the current page once; the
+       first quest_dense_layers layers dense;
+   all in 16-byte loads.  A GPU's speed on a decode step is these bytes over its bandwidth, so a
+   kernel that reads a page once per query head, or a weight twice, fails here before it costs
+   device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
+   usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads, int4) */
+#define AWQ_QUEST_IMPLEMENTATION
+#include "../../awq_quest.h"
+
+typedef struct { unsigned long long loaded, loads, narrow, allocated; } aqe_traffic;
+void aqe_traffic_reset(void);
+void aqe_traffic_get(const char *name, aqe_traffic *out);
+
+static int passed, failed;
+
+/* The loads from the allocations named `name` must be `want` bytes, in 16-byte loads. */
+static void expect(const char *what, const char *name, unsigned long long want) {
+    aqe_traffic t;
+    aqe_traffic_get(name, &t);
+    const int ok = t.loaded == want && t.narrow == 0;
+    printf("  %-44s %11llu bytes in %8llu loads (%llu narrower than 16 bytes), design %11llu  %s\n", what, t.loaded, t.loads,
+           t.narrow, want, ok ? "ok" : "FAIL");
+    if (ok) passed++;
+    else failed++;
+}
+
+/* One greedy decode step at position ctx after a random cache of ctx positions; budget 0 =
+   dense. */
+static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
+    const aq_config *c = aq_model_config(m);
+    aq_session_params p = aq_session_default_params();
+    aq_session *s;
+    aqe_traffic weights;
+    char err[512], what[128];
+    unsigned long long kv = 0, bounds = 0;
+    const unsigned long long key_bytes = (unsigned long long)c->head_dim * 2 * 2;   /* f16 key and value */
+    const int P = 16, keys = ctx + 1;
+    int32_t next;
+    int l;
+    p.backend = AQ_BACKEND_CUDA;
+    p.n_ctx = ctx + 64;
+    p.page_size = P;
+    p.quest_budget = budget;
+    p.quest_dense_layers = dense_layers;
+    s = aq_session_new(m, &p, err, sizeof err);
+    if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
+        printf("  step at %d: %s  FAIL\n", ctx, s ? aq_session_backend_note(s) : err);
+        failed++;
+        aq_session_free(s);
+        return;
+    }
+    aqe_traffic_reset();
+    if (aq_eval_greedy(s, 1, &next, err, sizeof err)) {
+        printf("  step at %d: %s  FAIL\n", ctx, err);
+        failed++;
+        aq_session_free(s);
+        return;
+    }
+    for (l = 0; l < c->n_layers; l++) {
+        if (!budget || l < dense_layers || keys <= budget) {
+            kv += (unsigned long long)c->n_kv_heads * keys * key_bytes;
+        } else {
+            kv += (unsigned long long)c->n_kv_heads * ((budget / P - 1) * P + ctx % P + 1) * key_bytes;
+            bounds += (unsigned long long)c->n_kv_heads * (ctx / P) * c->head_dim * 2 * 2;   /* min and max, f16 */
+        }
+    }
+    printf(" one decode step at %d positions, %s (%d layers, %d query heads on %d KV heads of %d):\n", ctx,
+           budget ? "Quest" : "dense", c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
+    if (budget) printf("   budget %d, the first %d layer%s dense\n", budget, dense_layers, dense_layers == 1 ? "" : "s");
+    aqe_traffic_get("a weight matrix", &weights);
+    snprintf(what, sizeof what, "weights (all but the token embedding)");
+    expect(what, "a weight matrix", weights.allocated - (unsigned long long)c->n_vocab * c->n_embd * 2);
+    expect("KV cache", "the KV cache", kv);
+    expect("Quest page bounds", "the Quest page bounds", bounds);
+    aq_session_free(s);
+}
+
+int main(int argc, char **argv) {
+    char err[512];
+    aq_model *m;
+    const char *variant = getenv("AQ_CUDA_VARIANT");
+    if (argc != 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fprintf(argc == 2 ? stdout : stderr, "usage: traffic MODEL.gguf (a GQA int4 model from aq-synth)\n");
+        return argc == 2 ? 0 : 2;
+    }
+    if (!(m = aq_model_load(argv[1], err, sizeof err))) {
+        fprintf(stderr, "traffic: %s\n", err);
+        return 1;
+    }
+    printf("decode-step loads against the design, AQ_CUDA_VARIANT=%s\n", variant ? variant : "0");
+    check_step(m, 3000, 0, 0);
+    check_step(m, 3000, 512, 1);
+    check_step(m, 300, 512, 1);   /* the context fits the budget: dense */
+    aq_model_free(m);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
