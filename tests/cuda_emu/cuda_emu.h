@@ -16,7 +16,8 @@
    waiting for another block's flag finds it set or waits forever).
 
    It counts the bytes the kernels' streams (__ldg, cp.async) load from each named allocation,
-   for tests/cuda_emu/traffic.c, and stops a run whose stream load leaves its allocation.
+   and the copies between host and device, for tests/cuda_emu/traffic.c, and stops a run whose
+   stream load leaves its allocation.
 
    Not a general CUDA emulator: it has what aq_cuda.cu uses and stops with a message on anything
    else it is asked for. */
@@ -649,6 +650,14 @@ static inline void track(void *p, size_t bytes, const char *name) {
     } else if (it != allocations.end())
         allocations.erase(it);
 }
+/* copies between host and device, under the names "copies to the host" and "copies to the
+   device" (loaded: their bytes; loads: how many) */
+static inline void count_copy(cudaMemcpyKind kind, size_t bytes) {
+    if (kind != cudaMemcpyHostToDevice && kind != cudaMemcpyDeviceToHost) return;
+    Tally &t = tallies[kind == cudaMemcpyDeviceToHost ? "copies to the host" : "copies to the device"];
+    t.loaded += bytes;
+    t.loads++;
+}
 static inline void name_allocation(void *p, const char *name) {
     auto it = allocations.find((uintptr_t)p);
     if (it == allocations.end()) die("AQE_NAME_ALLOCATION: not a cudaMalloc pointer");
@@ -694,9 +703,16 @@ static inline cudaError_t cudaFree(void *p) {
 }
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
 static inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
-static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) { memcpy(d, s, n); return cudaSuccess; }
-static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind, cudaStream_t) {
-    aqe::enqueue([=] { memcpy(d, s, n); });
+static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind kind) {
+    aqe::count_copy(kind, n);
+    memcpy(d, s, n);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind kind, cudaStream_t) {
+    aqe::enqueue([=] {   /* counted as it runs: a copy in a CUDA graph counts at each replay */
+        aqe::count_copy(kind, n);
+        memcpy(d, s, n);
+    });
     return cudaSuccess;
 }
 static inline cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }

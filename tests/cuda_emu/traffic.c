@@ -8,7 +8,8 @@
      - Quest: per KV head, the page bounds of the complete pages once (the score), and the keys
        and values of budget / page_size - 1 complete pages and the current page once; the
        first quest_dense_layers layers dense;
-   all in 16-byte loads.  A GPU's speed on a decode step is these bytes over its bandwidth, so a
+   all in 16-byte loads; and the only copies between host and device are the token and its
+   position in and the next token out, greedy or sampled.  A GPU's speed on a decode step is these bytes over its bandwidth, so a
    kernel that reads a page once per query head, or a weight twice, fails here before it costs
    device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
    usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads, int4) */
@@ -20,6 +21,18 @@ void aqe_traffic_reset(void);
 void aqe_traffic_get(const char *name, aqe_traffic *out);
 
 static int passed, failed;
+
+/* The copies in one direction ("copies to the host", "copies to the device") must be `want`
+   bytes in `calls` copies. */
+static void expect_copies(const char *what, const char *name, unsigned long long want, unsigned long long calls) {
+    aqe_traffic t;
+    aqe_traffic_get(name, &t);
+    const int ok = t.loaded == want && t.loads == calls;
+    printf("  %-44s %11llu bytes in %8llu copies, design %llu bytes in %llu  %s\n", what, t.loaded, t.loads, want, calls,
+           ok ? "ok" : "FAIL");
+    if (ok) passed++;
+    else failed++;
+}
 
 /* The loads from the allocations named `name` must be `want` bytes, in 16-byte loads. */
 static void expect(const char *what, const char *name, unsigned long long want) {
@@ -80,6 +93,23 @@ static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
     expect(what, "a weight matrix", weights.allocated - (unsigned long long)c->n_vocab * c->n_embd * 2);
     expect("KV cache", "the KV cache", kv);
     expect("Quest page bounds", "the Quest page bounds", bounds);
+    /* the decode loop keeps everything on the device: in, the token and its position; out, the
+       next token, greedy or sampled */
+    expect_copies("greedy step, copies to the device", "copies to the device", 8, 1);
+    expect_copies("greedy step, copies to the host", "copies to the host", 4, 1);
+    {
+        aq_sampler_params sp = aq_sampler_default_params();
+        aq_sampler *smp = aq_sampler_new(&sp, c->n_vocab);
+        aqe_traffic_reset();
+        if (!smp || aq_eval_sample(s, smp, next, &next, err, sizeof err)) {
+            printf("  sampled step at %d: %s  FAIL\n", ctx + 1, smp ? err : "out of memory");
+            failed++;
+        } else {
+            expect_copies("sampled step, copies to the device", "copies to the device", 8, 1);
+            expect_copies("sampled step, copies to the host", "copies to the host", 4, 1);
+        }
+        aq_sampler_free(smp);
+    }
     aq_session_free(s);
 }
 
