@@ -8,10 +8,11 @@
      - Quest: per KV head, the page bounds of the complete pages once (the score), and the keys
        and values of budget / page_size - 1 complete pages and the current page once; the
        first quest_dense_layers layers dense;
-   all in 16-byte loads; and the only copies between host and device are the token and its
-   position in and the next token out, greedy or sampled.  A GPU's speed on a decode step is these bytes over its bandwidth, so a
-   kernel that reads a page once per query head, or a weight twice, fails here before it costs
-   device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
+   all in 16-byte loads; and the only copies between host and device are the weights, once,
+   with the model's first session, and then per step the token and its position in and the
+   next token out, greedy or sampled.  A GPU's decode step takes at least these bytes over its
+   bandwidth, so a kernel that reads a page once per query head, or a weight twice, fails here
+   before it costs device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
    usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads, int4) */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../../awq_quest.h"
@@ -113,6 +114,32 @@ static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
     aq_session_free(s);
 }
 
+/* The weights go up once, with the model's first CUDA session; a second session copies nothing. */
+static void check_upload(aq_model *m) {
+    aq_session_params p = aq_session_default_params();
+    char err[512];
+    int i;
+    p.backend = AQ_BACKEND_CUDA;
+    p.n_ctx = 4096;
+    printf(" sessions on the model:\n");
+    for (i = 0; i < 2; i++) {
+        aqe_traffic copies, weights;
+        aq_session *s;
+        int ok;
+        aqe_traffic_reset();
+        s = aq_session_new(m, &p, err, sizeof err);
+        aqe_traffic_get("copies to the device", &copies);
+        aqe_traffic_get("a weight matrix", &weights);
+        ok = s && aq_session_backend(s) == AQ_BACKEND_CUDA && (i == 0 ? copies.loaded >= weights.allocated : copies.loaded == 0);
+        printf("  %-44s %11llu bytes in %8llu copies, design %s%llu  %s\n",
+               i == 0 ? "first session, copies to the device" : "second session, copies to the device", copies.loaded, copies.loads,
+               i == 0 ? "at least the weights' " : "", i == 0 ? weights.allocated : 0ull, ok ? "ok" : "FAIL");
+        if (ok) passed++;
+        else failed++;
+        aq_session_free(s);
+    }
+}
+
 int main(int argc, char **argv) {
     char err[512];
     aq_model *m;
@@ -126,6 +153,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("decode-step loads against the design, AQ_CUDA_VARIANT=%s\n", variant ? variant : "0");
+    check_upload(m);
     check_step(m, 3000, 0, 0);
     check_step(m, 3000, 512, 1);
     check_step(m, 300, 512, 1);   /* the context fits the budget: dense */
