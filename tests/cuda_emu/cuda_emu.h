@@ -10,8 +10,8 @@
    ties to even).
 
    Some races show: threads resume, and blocks run, in a shuffled order, and warps stall
-   (AQE_SCHEDULE below); a cp.async copy lands only at its wait; and fresh device memory is all
-   ones.  What it cannot show: speed, and the rest of the memory model (every write is visible
+   (AQE_SCHEDULE below); a cp.async copy lands only at its wait; ldmatrix reads each lane's row
+   as the lane arrives; and fresh device memory is all ones.  What it cannot show: speed, and the rest of the memory model (every write is visible
    at once, programmatic launches and fences do nothing, streams run in issue order, and a block
    waiting for another block's flag finds it set or waits forever).
 
@@ -511,10 +511,16 @@ static inline void aqc__mma_16816(float d[4], const uint32_t a[4], const uint32_
             d[2 * r + c] = sum;
         }
 }
+/* Each lane's row is read as the lane arrives, not once all 32 have: a row another lane wrote
+   with no __syncwarp (or barrier) between its write and this read may not be there yet. */
 static inline void aqe_ldmatrix(uint32_t r[4], const void *row, bool trans) {
-    const uint64_t *all = aqe::warp_exchange((uint64_t)(uintptr_t)row);
-    const uint16_t *rows[32];
-    for (int l = 0; l < 32; l++) rows[l] = (const uint16_t *)(uintptr_t)all[l];
+    uint64_t mine[2];
+    uint16_t rows[32][8];
+    memcpy(mine, row, 16);
+    const uint64_t *all = aqe::warp_exchange(mine[0]);
+    for (int l = 0; l < 32; l++) memcpy(rows[l], &all[l], 8);
+    all = aqe::warp_exchange(mine[1]);
+    for (int l = 0; l < 32; l++) memcpy(rows[l] + 4, &all[l], 8);
     const int g = aqe::current->lane / 4, t = aqe::current->lane % 4;
     for (int i = 0; i < 4; i++) {
         const uint16_t lo = trans ? rows[8 * i + 2 * t][g] : rows[8 * i + g][2 * t];

@@ -56,6 +56,21 @@ __global__ void async_copy(const uint4 *in, uint4 *out) {
     aqc__cp_async_wait<0>();
 }
 
+/* each thread writes a 16-byte row of shared memory (eight equal f16 bits: its number), and
+   its warp loads the rows with ldmatrix, each lane giving the address of the next lane's row;
+   the broken one has no __syncwarp between the writes and the ldmatrix (read after write) */
+template <bool BROKEN>
+__global__ void ldmatrix_rows(uint32_t *out) {
+    __shared__ uint4 rows[THREADS];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const unsigned mine = (blockIdx.x * THREADS + threadIdx.x) * 0x10001u;
+    rows[threadIdx.x] = make_uint4(mine, mine, mine, mine);
+    if (!BROKEN) __syncwarp();
+    uint32_t r[4];
+    aqc__ldmatrix_x4(r, &rows[warp * 32 + (lane + 1) % 32]);
+    for (int i = 0; i < 4; i++) out[(blockIdx.x * THREADS + threadIdx.x) * 4 + i] = r[i];
+}
+
 /* each block adds 1 to what the block before it left; the broken one takes blockIdx as its
    place, counting on blocks to run in index order, which no GPU promises.  The correct one
    takes a ticket as it starts (on a GPU it would also wait for its predecessor's flag: the
@@ -113,6 +128,20 @@ static void run_cases(void) {
     for (int b = 0; b < BLOCKS; b++)
         for (int t = 0; t < THREADS; t++) wrong += copied[b * THREADS + t].y != (unsigned)(b * THREADS + (t + 1) % THREADS + 1);
     snprintf(name, sizeof name, "cp.async, %s (read before the wait)", tag);
+    check(name, BROKEN, wrong);
+
+    /* ldmatrix: lane l's register i holds both halves of a column of matrix i's row l / 4,
+       the row whose address lane 8 i + l / 4 gave */
+    uint32_t *frags = (uint32_t *)copied;
+    launch(ldmatrix_rows<BROKEN>, BLOCKS, frags);
+    wrong = 0;
+    for (int b = 0; b < BLOCKS; b++)
+        for (int t = 0; t < THREADS; t++)
+            for (int i = 0; i < 4; i++) {
+                const int writer = t / 32 * 32 + (8 * i + t % 32 / 4 + 1) % 32;
+                wrong += frags[(b * THREADS + t) * 4 + i] != (uint32_t)(b * THREADS + writer) * 0x10001u;
+            }
+    snprintf(name, sizeof name, "ldmatrix of rows the warp wrote, %s (no __syncwarp)", tag);
     check(name, BROKEN, wrong);
 
     int *cells;
