@@ -9,15 +9,16 @@
 static int n_passed, n_failed;
 static const int BLOCKS = 64, THREADS = 256;
 
-/* sum of 0..n-1 over the block, twice in a row through the same 32 floats; the broken one
-   leaves out the barrier that keeps a warp from writing its second sum over a first sum another
-   warp has yet to read (write after read) */
+/* sum of 0..n-1 (plus 1000 a round) over the block, SUM_ROUNDS times in a row through the same
+   32 floats; the broken one leaves out the barrier that keeps a warp from writing its next sum
+   over a sum another warp has yet to read (write after read) */
+static const int SUM_ROUNDS = 4;
 template <bool BROKEN>
 __global__ void sum_twice(float *out) {
     __shared__ float red[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
     float total = 0.0f;
-    for (int round = 0; round < 2; round++) {
+    for (int round = 0; round < SUM_ROUNDS; round++) {
         float v = (float)(threadIdx.x + round * 1000);
         for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
         if (!BROKEN || round == 0) __syncthreads();
@@ -106,10 +107,10 @@ static void run_cases(void) {
     cudaMalloc((void **)&out, sizeof(float) * BLOCKS * THREADS);
 
     launch(sum_twice<BROKEN>, BLOCKS, out);
-    const float want = (float)(THREADS * (THREADS - 1) / 2 * 2 + THREADS * 1000);
+    const float want = (float)(THREADS * (THREADS - 1) / 2 * SUM_ROUNDS + THREADS * 1000 * (SUM_ROUNDS * (SUM_ROUNDS - 1) / 2));
     int wrong = 0;
     for (int b = 0; b < BLOCKS; b++) wrong += out[b] != want;
-    snprintf(name, sizeof name, "a block's sum twice, %s (write after read)", tag);
+    snprintf(name, sizeof name, "a block's sum %d times, %s (write after read)", SUM_ROUNDS, tag);
     check(name, BROKEN, wrong);
 
     launch(neighbour<BROKEN>, BLOCKS, out);
