@@ -13,7 +13,7 @@
    next token out, greedy or sampled.  A GPU's decode step takes at least these bytes over its
    bandwidth, so a kernel that reads a page once per query head, or a weight twice, fails here
    before it costs device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
-   usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads, int4) */
+   usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads) */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../../awq_quest.h"
 
@@ -145,7 +145,7 @@ int main(int argc, char **argv) {
     aq_model *m;
     const char *variant = getenv("AQ_CUDA_VARIANT");
     if (argc != 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-        fprintf(argc == 2 ? stdout : stderr, "usage: traffic MODEL.gguf (a GQA int4 model from aq-synth)\n");
+        fprintf(argc == 2 ? stdout : stderr, "usage: traffic MODEL.gguf (a GQA model from aq-synth --kv-heads)\n");
         return argc == 2 ? 0 : 2;
     }
     if (!(m = aq_model_load(argv[1], err, sizeof err))) {
