@@ -11,9 +11,10 @@
 
    Some races show: threads resume, and blocks run, in a shuffled order, and warps stall
    (AQE_SCHEDULE below); a cp.async copy lands only at its wait; ldmatrix reads each lane's row
-   as the lane arrives; and fresh device memory is all ones.  What it cannot show: speed, and the rest of the memory model (every write is visible
-   at once, programmatic launches and fences do nothing, streams run in issue order, and a block
-   waiting for another block's flag finds it set or waits forever).
+   as the lane arrives; and fresh device memory is all ones.  What it cannot show: speed, and
+   the rest of the memory model (every write is visible at once, programmatic launches and
+   fences do nothing, streams run in issue order, and a block waiting for another block's flag
+   finds it set or waits forever).
 
    It counts the bytes the kernels' streams (__ldg, cp.async) load from each named allocation,
    and the copies between host and device, for tests/cuda_emu/traffic.c, and stops a run whose
@@ -636,7 +637,8 @@ static inline void count_load(const void *p, size_t bytes) {
     static char msg[256];
     const uintptr_t a = (uintptr_t)p;
     auto it = allocations.upper_bound(a);
-    if (it == allocations.begin() || a - (--it)->first >= it->second.bytes) die("a stream load (__ldg, cp.async) from memory cudaMalloc did not allocate");
+    if (it == allocations.begin() || a - (--it)->first >= it->second.bytes)
+        die("a stream load (__ldg, cp.async) from memory cudaMalloc did not allocate");
     if (a - it->first + bytes > it->second.bytes) {
         snprintf(msg, sizeof msg, "a %zu-byte stream load runs past the end of %s (%zu bytes)", bytes, it->second.name.c_str(),
                  it->second.bytes);

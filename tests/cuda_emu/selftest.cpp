@@ -14,7 +14,7 @@ static const int BLOCKS = 64, THREADS = 256;
    over a sum another warp has yet to read (write after read) */
 static const int SUM_ROUNDS = 4;
 template <bool BROKEN>
-__global__ void sum_twice(float *out) {
+__global__ void sum_rounds(float *out) {
     __shared__ float red[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
     float total = 0.0f;
@@ -106,7 +106,7 @@ static void run_cases(void) {
     float *out;
     cudaMalloc((void **)&out, sizeof(float) * BLOCKS * THREADS);
 
-    launch(sum_twice<BROKEN>, BLOCKS, out);
+    launch(sum_rounds<BROKEN>, BLOCKS, out);
     const float want = (float)(THREADS * (THREADS - 1) / 2 * SUM_ROUNDS + THREADS * 1000 * (SUM_ROUNDS * (SUM_ROUNDS - 1) / 2));
     int wrong = 0;
     for (int b = 0; b < BLOCKS; b++) wrong += out[b] != want;

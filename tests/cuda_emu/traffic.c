@@ -46,14 +46,14 @@ static void expect(const char *what, const char *name, unsigned long long want) 
     else failed++;
 }
 
-/* One greedy decode step at position ctx after a random cache of ctx positions; budget 0 =
-   dense. */
+/* One greedy decode step at position ctx after a random cache of ctx positions, then one sampled
+   on the device (its copies only); budget 0 = dense. */
 static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
     const aq_config *c = aq_model_config(m);
     aq_session_params p = aq_session_default_params();
     aq_session *s;
     aqe_traffic weights;
-    char err[512], what[128];
+    char err[512];
     unsigned long long kv = 0, bounds = 0;
     const unsigned long long key_bytes = (unsigned long long)c->head_dim * 2 * 2;   /* f16 key and value */
     const int P = 16, keys = ctx + 1;
@@ -89,9 +89,9 @@ static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
     printf(" one decode step at %d positions, %s (%d layers, %d query heads on %d KV heads of %d):\n", ctx,
            budget ? "Quest" : "dense", c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
     if (budget) printf("   budget %d, the first %d layer%s dense\n", budget, dense_layers, dense_layers == 1 ? "" : "s");
-    aqe_traffic_get("a weight matrix", &weights);
-    snprintf(what, sizeof what, "weights (all but the token embedding)");
-    expect(what, "a weight matrix", weights.allocated - (unsigned long long)c->n_vocab * c->n_embd * 2);
+    aqe_traffic_get("a weight matrix", &weights);   /* the embedding table is the output's when tied */
+    expect("weights (all but the token embedding)", "a weight matrix",
+           weights.allocated - (c->tied_output ? 0ull : (unsigned long long)c->n_vocab * c->n_embd * 2));
     expect("KV cache", "the KV cache", kv);
     expect("Quest page bounds", "the Quest page bounds", bounds);
     /* the decode loop keeps everything on the device: in, the token and its position; out, the
