@@ -1137,17 +1137,21 @@ aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads,
 #define AQC_PARTIAL_PAD 4
 __host__ __device__ constexpr int aqc__partial_floats(int hd) { return hd + AQC_PARTIAL_PAD; }
 
-/* out[h][hd] for the group's query heads of one (KV head, token), from its splits' records at
+/* out[h][hd] for `group` query heads of one (KV head, token), from their splits' records at
    base + s * stride + h * aqc__partial_floats(hd); every thread of the block calls it.  The
    merge is on the critical path of every attention, and what it costs is round trips to L2, so
    the heads are merged at once, not one after another: a warp per head finds the head's max and
-   softmax sum (one load per split, up to AQC_MAX_SPLITS); then each thread owns four output
-   values and sums them over the splits, each split's weight worked out again beside its load, so
-   that the loads of a sum do not wait for one another.  head_stats: 2 * group floats of shared
+   softmax sum (one load per split, up to AQC_MAX_SPLITS); then the output values are summed over
+   the splits, each split's weight worked out again beside its load, so that the loads of a sum
+   do not wait for one another.  With slice_sums (shared, a float4 per thread) the block's
+   threads beyond one per four output values sum slices of the splits (split s in slice
+   s % slices), added in slice order afterwards: with a hundred splits that is a few round trips
+   where one thread per four values would need a dozen.  head_stats: 2 * group floats of shared
    memory.  The partials come from other blocks (of this grid, when fused): loads through L2.
    Not inlined: inlined into the tensor-core attention it raises that kernel from 168 registers
    to 179, and three of its blocks no longer fit a multiprocessor. */
-__device__ __noinline__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats) {
+__device__ __noinline__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats,
+                                              float4 *slice_sums) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32, rec = aqc__partial_floats(hd);
     constexpr int PER_LANE = AQC_MAX_SPLITS / 32;
     __syncthreads();   /* head_stats may still be read by the block's previous merge */
@@ -1168,23 +1172,50 @@ __device__ __noinline__ void aqc__merge_heads(const float *base, size_t stride, 
         if (lane == 0) { head_stats[2 * h] = M; head_stats[2 * h + 1] = L; }
     }
     __syncthreads();
-    const int quads = hd / 4;
-    for (int o = threadIdx.x; o < group * quads; o += blockDim.x) {
-        const int h = o / quads, d = (o % quads) * 4;
+    const int quads = hd / 4, items = group * quads;
+    const int slices = slice_sums && (int)blockDim.x >= 2 * items ? (int)blockDim.x / items : 1;
+    for (int o = threadIdx.x; o < (slices > 1 ? items * slices : items); o += blockDim.x) {
+        const int item = o % items, slice = o / items, h = item / quads, d = (item % quads) * 4;
         const float *b = base + (size_t)h * rec;
-        const float M = head_stats[2 * h], L = head_stats[2 * h + 1];
-        float O[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const float M = head_stats[2 * h];
+        float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 8
-        for (int sp = 0; sp < splits; sp++) {
+        for (int sp = slice; sp < splits; sp += slices) {
             const float m = __ldcg(b + sp * stride);
             const float4 v = __ldcg((const float4 *)(b + sp * stride + AQC_PARTIAL_PAD + d));
             const float f = m == -INFINITY ? 0.0f : __expf(m - M);
-            O[0] += f * v.x;
-            O[1] += f * v.y;
-            O[2] += f * v.z;
-            O[3] += f * v.w;
+            O.x += f * v.x;
+            O.y += f * v.y;
+            O.z += f * v.z;
+            O.w += f * v.w;
         }
-        for (int e = 0; e < 4; e++) out[(size_t)h * hd + d + e] = O[e] / L;
+        if (slices > 1) {
+            slice_sums[o] = O;
+            continue;
+        }
+        const float L = head_stats[2 * h + 1];
+        out[(size_t)h * hd + d] = O.x / L;
+        out[(size_t)h * hd + d + 1] = O.y / L;
+        out[(size_t)h * hd + d + 2] = O.z / L;
+        out[(size_t)h * hd + d + 3] = O.w / L;
+    }
+    if (slices == 1) return;
+    __syncthreads();
+    for (int item = threadIdx.x; item < items; item += blockDim.x) {
+        const int h = item / quads, d = (item % quads) * 4;
+        float4 O = slice_sums[item];
+        for (int sl = 1; sl < slices; sl++) {
+            const float4 v = slice_sums[sl * items + item];
+            O.x += v.x;
+            O.y += v.y;
+            O.z += v.z;
+            O.w += v.w;
+        }
+        const float L = head_stats[2 * h + 1];
+        out[(size_t)h * hd + d] = O.x / L;
+        out[(size_t)h * hd + d + 1] = O.y / L;
+        out[(size_t)h * hd + d + 2] = O.z / L;
+        out[(size_t)h * hd + d + 3] = O.w / L;
     }
 }
 
@@ -1245,7 +1276,7 @@ __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int
     if (s_ticket != splits - 1) return;
     const size_t stride = (size_t)group * aqc__partial_floats(hd);
     aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride, stride, splits, group, hd,
-                     att_out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats);
+                     att_out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats, NULL);
     if (threadIdx.x == 0) {
         done[(size_t)t * n_kv + kvh] = 0;
         if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
@@ -1563,15 +1594,18 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
                                                                          scale, pos_ptr, partial, done, att_out, out_stride, NULL);
 }
 
-/* Block (KV head, token): the merge, when the attention kernel does not do it. */
-__global__ void aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd, int splits, float *out,
-                                           int64_t out_stride) {
-    __shared__ float head_stats[2 * AQC_MAX_GROUP];
+/* Block (query head, token): the merge, when the attention kernel does not do it; a block per
+   query head, so that each has AQC_MERGE_THREADS threads to spread its splits over. */
+#define AQC_MERGE_THREADS 256
+__global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd,
+                                                                                 int splits, float *out, int64_t out_stride) {
+    __shared__ float head_stats[2];
+    __shared__ float4 slice_sums[AQC_MERGE_THREADS];
     aqc__enter();
-    const int kvh = blockIdx.x, t = blockIdx.y;
+    const int head = blockIdx.x, kvh = head / group, t = blockIdx.y;
     const size_t stride = (size_t)group * aqc__partial_floats(hd);
-    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride, stride, splits, group, hd,
-                     out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats);
+    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)(head % group) * aqc__partial_floats(hd), stride,
+                     splits, 1, hd, out + (size_t)t * out_stride + (size_t)head * hd, head_stats, slice_sums);
 }
 
 /* AQC_V_ONEPASS: a Quest step's selection and sparse attention in one grid.  Blocks take tickets
@@ -1791,7 +1825,8 @@ static int aqc__mark(aqc__profile *p, cudaStream_t st, const char *name, char *e
         p->names.push_back(name);
     }
     p->names[p->used] = name;
-    AQC_TRY(cudaEventRecord(p->events[p->used++], st));
+    /* External: a node of the captured graph (a plain record in a capture only orders it) */
+    AQC_TRY(cudaEventRecordWithFlags(p->events[p->used++], st, cudaEventRecordExternal));
     return 0;
 }
 
@@ -2182,8 +2217,8 @@ static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, c
                            out_stride);
     }));
     if (!fused)
-        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_kv, n_tokens), dim3((group * hd / 4 + 31) / 32 * 32), 0, st,
-                            partial, n_kv, group, hd, splits, out, out_stride));
+        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(AQC_MERGE_THREADS), 0, st, partial, n_kv,
+                            group, hd, splits, out, out_stride));
     return 0;
 }
 
@@ -2671,7 +2706,9 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
     r->qkv = (float *)sc->get((size_t)n_q * r->qkv_dim * 4, err, err_len);
     r->scores = (float *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
-    r->partial = (float *)sc->get((size_t)n_q * r->splits * n_kv * (n_heads / n_kv) * aqc__partial_floats(hd) * 4, err, err_len);
+    /* one query (timing): room for any split count, to time the others too */
+    r->partial = (float *)sc->get((size_t)n_q * (n_q == 1 ? AQC_MAX_SPLITS : r->splits) * n_kv * (n_heads / n_kv) * aqc__partial_floats(hd) * 4,
+                                  err, err_len);
     r->out = (float *)sc->get((size_t)n_q * n_heads * hd * 4, err, err_len);
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
@@ -2983,14 +3020,44 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                                      r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
         }, &t->select_us, err, err_len))
         return -1;
+    if (aqc__time(iters, [&](int i, cudaStream_t st) {
+            return aqc__cuda_failed(aqc__launch(r.v & AQC_V_PDL, aqc_quest_score_kernel, dim3(aqc__select_blocks(r.max_pages), n_kv_heads),
+                                                dim3(AQC_SCORE_WARPS * 32), 0, st, (const float *)r.qkv,
+                                                (const __half *)(r.bounds + b_elems * (i % layers)), n_heads, n_kv_heads, head_dim,
+                                                page_size, r.max_pages, budget, (const int *)r.pos, r.scores),
+                                    "score kernel", err, err_len);
+        }, &t->score_us, err, err_len))
+        return -1;
+    /* the dense attention's merge alone (over what the last dense step left) */
+    t->dense_splits = r.splits;
+    if (aqc__time(iters, [&](int, cudaStream_t st) {
+            return aqc__cuda_failed(aqc__launch(r.v & AQC_V_PDL, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0,
+                                                st, (const float *)r.partial, n_kv_heads, n_heads / n_kv_heads, head_dim, r.splits, r.out,
+                                                (int64_t)n_heads * head_dim),
+                                    "merge kernel", err, err_len);
+        }, &t->merge_us, err, err_len))
+        return -1;
+    /* the dense attention at other split counts (a page per warp of a split at least) */
+    for (int k = 0; k < 5; k++) {
+        const int splits = 16 << k;   /* 16, 32, 64, 128, 256 */
+        t->dense_sweep_splits[k] = splits;
+        t->dense_sweep_us[k] = 0.0;
+        if (splits > AQC_MAX_SPLITS || splits * AQC_ATT_WARPS > r.max_pages) continue;
+        if (aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__attention(st, r.v, r.kv + kv_elems * (i % layers), NULL, r.list_len, r.max_pages, r.qkv, r.qkv_dim, n_heads,
+                                      n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.done + n_kv_heads, r.out,
+                                      n_heads * head_dim, err, err_len);
+            }, &t->dense_sweep_us[k], err, err_len))
+            return -1;
+    }
     /* the sparse attention alone at other split counts, over the lists the last selection left
        (the same amount of work whichever layer's cache it reads) */
     t->quest_splits = aqc__attention_splits(r.n_sms, n_kv_heads, std::min(budget / page_size, r.max_pages));
-    for (int k = 0; k < 4; k++) {
-        const int splits = 8 << k;   /* 8, 16, 32, 64 */
+    for (int k = 0; k < 5; k++) {
+        const int splits = 4 << k;   /* 4, 8, 16, 32, 64 */
         t->sweep_splits[k] = splits;
         t->sweep_us[k] = 0.0;
-        if (splits > r.splits || splits > budget / page_size) continue;   /* the partials' room; a page per split at least */
+        if (splits > budget / page_size) continue;   /* a page per split at least */
         if (aqc__time(iters, [&](int i, cudaStream_t st) {
                 return aqc__attention(st, r.v, r.kv + kv_elems * (i % layers), r.lists, r.list_len, r.max_pages, r.qkv, r.qkv_dim,
                                       n_heads, n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.done + n_kv_heads,

@@ -140,9 +140,13 @@ typedef struct {
     double copy_gbps;                /* device-to-device copy, bytes read + written */
     double dense_us, dense_gbps;     /* dense paged attention, one layer, one step */
     double quest_us, select_us;      /* score + top-k + sparse attention; score + top-k alone */
-    int quest_splits;                /* the splits per KV head a Quest step uses */
-    int sweep_splits[4];             /* Quest's sparse attention alone (and its merge) at other split */
-    double sweep_us[4];              /* counts per KV head; 0 where a count does not apply */
+    double score_us;                 /* the score kernel alone */
+    int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
+    double merge_us;                 /* the dense attention's merge kernel alone */
+    int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */
+    double sweep_us[5];              /* counts per KV head; 0 where a count does not apply */
+    int dense_sweep_splits[5];       /* the dense attention (and its merge) likewise */
+    double dense_sweep_us[5];
 } aqc_attention_timing;
 int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
                        aqc_attention_timing *t, char *err, size_t err_len);

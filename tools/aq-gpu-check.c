@@ -778,11 +778,14 @@ static void timing_table(int short_set) {
     for (kv = 32; kv >= 8; kv -= 24) {
         if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
         printf("  attention 32K, 32 heads / %2d KV: dense %7.1f us (%5.0f GB/s, %3.0f%% of copy %4.0f GB/s), Quest 2048 %6.1f us "
-               "(selection %5.1f us): %.2fx\n",
-               kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us,
+               "(selection %5.1f us, of which score %5.1f): %.2fx\n",
+               kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us, at.score_us,
                at.dense_us / at.quest_us);
-        printf("    Quest's sparse attention alone (%d splits per KV head in a step):", at.quest_splits);
-        for (i = 0; i < 4; i++)
+        printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
+        for (i = 0; i < 5; i++)
+            if (at.dense_sweep_us[i] > 0) printf("  %d splits %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
+        printf("\n    Quest's sparse attention alone (%d splits per KV head in a step):", at.quest_splits);
+        for (i = 0; i < 5; i++)
             if (at.sweep_us[i] > 0) printf("  %d splits %.1f us", at.sweep_splits[i], at.sweep_us[i]);
         printf("\n");
     }

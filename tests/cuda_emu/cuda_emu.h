@@ -66,6 +66,7 @@ struct alignas(8) float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 static inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { uint4 v = {x, y, z, w}; return v; }
 static inline float2 make_float2(float x, float y) { float2 v = {x, y}; return v; }
+static inline float4 make_float4(float x, float y, float z, float w) { float4 v = {x, y, z, w}; return v; }
 
 /* ---- f16 ---- */
 struct __half { uint16_t bits; };
@@ -559,7 +560,7 @@ typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribu
 typedef enum { cudaLaunchAttributeIgnore = 0, cudaLaunchAttributeProgrammaticStreamSerialization = 6 } cudaLaunchAttributeID;
 
 struct aqe_stream { int id; };
-struct aqe_event { double ms; };
+struct aqe_event { double ms; bool recorded; };
 struct aqe_graph { std::vector<std::function<void()>> ops; };
 typedef aqe_stream *cudaStream_t;
 typedef aqe_event *cudaEvent_t;
@@ -732,14 +733,25 @@ static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) {
 static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
 static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new aqe_event(); (*e)->ms = 0; return cudaSuccess; }
+static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new aqe_event(); (*e)->ms = 0; (*e)->recorded = false; return cudaSuccess; }
 static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
-static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = NULL) {
-    aqe::enqueue([=] { e->ms = aqe::now_ms(); });
+/* As CUDA does: during a stream capture a plain record only orders the capture and adds no node,
+   so the event is never recorded and cannot be timed; cudaEventRecordExternal makes it a node of
+   the graph, recorded each time the graph runs (and is refused outside a capture). */
+enum { cudaEventRecordDefault = 0, cudaEventRecordExternal = 1 };
+static inline cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t = NULL, unsigned flags = 0) {
+    if ((flags & cudaEventRecordExternal) && !aqe::capturing) return cudaErrorInvalidValue;
+    if (aqe::capturing && !(flags & cudaEventRecordExternal)) return cudaSuccess;
+    aqe::enqueue([=] { e->ms = aqe::now_ms(); e->recorded = true; });
     return cudaSuccess;
 }
+static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = NULL) { return cudaEventRecordWithFlags(e, s, 0); }
 static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) { *ms = (float)(b->ms - a->ms); return cudaSuccess; }
+static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
+    if (!a->recorded || !b->recorded) return cudaErrorInvalidValue;
+    *ms = (float)(b->ms - a->ms);
+    return cudaSuccess;
+}
 static inline cudaError_t cudaStreamBeginCapture(cudaStream_t, cudaStreamCaptureMode) {
     if (aqe::capturing) return cudaErrorNotSupported;
     aqe::capturing = new aqe_graph();

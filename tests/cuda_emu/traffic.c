@@ -12,7 +12,7 @@
    with the model's first session, and then per step the token and its position in and the
    next token out, greedy or sampled.  A GPU's decode step takes at least these bytes over its
    bandwidth, so a kernel that reads a page once per query head, or a weight twice, fails here
-   before it costs device minutes.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
+   before it costs device minutes.  Also that aqc_profile_step times every stage of a step.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
    usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads) */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../../awq_quest.h"
@@ -140,6 +140,41 @@ static void check_upload(aq_model *m) {
     }
 }
 
+/* aqc_profile_step (aq-gpu-check's breakdown of a step on the GPU): its events must be nodes of
+   the captured step, each per-layer stage seen once per layer, and every stage timed. */
+static void check_profile(aq_model *m, int ctx, int budget, int dense_layers) {
+    const aq_config *c = aq_model_config(m);
+    aq_session_params p = aq_session_default_params();
+    aqc_profile_entry e[32];
+    char err[512];
+    int n, i, ok = 1, qkv_calls = 0, quest_calls = 0;
+    aq_session *s;
+    p.backend = AQ_BACKEND_CUDA;
+    p.n_ctx = ctx + 64;
+    p.quest_budget = budget;
+    p.quest_dense_layers = dense_layers;
+    s = aq_session_new(m, &p, err, sizeof err);
+    if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err) ||
+        (n = aqc_profile_step(s->cuda, 1, ctx, e, 32, err, sizeof err)) < 0) {
+        printf("  profile at %d: %s  FAIL\n", ctx, s && aq_session_backend(s) != AQ_BACKEND_CUDA ? aq_session_backend_note(s) : err);
+        failed++;
+        aq_session_free(s);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        if (!(e[i].us > 0.0) || e[i].calls < 1) ok = 0;
+        if (!strcmp(e[i].name, "q, k, v")) qkv_calls = e[i].calls;
+        if (!strcmp(e[i].name, "Quest selection")) quest_calls = e[i].calls;
+    }
+    ok = ok && n > 0 && qkv_calls == c->n_layers && quest_calls == c->n_layers - dense_layers;
+    printf(" profile of a step at %d positions, Quest %d: %d stages, \"q, k, v\" %d times, \"Quest selection\" %d, "
+           "design %d and %d, every stage timed  %s\n", ctx, budget, n, qkv_calls, quest_calls, c->n_layers, c->n_layers - dense_layers,
+           ok ? "ok" : "FAIL");
+    if (ok) passed++;
+    else failed++;
+    aq_session_free(s);
+}
+
 int main(int argc, char **argv) {
     char err[512];
     aq_model *m;
@@ -157,6 +192,7 @@ int main(int argc, char **argv) {
     check_step(m, 3000, 0, 0);
     check_step(m, 3000, 512, 1);
     check_step(m, 300, 512, 1);   /* the context fits the budget: dense */
+    check_profile(m, 3000, 512, 1);
     aq_model_free(m);
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
