@@ -53,38 +53,7 @@ static int aqc__cuda_failed(cudaError_t e, const char *what, char *err, size_t e
 /* Positions of the small per-session state block in device memory. */
 enum { AQC_TOKEN = 0, AQC_POS = 1, AQC_NEXT = 2, AQC_STATE_INTS = 4 };
 
-/* ---- variants and launches ----
-   Kernels not yet measured on a GPU wait behind AQ_CUDA_VARIANT (read when a session, check or
-   timing starts), a sum of the bits below; 0, the default, runs the kernels kernels/NOTES.md
-   measured.  tools/gpu-check.sh checks and times both, side by side, and a variant becomes the
-   default (and the code it replaces goes) only after it has run there.
-     AQC_V_PDL     programmatic dependent launch (sm_90): each kernel of a step may start while the
-                   one before it drains; it waits (griddepcontrol.wait) before it touches what that
-                   one wrote, and a GEMV requests its first weights before waiting
-     AQC_V_FUSED   Quest's score and top-k in one kernel, the attention's merge in the attention
-                   kernel: the last block to finish a KV head does the second half
-     AQC_V_ROPE    RoPE and the cache append with a block per head instead of one block
-     AQC_V_GEMV    the 4-bit GEMV with less integer work per chunk (a shift for the group, 32-bit
-                   offsets), the chunks' scales and sums in shared memory beside x, and a grid
-                   sized so that every warp gets the same number of rows
-     AQC_V_DP4A    int4 GEMVs on int8 activations, rounded per weight group as the CPU rounds them
-                   (aq__x8_quantize), with integer dot products (dp4a): about a third of the
-                   instructions per weight of the f16 arithmetic; implies AQC_V_GEMV's changes
-     AQC_V_PREP    a decode step's 4-bit GEMVs make their own input (RMSNorm, SwiGLU or copy, f16
-                   or with AQC_V_DP4A int8) in shared memory, one block of 20 warps per
-                   multiprocessor: four prep kernels a layer go; implies AQC_V_GEMV's changes
-     AQC_V_ONEPASS a Quest layer's selection and sparse attention (and merge) in one kernel:
-                   attention blocks wait for their KV head's list, written by a selection block
-                   of the same grid
-     AQC_V_GQA     attention with 2 to 8 query heads per KV head on tensor cores (mma.sync) */
-enum { AQC_V_PDL = 1, AQC_V_FUSED = 2, AQC_V_ROPE = 4, AQC_V_GEMV = 8, AQC_V_DP4A = 16, AQC_V_PREP = 32, AQC_V_ONEPASS = 64,
-       AQC_V_GQA = 128, AQC_V_ALL = 255 };
-enum { AQC__INT4_X8 = 3 };   /* the GEMV's format for int4 codes against int8 activations (AQC_V_DP4A) */
-
-static unsigned aqc__variant(void) {
-    const char *e = getenv("AQ_CUDA_VARIANT");
-    return e ? (unsigned)strtoul(e, NULL, 0) & AQC_V_ALL : 0u;
-}
+/* ---- launches ---- */
 
 /* Launches kernel<<<grid, block, smem, st>>>(args), as a programmatic dependent launch when pdl
    is set (the caller checks that the device is sm_90 or newer). */
@@ -162,7 +131,7 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
     return h;
 }
 
-/* Tensor cores (sm_80 and newer), for AQC_V_GQA's attention: mma.sync m16n8k16 (f16 in, f32
+/* Tensor cores (sm_80 and newer), for the GQA attention: mma.sync m16n8k16 (f16 in, f32
    accumulated), ldmatrix and cp.async.  tests/cuda_emu defines AQC_EMULATED_MMA and versions of
    its own, written from the PTX ISA's fragment layouts, which are (g = lane / 4, t = lane % 4, a
    register holding two f16, the lower column in its low half):
@@ -204,15 +173,6 @@ template <int N> __device__ __forceinline__ void aqc__cp_async_wait(void) { asm 
    (re-reading the vector from L2 costs less than a second kernel).  Mode: RMSNorm with weights
    `norm`, SwiGLU silu(gate) * in, or a copy. */
 #define AQC_PREP_THREADS 1024
-__device__ __forceinline__ float aqc__prep_value(const float *x, const float *g, const float *norm, float inv, int i, int n) {
-    float v = 0.0f;
-    if (i < n) {
-        v = x[i];
-        if (norm) v = norm[i] * (inv * v);
-        if (g) v = g[i] / (1.0f + expf(-g[i])) * v;
-    }
-    return v;
-}
 
 /* 1 / RMS of the token's vector, worked out by every block that needs it. */
 __device__ float aqc__prep_rms_inverse(const float *x, int n, float eps, float *red) {
@@ -223,100 +183,45 @@ __device__ float aqc__prep_rms_inverse(const float *x, int n, float eps, float *
     return 1.0f / sqrtf(ss / (float)n + eps);
 }
 
-/* A warp's share of the prep: chunks c0 .. c0 + B - 1 (those below n_chunks), every load issued
-   before the first is used, so that a warp with many chunks waits for L2 once per B.  Each chunk
-   goes to store(chunk, value, scale, sum) on every lane:
-   - f16 (INT8 false): the value divided by the chunk's largest magnitude (scaled) or as it is,
-     scale that magnitude (or 1), sum the sum of the chunk's unscaled values;
-   - INT8 (AQC_V_DP4A): rounded as the CPU's aq__x8_quantize rounds it, per weight group of
-     chunks_per_group (1, 2 or 4) chunks starting at a multiple of it: lrint(x * 127 / max|x|),
-     scale max|x| / 127; sum as for f16. */
-template <int B, bool INT8, class Store>
-__device__ __forceinline__ void aqc__prep_chunks(const float *x, const float *g, const float *norm, float inv, int n, int c0,
-                                                 int n_chunks, int chunks_per_group, int scaled, Store store) {
-    static_assert(!INT8 || B % 4 == 0, "int8 batches hold whole groups of up to four chunks");
-    const int lane = threadIdx.x % 32;
-    float v[B], amax[B], sum[B];
-#pragma unroll
-    for (int k = 0; k < B; k++) {
-        v[k] = c0 + k < n_chunks ? aqc__prep_value(x, g, norm, inv, (c0 + k) * 32 + lane, n) : 0.0f;
-        amax[k] = fabsf(v[k]);
-        sum[k] = v[k];
-    }
-    /* aqc__warp_max and aqc__warp_sum of every chunk, level by level: the chunks' shuffles
-       overlap instead of waiting on each other */
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int k = 0; k < B; k++) {
-            amax[k] = fmaxf(amax[k], __shfl_xor_sync(0xffffffffu, amax[k], o));
-            sum[k] += __shfl_xor_sync(0xffffffffu, sum[k], o);
-        }
-    if constexpr (INT8) {   /* each chunk's group maximum: pairs, then quads (max is exact in any order) */
-        if (chunks_per_group >= 2)
-#pragma unroll
-            for (int k = 0; k < B; k++) amax[k] = fmaxf(amax[k], amax[k ^ 1]);
-        if (chunks_per_group >= 4)
-#pragma unroll
-            for (int k = 0; k < B; k++) amax[k] = fmaxf(amax[k], amax[k ^ 2]);
-    }
-#pragma unroll
-    for (int k = 0; k < B; k++) {
-        if (c0 + k >= n_chunks) break;
-        if constexpr (INT8) {
-            const float to_int = amax[k] > 0.0f ? 127.0f / amax[k] : 0.0f;
-            store(c0 + k, (int8_t)__float2int_rn(v[k] * to_int), amax[k] / 127.0f, sum[k]);
-        } else {
-            const float scale = scaled && amax[k] > 0.0f ? amax[k] : 1.0f;
-            store(c0 + k, __float2half(v[k] / scale), scale, sum[k]);
-        }
-    }
-}
-
-/* Where an int8 activation goes within its chunk's 32 bytes: the order in which the GEMV's nibble
-   masks produce the elements, {0, 4, 1, 5, 2, 6, 3, 7} for every 8 (see aq_cuda.h's int4 layout),
-   so that a word of codes masked with 0x0f0f0f0f, or shifted by 4 and masked, meets its four
-   activations in one int32. */
-__device__ __forceinline__ int aqc__int8_place(int lane) {
-    const int e = lane % 8;
-    return (lane & ~7) + (e < 4 ? 2 * e : 2 * (e - 4) + 1);
+/* A warp's chunk of the prep, lane i holding the chunk's value i, v: store(value, scale, sum) on
+   every lane, the value divided by the chunk's largest magnitude (scaled) or as it is, scale that
+   magnitude (or 1), sum the sum of the chunk's unscaled values. */
+template <class Store>
+__device__ __forceinline__ void aqc__prep_chunk(float v, int scaled, Store store) {
+    const float amax = aqc__warp_max(fabsf(v)), sum = aqc__warp_sum(v);
+    const float scale = scaled && amax > 0.0f ? amax : 1.0f;
+    store(__float2half(v / scale), scale, sum);
 }
 
 __global__ void __launch_bounds__(AQC_PREP_THREADS)
 aqc_prep_kernel(const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
                 float eps, int scaled, __half *xh, float *xscale, float *xsum, int64_t ld_out) {
     __shared__ float red[32];
-    aqc__enter();
-    const int token = blockIdx.y;
+    const int token = blockIdx.y, lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    const int first = blockIdx.x * n_warps + warp;   /* the warp's first chunk (with enough blocks, its only one) */
+    aqc__let_next_start();
+    /* the norm's weights were written before the step: requested before the wait, so that their
+       latency hides behind the previous kernel's tail */
+    const float first_norm = norm && first * 32 + lane < n ? norm[first * 32 + lane] : 0.0f;
+    aqc__wait_prior();
     const float *x = in + (size_t)token * ld_in;
     const float *g = gate ? gate + (size_t)token * ld_in : NULL;
     __half *out = xh + (size_t)token * ld_out;
     float *os = xscale + (size_t)token * (ld_out / 32), *osum = xsum + (size_t)token * (ld_out / 32);
-    float inv = 1.0f;
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
-    if (norm) inv = aqc__prep_rms_inverse(x, n, eps, red);
-    for (int c = blockIdx.x * n_warps + warp; c < kp / 32; c += gridDim.x * n_warps)
-        aqc__prep_chunks<1, false>(x, g, norm, inv, n, c, kp / 32, 1, scaled, [&](int ci, __half h, float scale, float sum) {
-            out[ci * 32 + lane] = h;
-            if (lane == 0) { os[ci] = scale; osum[ci] = sum; }
-        });
-}
-
-/* AQC_V_DP4A, a decode step: the same value as int8 (aqc__prep_chunks), a warp per four chunks;
-   each chunk's 32 bytes in aqc__int8_place's order.  xscale[chunk] is the group's scale,
-   xsum[chunk] the chunk's sum of unrounded values. */
-#define AQC_PREP_MAX_GROUP 128
-__global__ void __launch_bounds__(AQC_PREP_THREADS)
-aqc_prep_int8_kernel(const float *x, const float *g, const float *norm, int n, int kp, int group, float eps, int8_t *xq,
-                     float *xscale, float *xsum) {
-    __shared__ float red[32];
-    aqc__enter();
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, place = aqc__int8_place(lane);
     const float inv = norm ? aqc__prep_rms_inverse(x, n, eps, red) : 1.0f;
-    for (int c0 = 4 * (blockIdx.x * n_warps + warp); c0 < kp / 32; c0 += 4 * gridDim.x * n_warps)
-        aqc__prep_chunks<4, true>(x, g, norm, inv, n, c0, kp / 32, group / 32, 1, [&](int c, int8_t q, float scale, float sum) {
-            xq[(size_t)c * 32 + place] = q;
-            if (lane == 0) { xscale[c] = scale; xsum[c] = sum; }
+    for (int c = first; c < kp / 32; c += gridDim.x * n_warps) {
+        const int i = c * 32 + lane;
+        float v = 0.0f;
+        if (i < n) {
+            v = x[i];
+            if (norm) v = (c == first ? first_norm : norm[i]) * (inv * v);
+            if (g) v = g[i] / (1.0f + expf(-g[i])) * v;
+        }
+        aqc__prep_chunk(v, scaled, [&](__half h, float scale, float sum) {
+            out[i] = h;
+            if (lane == 0) { os[c] = scale; osum[c] = sum; }
         });
+    }
 }
 
 /* ---- matrix products ---- */
@@ -324,8 +229,6 @@ aqc_prep_int8_kernel(const float *x, const float *g, const float *norm, int n, i
 #define AQC_GEMV_WARPS 4
 #define AQC_GEMV_STAGE 4   /* 16-byte loads per lane per pipeline stage */
 #define AQC_GEMV_BLOCKS_PER_SM 5   /* the persistent grid; the launch bounds keep registers to fit it */
-#define AQC_GEMV_PREP_WARPS 20     /* AQC_V_PREP: one block per multiprocessor, as many warps */
-#define AQC_PREP_BATCH 16          /* AQC_V_PREP: chunks a warp preps per round trip to L2 */
 
 /* Decode GEMVs are a single pass over the weights.  Each warp owns rows in a grid-stride loop
    and works through a row in stages of AQC_GEMV_STAGE 16-byte loads per lane, issuing the next
@@ -358,139 +261,45 @@ struct aqc__stage4 {
 
 __device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
 
-/* What a decode GEMV's input is made from, by aqc__prep or (AQC_V_PREP) by the GEMV itself: a
-   token's n values x, times silu(gate) (SwiGLU; gate may be NULL), RMS-normalized with weights
-   norm (may be NULL) and eps. */
-struct aqc__gemv_in {
-    const float *x, *gate, *norm;
-    int n;
-    float eps;
-};
-
-/* AQC_V_PREP: the input built in the GEMV's shared memory (the layout the copy below makes), as
-   aqc_prep_kernel (scaled) or aqc_prep_int8_kernel would have written it, by every block: one
-   block per multiprocessor reads the f32 input from L2 once per multiprocessor, and the kernel
-   launch, drain and round trip through memory of a separate prep kernel go. */
 template <int FORMAT>
-__device__ void aqc__gemv_build_x(const aqc__gemv_in &in, int kp, int group, uint4 *x_sm, float2 *xs_sm, float *red) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32, n_chunks = kp / 32;
-    const float inv = in.norm ? aqc__prep_rms_inverse(in.x, in.n, in.eps, red) : 1.0f;
-    for (int c0 = warp * AQC_PREP_BATCH; c0 < n_chunks; c0 += n_warps * AQC_PREP_BATCH) {
-        if constexpr (FORMAT == AQC__INT4_X8) {
-            const int place = aqc__int8_place(lane);
-            int8_t *xb = (int8_t *)x_sm;
-            aqc__prep_chunks<AQC_PREP_BATCH, true>(in.x, in.gate, in.norm, inv, in.n, c0, n_chunks, group / 32, 1,
-                                                   [&](int c, int8_t q, float scale, float sum) {
-                xb[((size_t)(place >> 4) * n_chunks + c) * 16 + (place & 15)] = q;
-                if (lane == 0) xs_sm[c] = make_float2(scale, sum);
-            });
-        } else {
-            __half *xb = (__half *)x_sm;
-            aqc__prep_chunks<AQC_PREP_BATCH, false>(in.x, in.gate, in.norm, inv, in.n, c0, n_chunks, 1, 1,
-                                                    [&](int c, __half h, float scale, float sum) {
-                xb[aqc__x_slot(c, lane / 8) * 8 + lane % 8] = h;
-                if (lane == 0) xs_sm[c] = make_float2(scale, sum);
-            });
-        }
-    }
-}
-
-/* V2 (AQC_V_GEMV): group_shift = log2(group / 32) and offsets in 32 bits (the host checks that
-   they fit), where the other version divides by the group per chunk; (xscale, xsum) per chunk in
-   shared memory after x; and the work split evenly.  A warp's work is units of one 16-byte load
-   per lane (32 chunks of a row); a block takes a run of whole rows and splits their units evenly
-   among its warps, so that no warp does a round or a short stage more than the others (a
-   4096 x 11008 matrix has rows of 10.75 units: rows per warp put 2 x 3 stages on some warps and
-   1 x 3 on others, where an even split gives every warp 16 to 20 units, 5 stages at most).  A
-   row split between warps leaves a piece per warp in shared memory, and the block adds a row's
-   pieces in their order, so that the sum is the same every run.  PREP (AQC_V_PREP, implies V2):
-   x built from `in` (aqc__gemv_build_x) instead of copied from xh, xscale and xsum. */
-template <int FORMAT, bool V2, bool PREP>
-__global__ void __launch_bounds__(PREP ? AQC_GEMV_PREP_WARPS * 32 : AQC_GEMV_WARPS * 32, PREP ? 1 : AQC_GEMV_BLOCKS_PER_SM)
+__global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
-                     const half2 *__restrict__ table, int rows, int kp, int group, int group_shift, const __half *__restrict__ xh,
-                     const float *__restrict__ xscale, const float *__restrict__ xsum, aqc__gemv_in in, float *y, int accumulate) {
-    static_assert(V2 || !PREP, "the prep in the GEMV writes V2's layout");
-    constexpr int WARPS = PREP ? AQC_GEMV_PREP_WARPS : AQC_GEMV_WARPS;
-    /* x: kp / 8 f16 pieces, swizzled, or AQC__INT4_X8's kp / 16 int8 pieces, all the chunks'
-       first halves and then their second (consecutive lanes, consecutive 16 bytes); V2: then
-       n_chunks (xscale, xsum) */
-    AQC_DYNAMIC_SHARED(uint4, x_sm);
+                     const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
+                     const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
+    AQC_DYNAMIC_SHARED(uint4, x_sm);   /* x: kp / 8 f16 pieces, swizzled (aqc__x_slot) */
     __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
-    __shared__ float red[PREP ? 32 : 1];
-    __shared__ int piece_row[V2 ? 2 * WARPS : 1];   /* V2: a warp's first and last row, where split */
-    __shared__ float piece_sum[V2 ? 2 * WARPS : 1];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps_total = gridDim.x * WARPS;
-    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group, units_per_row = (n_chunks + 31) / 32;
-    float2 *xs_sm = (float2 *)(x_sm + (FORMAT == AQC__INT4_X8 ? kp / 16 : kp / 8));
+    const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
+    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
     const uint4 *x4 = (const uint4 *)xh;
-    /* V0: rows warp, warp + warps_total, ...; V2: the units [begin, end) of the block's rows (fewer
-       than the chunks, which the host keeps under 2^32) */
-    int row = blockIdx.x * WARPS + warp, c0 = 0;
-    unsigned begin = 0, end = 0;
-    if (V2) {
-        const long long row0 = (long long)blockIdx.x * rows / gridDim.x, row1 = (long long)(blockIdx.x + 1) * rows / gridDim.x;
-        const long long units = (row1 - row0) * units_per_row;
-        begin = (unsigned)(row0 * units_per_row + units * warp / WARPS);
-        end = (unsigned)(row0 * units_per_row + units * (warp + 1) / WARPS);
-        row = (int)(begin / units_per_row);
-        c0 = (int)(begin % units_per_row) * 32;
-    }
-    const int first_row = row;
+    int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
-    /* V2: (r, c) to the next unit, the next row's first after a row's last */
-    auto next_unit = [&](int &r, int &c) {
-        c += 32;
-        if (c >= n_chunks) { c = 0; r++; }
-    };
-    /* a stage: n units from (r, chunk c) on, r's later units and then the next rows' (V0 never
-       leaves r: its stages are a row's units in turn) */
-    auto load = [&](aqc__stage4 &st, int r, int c, int n) {
+    /* a stage: AQC_GEMV_STAGE loads of row r from chunk c on */
+    auto load = [&](aqc__stage4 &st, int r, int c) {
 #pragma unroll
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-            if (u < n && c + lane < n_chunks) {
-                const int cl = c + lane;
-                if (V2) {
-                    const unsigned gi = (unsigned)r * (unsigned)n_groups + ((unsigned)cl >> group_shift);
-                    st.w[u] = __ldg(codes + ((unsigned)r * (unsigned)n_chunks + (unsigned)cl));
-                    st.d[u] = scales[gi];
-                    st.m[u] = mins[gi];
-                } else {
-                    const size_t gi = (size_t)r * n_groups + cl / chunks_per_group;
-                    st.w[u] = __ldg(codes + (size_t)r * n_chunks + cl);
-                    st.d[u] = scales[gi];
-                    st.m[u] = mins[gi];
-                }
+            const int cl = c + 32 * u + lane;
+            if (cl < n_chunks) {
+                const size_t gi = (size_t)r * n_groups + cl / chunks_per_group;
+                st.w[u] = __ldg(codes + (size_t)r * n_chunks + cl);
+                st.d[u] = scales[gi];
+                st.m[u] = mins[gi];
             }
-            if (V2) next_unit(r, c);
-            else c += 32;
         }
     };
-    unsigned left = end - begin;
-    auto stage_units = [&](unsigned n) { return n < AQC_GEMV_STAGE ? (int)n : AQC_GEMV_STAGE; };
     aqc__let_next_start();
     /* weights: written before the step, safe to read before the wait */
-    if (V2 ? left > 0 : row < rows) load(cur, row, c0, V2 ? stage_units(left) : AQC_GEMV_STAGE);
+    if (row < rows) load(cur, row, c0);
     aqc__wait_prior();
-    if (PREP)
-        aqc__gemv_build_x<FORMAT>(in, kp, group, x_sm, xs_sm, red);
-    else if (FORMAT == AQC__INT4_X8)
-        for (int i = threadIdx.x; i < kp / 16; i += blockDim.x) x_sm[(i & 1) * n_chunks + (i >> 1)] = x4[i];
-    else
-        for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
-    if (V2 && !PREP)
-        for (int i = threadIdx.x; i < n_chunks; i += blockDim.x) xs_sm[i] = make_float2(xscale[i], xsum[i]);
+    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
     if (FORMAT == AQC_OVP)
         for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
-    if (V2)
-        for (int i = threadIdx.x; i < 2 * WARPS; i += blockDim.x) piece_row[i] = -1;
     __syncthreads();
     /* chunk c's share of its row's sum: scale * xscale * sum(v * x') + min * sum(x), the sum
        over pairs in f16, from load u of stage st */
     auto chunk_sum = [&](const aqc__stage4 &st, int u, int c) -> float {
         const uint32_t words[4] = {st.w[u].x, st.w[u].y, st.w[u].z, st.w[u].w};
         const float d = __half2float(st.d[u]), m = __half2float(st.m[u]);
-        const float2 xs = V2 ? xs_sm[c] : make_float2(xscale[c], xsum[c]);   /* (scale, sum) of x's chunk */
+        const float2 xs = make_float2(xscale[c], xsum[c]);   /* (scale, sum) of x's chunk */
         if (FORMAT == AQC_INT4) {
             /* AWQ's dequantization, centred: a word's nibbles (0,4) and (2,6) are OR-ed into
                1024.0 as they stand, (1,5) and (3,7) in place, 16 times too large, and scaled back
@@ -512,17 +321,6 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             }
             const float2 f = __half22float2(s2);
             return d * xs.x * (f.x + f.y) + (m + 8.0f * d) * xs.y;
-        } else if (FORMAT == AQC__INT4_X8) {
-            /* a word's low nibbles meet activations {0, 4, 1, 5}, its high ones {2, 6, 3, 7} */
-            const uint4 xa = x_sm[c], xb = x_sm[n_chunks + c];
-            const int xw[8] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w, (int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
-            int isum = 0;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                isum = __dp4a((int)(words[j] & 0x0f0f0f0fu), xw[2 * j], isum);
-                isum = __dp4a((int)((words[j] >> 4) & 0x0f0f0f0fu), xw[2 * j + 1], isum);
-            }
-            return d * xs.x * (float)isum + m * xs.y;
         } else {
             const half2 *t = lut + ((__half_as_ushort(st.d[u]) & 0x8000u) ? 256 : 0);
             float qx = 0.0f;
@@ -540,82 +338,26 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         }
     };
     float acc = 0.0f;
-    if (!V2) {
-        if (row >= rows) return;
-        for (;;) {
-            int next_row = row, next_c0 = c0;
-            aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
-            if (next_row < rows) load(nxt, next_row, next_c0, AQC_GEMV_STAGE);
-#pragma unroll
-            for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-                const int c = c0 + 32 * u + lane;
-                if (c >= n_chunks) break;
-                acc += chunk_sum(cur, u, c);
-            }
-            if (next_row != row) {
-                acc = aqc__warp_sum(acc);
-                if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
-                acc = 0.0f;
-            }
-            if (next_row >= rows) break;
-            cur = nxt;
-            row = next_row;
-            c0 = next_c0;
-        }
-        return;
-    }
-    /* V2: a row's sum goes to y when the warp has all of the row's units, else to its piece */
-    auto row_done = [&](int r, float a) {
-        a = aqc__warp_sum(a);
-        if (lane != 0) return;
-        const unsigned first = (unsigned)r * units_per_row;
-        if (first >= begin && first + units_per_row <= end) y[r] = accumulate ? y[r] + a : a;
-        else {
-            const int slot = 2 * warp + (r == first_row ? 0 : 1);
-            piece_row[slot] = r;
-            piece_sum[slot] = a;
-        }
-    };
-    int acc_row = row;
-    while (left > 0) {
-        const int n = stage_units(left);
+    if (row >= rows) return;
+    for (;;) {
         int next_row = row, next_c0 = c0;
-        for (int u = 0; u < n; u++) next_unit(next_row, next_c0);
-        const unsigned next_left = left - n;
-        if (next_left > 0) load(nxt, next_row, next_c0, stage_units(next_left));
-        int r = row, c = c0;
+        aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
+        if (next_row < rows) load(nxt, next_row, next_c0);
 #pragma unroll
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-            if (u >= n) break;
-            if (r != acc_row) {
-                row_done(acc_row, acc);
-                acc_row = r;
-                acc = 0.0f;
-            }
-            if (c + lane < n_chunks) acc += chunk_sum(cur, u, c + lane);
-            next_unit(r, c);
+            const int c = c0 + 32 * u + lane;
+            if (c >= n_chunks) break;
+            acc += chunk_sum(cur, u, c);
         }
+        if (next_row != row) {
+            acc = aqc__warp_sum(acc);
+            if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
+            acc = 0.0f;
+        }
+        if (next_row >= rows) break;
         cur = nxt;
         row = next_row;
         c0 = next_c0;
-        left = next_left;
-    }
-    if (end > begin) row_done(acc_row, acc);
-    __syncthreads();
-    /* the split rows: the first piece of each adds its row's pieces, in order */
-    for (int slot = threadIdx.x; slot < 2 * WARPS; slot += blockDim.x) {
-        const int r = piece_row[slot];
-        if (r < 0) continue;
-        int prev = slot - 1;
-        while (prev >= 0 && piece_row[prev] < 0) prev--;
-        if (prev >= 0 && piece_row[prev] == r) continue;
-        float total = 0.0f;
-        for (int i = slot; i < 2 * WARPS; i++) {
-            if (piece_row[i] < 0) continue;
-            if (piece_row[i] != r) break;
-            total += piece_sum[i];
-        }
-        y[r] = accumulate ? y[r] + total : total;
     }
 }
 
@@ -714,44 +456,13 @@ __global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const
    page of one head is two contiguous blocks.  Bounds per layer: [kv head][page][min | max] f16
    over head_dim; keys are stored as f16, so their bounds are exact. */
 
-/* RoPE on q and k of token blockIdx.x (position *pos + blockIdx.x), then k and v into the cache.
-   A decode step (one token, bounds_layer given) also updates its page's key bounds in place,
-   which for one new key is a min and a max: the bounds kernel then has nothing left to do. */
+/* RoPE on q and k, then k and v into the cache: block (head, token), the query heads first, then
+   the KV heads (which also append), a thread per pair of dimensions (one block per token, its
+   threads each working out ~10 accurate sines and cosines in turn, took four times as long on an
+   H100).  A decode step (one token, bounds_layer given) also updates its page's key bounds in
+   place, which for one new key is a min and a max: the bounds kernel then has nothing left to do. */
 __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
                                        const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer, int max_pages) {
-    aqc__enter();
-    const int t = blockIdx.x, pos = *pos_ptr + t, half_rot = n_rot / 2;
-    float *q = qkv + (size_t)t * qkv_dim, *k = q + (size_t)n_heads * hd, *v = k + (size_t)n_kv * hd;
-    for (int i = threadIdx.x; i < (n_heads + n_kv) * half_rot; i += blockDim.x) {
-        int h = i / half_rot, j = i % half_rot;
-        float *vec = h < n_heads ? q + (size_t)h * hd : k + (size_t)(h - n_heads) * hd;
-        float angle = (float)pos * (1.0f / powf(rope_base, (float)(2 * j) / (float)n_rot));
-        float c = cosf(angle), s = sinf(angle), x0 = vec[2 * j], x1 = vec[2 * j + 1];
-        vec[2 * j] = x0 * c - x1 * s;
-        vec[2 * j + 1] = x0 * s + x1 * c;
-    }
-    __syncthreads();
-    const int page = pos / page_size, slot = pos % page_size;
-    for (int i = threadIdx.x; i < n_kv * hd; i += blockDim.x) {
-        int kvh = i / hd, d = i % hd;
-        __half *base = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
-        const __half key = __float2half(k[i]);
-        base[(size_t)slot * hd + d] = key;
-        base[(size_t)(page_size + slot) * hd + d] = __float2half(v[i]);
-        if (bounds_layer) {   /* [min | max] over the page's keys, compared as the bounds kernel does */
-            __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
-            b[d] = slot == 0 || __hlt(key, b[d]) ? key : b[d];
-            b[hd + d] = slot == 0 || __hgt(key, b[hd + d]) ? key : b[hd + d];
-        }
-    }
-}
-
-/* AQC_V_ROPE: the same with a block per (head, token) and a thread per pair of dimensions, the
-   query heads first, then the KV heads (which also append).  The kernel above gives each token one
-   block, whose 256 threads each work out ~10 accurate sines and cosines in turn. */
-__global__ void aqc_rope_append_heads_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
-                                             const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
-                                             int max_pages) {
     aqc__enter();
     const int h = blockIdx.x, t = blockIdx.y, pos = *pos_ptr + t, half_rot = n_rot / 2;
     const int page = pos / page_size, slot = pos % page_size, kvh = h - n_heads;
@@ -920,12 +631,9 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
    cost a pass over memory of its own.  CACHE > 0
    keeps each thread's keys in registers (n <= CACHE * blockDim.x), so that the passes read
    memory once; CACHE = 0 reads vals in every pass.  Used for Quest's pages (cached) and the
-   sampler's top-k over the vocabulary.
-   A thread's keys are those at r * blockDim + thread (coalesced loads), or with CONTIG the
-   adjacent ones from thread * rounds: then one scan places every key, where the other layout
-   needs one per round.  CONTIG is the fused Quest selection's (AQC_V_FUSED), whose scores were
-   written by other blocks of the same grid, so it reads them through L2 (__ldcg). */
-template <int CACHE, bool CONTIG = false>
+   sampler's top-k over the vocabulary.  A thread's keys are those at r * blockDim + thread
+   (coalesced loads). */
+template <int CACHE>
 __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
     __shared__ int scan[32];
@@ -933,8 +641,8 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int s_k, s_exact;
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
     const int rounds = (n + nt - 1) / nt;   /* at most CACHE when CACHE > 0 */
-    auto index = [&](int r) { return CONTIG ? tid * rounds + r : r * nt + tid; };
-    auto key_at = [&](int i) { return i < n ? aqc__order_key(CONTIG ? __ldcg(vals + i) : vals[i]) : 0u; };
+    auto index = [&](int r) { return r * nt + tid; };
+    auto key_at = [&](int i) { return i < n ? aqc__order_key(vals[i]) : 0u; };
     uint32_t cache[CACHE ? CACHE : 1];
     if (CACHE) {
 #pragma unroll
@@ -1016,25 +724,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         if (exact) break;   /* the bucket's keys are exactly the ones still wanted */
     }
     /* Every key whose bits under the mask are above prefix is taken, and the first k of those
-       equal to it, in index order (when the select stopped early, all of them).  CONTIG: a key's
-       place is the number of keys above before it plus the number of ties before it, up to k;
-       two scans give each thread the counts before its first key. */
-    if (CONTIG) {
-        int above = 0, ties = 0;
-        for_each_key([&](int r, uint32_t key) {
-            above += index(r) < n && (key & mask) > prefix;
-            ties += index(r) < n && (key & mask) == prefix;
-        });
-        above = aqc__block_exclusive_scan(above, scan);
-        ties = aqc__block_exclusive_scan(ties, scan);
-        for_each_key([&](int r, uint32_t key) {
-            const int i = index(r);
-            if (i >= n) return;
-            if ((key & mask) > prefix) out[above++ + min(ties, k)] = i;
-            else if ((key & mask) == prefix && ties < k) out[above + ties++] = i;
-        });
-        return;
-    }
+       equal to it, in index order (when the select stopped early, all of them). */
     /* One scan per round counts both (above in the low 16 bits, ties in the high). */
     int written = 0, ties_seen = 0;
     auto place = [&](int r, uint32_t key) {
@@ -1071,62 +761,16 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
     }
 }
 
-/* AQC_V_FUSED: the score kernel whose last block to finish a KV head (counted in done[kv head],
-   which it sets back to 0 for the next step) selects that head's pages, as the top-k kernel
-   above does: no launch between the two, and the heads' selections overlap the other heads'
-   scoring.  Its 128 threads keep up to AQC_SELECT_CACHE keys each in registers (2048 pages, 32K
-   tokens at 16 a page) and read longer lists in every pass.
-   Block bx of KV head kvh's n_bx; true for the block that wrote the head's list. */
-#define AQC_SELECT_CACHE 16
-__device__ bool aqc__quest_select_block(int bx, int n_bx, int kvh, const float *q, const __half *bounds_layer, int n_heads, int n_kv,
-                                        int hd, int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *done,
-                                        int *lists, int *list_len) {
-    __shared__ int s_ticket;
-    const int pos = *pos_ptr, last = pos / page_size;
-    int *out = lists + (size_t)kvh * max_pages;
-    if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
-        if (bx != 0) return false;
-        for (int i = threadIdx.x; i <= last; i += blockDim.x) out[i] = i;
-        if (threadIdx.x == 0) list_len[kvh] = last + 1;
-        return true;
-    }
-    aqc__score_pages(bx, n_bx, kvh, q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
-    __threadfence();   /* this block's scores reach L2 before its ticket is counted */
-    __syncthreads();
-    if (threadIdx.x == 0) s_ticket = atomicAdd(done + kvh, 1);
-    __syncthreads();
-    if (s_ticket != n_bx - 1) return false;
-    const int keep = budget / page_size - 1;
-    if (last <= AQC_SELECT_CACHE * AQC_SCORE_WARPS * 32)
-        aqc__block_top_k<AQC_SELECT_CACHE, true>(scores + (size_t)kvh * max_pages, last, keep, out);
-    else
-        aqc__block_top_k<0, true>(scores + (size_t)kvh * max_pages, last, keep, out);
-    if (threadIdx.x == 0) {
-        out[keep] = last;
-        list_len[kvh] = keep + 1;
-        done[kvh] = 0;
-    }
-    return true;
-}
-
-__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
-aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
-                        int budget, const int *pos_ptr, float *scores, int *done, int *lists, int *list_len) {
-    aqc__enter();
-    aqc__quest_select_block(blockIdx.x, gridDim.x, blockIdx.y, q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget,
-                            pos_ptr, scores, done, lists, list_len);
-}
-
 /* ---- attention ----
    Block (KV head, split, token): the split's share of the page list, warps taking pages in turn.
    A key's head_dim values are head_dim / 8 lanes' 16-byte loads, so one warp instruction reads
    32 / (head_dim / 8) whole keys (two for head_dim 128): K and V come straight from the cache
    in 512-byte rows and every query head of the group uses them (GQA reads a page once).  Each
    lane keeps an online softmax over its keys; the warps' states are merged in shared memory and
-   the block writes (max, sum, unnormalized output) per head for the merge.
-   The merge (a head's output from its splits' partial softmaxes) is a kernel of its own, or with
-   FUSED (AQC_V_FUSED) the work of the last block to finish a (KV head, token): done[token][kv
-   head] counts them, and that block sets it back to 0. */
+   the block writes (max, sum, unnormalized output) per head for the merge, a kernel of its own
+   that makes each head's output from its splits' partial softmaxes.  (Doing the merge in the
+   last block of a KV head to finish, found by an atomic counter, measured slower on an H100:
+   kernels/NOTES.md.) */
 #define AQC_ATT_WARPS 4
 #define AQC_MAX_SPLITS 256
 #define AQC_MAX_GROUP 8   /* query heads per KV head */
@@ -1137,121 +781,26 @@ aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads,
 #define AQC_PARTIAL_PAD 4
 __host__ __device__ constexpr int aqc__partial_floats(int hd) { return hd + AQC_PARTIAL_PAD; }
 
-/* out[h][hd] for `group` query heads of one (KV head, token), from their splits' records at
-   base + s * stride + h * aqc__partial_floats(hd); every thread of the block calls it.  The
-   merge is on the critical path of every attention, and what it costs is round trips to L2, so
-   the heads are merged at once, not one after another: a warp per head finds the head's max and
-   softmax sum (one load per split, up to AQC_MAX_SPLITS); then the output values are summed over
-   the splits, each split's weight worked out again beside its load, so that the loads of a sum
-   do not wait for one another.  With slice_sums (shared, a float4 per thread) the block's
-   threads beyond one per four output values sum slices of the splits (split s in slice
-   s % slices), added in slice order afterwards: with a hundred splits that is a few round trips
-   where one thread per four values would need a dozen.  head_stats: 2 * group floats of shared
-   memory.  The partials come from other blocks (of this grid, when fused): loads through L2.
-   Not inlined: inlined into the tensor-core attention it raises that kernel from 168 registers
-   to 179, and three of its blocks no longer fit a multiprocessor. */
-__device__ __noinline__ void aqc__merge_heads(const float *base, size_t stride, int splits, int group, int hd, float *out, float *head_stats,
-                                              float4 *slice_sums) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = (blockDim.x + 31) / 32, rec = aqc__partial_floats(hd);
-    constexpr int PER_LANE = AQC_MAX_SPLITS / 32;
-    __syncthreads();   /* head_stats may still be read by the block's previous merge */
-    for (int h = warp; h < group; h += n_warps) {
-        float m[PER_LANE], l[PER_LANE], M = -INFINITY, L = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PER_LANE; j++) {
-            const int sp = lane + 32 * j;
-            m[j] = sp < splits ? __ldcg(base + sp * stride + (size_t)h * rec) : -INFINITY;
-            l[j] = sp < splits ? __ldcg(base + sp * stride + (size_t)h * rec + 1) : 0.0f;
-            M = fmaxf(M, m[j]);
-        }
-        M = aqc__warp_max(M);
-#pragma unroll
-        for (int j = 0; j < PER_LANE; j++)
-            if (m[j] != -INFINITY) L += __expf(m[j] - M) * l[j];
-        L = aqc__warp_sum(L);
-        if (lane == 0) { head_stats[2 * h] = M; head_stats[2 * h + 1] = L; }
-    }
-    __syncthreads();
-    const int quads = hd / 4, items = group * quads;
-    const int slices = slice_sums && (int)blockDim.x >= 2 * items ? (int)blockDim.x / items : 1;
-    for (int o = threadIdx.x; o < (slices > 1 ? items * slices : items); o += blockDim.x) {
-        const int item = o % items, slice = o / items, h = item / quads, d = (item % quads) * 4;
-        const float *b = base + (size_t)h * rec;
-        const float M = head_stats[2 * h];
-        float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-        for (int sp = slice; sp < splits; sp += slices) {
-            const float m = __ldcg(b + sp * stride);
-            const float4 v = __ldcg((const float4 *)(b + sp * stride + AQC_PARTIAL_PAD + d));
-            const float f = m == -INFINITY ? 0.0f : __expf(m - M);
-            O.x += f * v.x;
-            O.y += f * v.y;
-            O.z += f * v.z;
-            O.w += f * v.w;
-        }
-        if (slices > 1) {
-            slice_sums[o] = O;
-            continue;
-        }
-        const float L = head_stats[2 * h + 1];
-        out[(size_t)h * hd + d] = O.x / L;
-        out[(size_t)h * hd + d + 1] = O.y / L;
-        out[(size_t)h * hd + d + 2] = O.z / L;
-        out[(size_t)h * hd + d + 3] = O.w / L;
-    }
-    if (slices == 1) return;
-    __syncthreads();
-    for (int item = threadIdx.x; item < items; item += blockDim.x) {
-        const int h = item / quads, d = (item % quads) * 4;
-        float4 O = slice_sums[item];
-        for (int sl = 1; sl < slices; sl++) {
-            const float4 v = slice_sums[sl * items + item];
-            O.x += v.x;
-            O.y += v.y;
-            O.z += v.z;
-            O.w += v.w;
-        }
-        const float L = head_stats[2 * h + 1];
-        out[(size_t)h * hd + d] = O.x / L;
-        out[(size_t)h * hd + d + 1] = O.y / L;
-        out[(size_t)h * hd + d + 2] = O.z / L;
-        out[(size_t)h * hd + d + 3] = O.w / L;
-    }
-}
-
-/* Where a split's partial softmax goes: a merge kernel of its own (AQC__MERGE_KERNEL), or the last
-   block of a (KV head, token) merges (AQC__MERGE_LAST, AQC_V_FUSED); AQC__ONE_PASS (AQC_V_ONEPASS)
-   also reads the page list through L2, written by another block of the same grid, and clears
-   the head's ready flag once every block of the head has read it. */
-enum { AQC__MERGE_KERNEL = 0, AQC__MERGE_LAST = 1, AQC__ONE_PASS = 2 };
-
 /* A block's share of a KV head's page list: list indices [begin, end) of split `split`, and the
-   page at index i (the list: dense, every page up to the last; or Quest's, which AQC__ONE_PASS
-   reads through L2 because a block of the same grid wrote it). */
-template <int MODE>
+   page at index i (the list: dense, every page up to the last; or Quest's). */
 struct aqc__split_pages {
     const int *list;
     int begin, end;
     __device__ aqc__split_pages(const int *lists, const int *list_len, int kvh, int max_pages, int last, int split, int splits) {
         list = lists ? lists + (size_t)kvh * max_pages : NULL;
-        const int n = !lists ? last + 1 : MODE == AQC__ONE_PASS ? __ldcg(list_len + kvh) : list_len[kvh];
+        const int n = !lists ? last + 1 : list_len[kvh];
         begin = (int)((long long)n * split / splits);
         end = (int)((long long)n * (split + 1) / splits);
     }
-    __device__ int page(int i) const { return !list ? i : MODE == AQC__ONE_PASS ? __ldcg(list + i) : list[i]; }
+    __device__ int page(int i) const { return !list ? i : list[i]; }
 };
 
 /* The end of an attention block: the warps' partial softmaxes (m, l and the unnormalized output
    of each of the group's heads, in sm_m[warp][h], sm_l[warp][h] and sm_acc[warp][h][hd], MAXG
-   heads apart) merged into the block's, written to partial; and with FUSED the merge of the
-   splits by the (KV head, token)'s last block. */
-template <int MAXG, int MODE>
+   heads apart) merged into the block's, written to partial. */
+template <int MAXG>
 __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int n_kv, int hd, int group, const float *sm_acc,
-                                      const float (*sm_m)[MAXG], const float (*sm_l)[MAXG], float *partial, int *done, float *att_out,
-                                      int64_t out_stride, int *ready) {
-    constexpr bool FUSED = MODE != AQC__MERGE_KERNEL;
-    __shared__ float head_stats[FUSED ? 2 * MAXG : 1];
-    __shared__ int s_ticket;
+                                      const float (*sm_m)[MAXG], const float (*sm_l)[MAXG], float *partial) {
     __syncthreads();
     for (int idx = threadIdx.x; idx < group * hd; idx += blockDim.x) {
         const int h = idx / hd, d = idx % hd;
@@ -1268,32 +817,18 @@ __device__ void aqc__attention_finish(int kvh, int split, int splits, int t, int
         out[AQC_PARTIAL_PAD + d] = O;
         if (d == 0) { out[0] = M; out[1] = L; }
     }
-    if (!FUSED) return;
-    __threadfence();   /* this block's partials reach L2 before its ticket is counted */
-    __syncthreads();
-    if (threadIdx.x == 0) s_ticket = atomicAdd(done + (size_t)t * n_kv + kvh, 1);
-    __syncthreads();
-    if (s_ticket != splits - 1) return;
-    const size_t stride = (size_t)group * aqc__partial_floats(hd);
-    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride, stride, splits, group, hd,
-                     att_out + (size_t)t * out_stride + (size_t)kvh * group * hd, head_stats, NULL);
-    if (threadIdx.x == 0) {
-        done[(size_t)t * n_kv + kvh] = 0;
-        if (MODE == AQC__ONE_PASS) ready[kvh] = 0;
-    }
 }
 
 /* Block (kvh, split of splits, token t) of the attention. */
-template <int MAXG, int MODE>
+template <int MAXG>
 __device__ void aqc__attention_block(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
                                      const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
-                                     int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
-                                     float *att_out, int64_t out_stride, int *ready) {
+                                     int page_size, int group, float scale, const int *pos_ptr, float *partial) {
     AQC_DYNAMIC_SHARED(float, sm_acc);   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int pos = *pos_ptr + t, last = pos / page_size;
-    const aqc__split_pages<MODE> pages(lists, list_len, kvh, max_pages, last, split, splits);
+    const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int begin = pages.begin, end = pages.end;
     const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
@@ -1399,11 +934,10 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
             if (lane == 0) { sm_m[warp][h] = m[h]; sm_l[warp][h] = l[h]; }
         }
     }
-    aqc__attention_finish<MAXG, MODE>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial, done, att_out, out_stride,
-                                      ready);
+    aqc__attention_finish<MAXG>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial);
 }
 
-/* AQC_V_GQA: the attention block of a KV head shared by 2 to 8 query heads (head_dim 64 or 128,
+/* The attention block of a KV head shared by 2 to 8 query heads (head_dim 64 or 128,
    pages a multiple of 16), on tensor cores, as the shape of the work asks: per 16 keys the
    scores of all the group's heads are one 16 x 16 by 16 x 16 product (S = Q K^T, rows the query
    heads, unused rows zero), and their softmax-weighted values another (O += P V), where the
@@ -1439,16 +973,14 @@ __device__ __forceinline__ void aqc__split_f16(float x0, float x1, uint32_t *hi,
     *lo = aqc__half2_bits(__floats2half2_rn(x0 - f.x, x1 - f.y));
 }
 
-template <int MODE>
 __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
                                         const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
-                                        int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
-                                        float *att_out, int64_t out_stride, int *ready) {
+                                        int page_size, int group, float scale, const int *pos_ptr, float *partial) {
     AQC_DYNAMIC_SHARED(uint4, tiles);   /* [warps][2][K, V][16 keys][hd / 8 pieces]; after the loop, [warps][heads][hd] f32 */
     __shared__ float sm_m[AQC_ATT_WARPS][AQC_TC_HEADS], sm_l[AQC_ATT_WARPS][AQC_TC_HEADS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const int pos = *pos_ptr + t, last = pos / page_size;
-    const aqc__split_pages<MODE> pages(lists, list_len, kvh, max_pages, last, split, splits);
+    const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int pieces = hd / 8, k_steps = hd / 16, tiles_per_page = page_size / 16;
     /* q (scaled) as the A operand, row g = query head g of the group: per k-step its columns 2t..
        and 2t+8.. (rows g+8 are heads past 8: zero) */
@@ -1565,102 +1097,106 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
         }
         if (tq == 0) { sm_m[warp][g] = m; sm_l[warp][g] = l; }
     }
-    aqc__attention_finish<AQC_TC_HEADS, MODE>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial, done, att_out,
-                                              out_stride, ready);
+    aqc__attention_finish<AQC_TC_HEADS>(kvh, split, splits, t, n_kv, hd, group, sm_acc, sm_m, sm_l, partial);
 }
 
-/* Block (kvh, split, t) through the tensor-core path (MAXG AQC_ATT_TC) or the other. */
-template <int MAXG, int MODE>
-__device__ __forceinline__ void aqc__attention_any(int kvh, int split, int splits, int t, const __half *kv_layer, const int *lists,
-                                                   const int *list_len, int max_pages, const float *qkv, int qkv_dim, int n_kv, int hd,
-                                                   int page_size, int group, float scale, const int *pos_ptr, float *partial, int *done,
-                                                   float *att_out, int64_t out_stride, int *ready) {
-    if constexpr (MAXG == AQC_ATT_TC)
-        aqc__attention_block_tc<MODE>(kvh, split, splits, t, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size,
-                                      group, scale, pos_ptr, partial, done, att_out, out_stride, ready);
-    else
-        aqc__attention_block<MAXG, MODE>(kvh, split, splits, t, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size,
-                                         group, scale, pos_ptr, partial, done, att_out, out_stride, ready);
-}
-
-template <int MAXG, bool FUSED>
-__global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
-aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
-                     int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr,
-                     float *partial, int *done, float *att_out, int64_t out_stride) {
-    aqc__enter();
-    aqc__attention_any<MAXG, FUSED ? AQC__MERGE_LAST : AQC__MERGE_KERNEL>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists,
-                                                                         list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group,
-                                                                         scale, pos_ptr, partial, done, att_out, out_stride, NULL);
-}
-
-/* Block (query head, token): the merge, when the attention kernel does not do it; a block per
-   query head, so that each has AQC_MERGE_THREADS threads to spread its splits over. */
-#define AQC_MERGE_THREADS 256
-__global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd,
-                                                                                 int splits, float *out, int64_t out_stride) {
-    __shared__ float head_stats[2];
-    __shared__ float4 slice_sums[AQC_MERGE_THREADS];
-    aqc__enter();
-    const int head = blockIdx.x, kvh = head / group, t = blockIdx.y;
-    const size_t stride = (size_t)group * aqc__partial_floats(hd);
-    aqc__merge_heads(partial + ((size_t)t * n_kv + kvh) * splits * stride + (size_t)(head % group) * aqc__partial_floats(hd), stride,
-                     splits, 1, hd, out + (size_t)t * out_stride + (size_t)head * hd, head_stats, slice_sums);
-}
-
-/* AQC_V_ONEPASS: a Quest step's selection and sparse attention in one grid.  Blocks take tickets
-   in the order they start (ready[n_kv] counts them): the first n_bx * n_kv select (AQC_V_FUSED's
-   selection, head by head), the rest attend, KV head by KV head, each first waiting for its
-   head's list (ready[kv head], set by the block that wrote it).  A block waits only on blocks
-   that started before it, so the wait cannot deadlock however many blocks are resident.  No
-   launch between selection and attention, and the first heads' attention overlaps the last
-   heads' selection.  done: the selection's [n_kv] counters, then the attention's. */
-#define AQC_READY_SPINS (1 << 24)   /* seconds of waiting: a list that never comes is a bug, and traps */
+/* Block (kvh, split, t): through the tensor-core path (MAXG AQC_ATT_TC) or the other. */
 template <int MAXG>
 __global__ void __launch_bounds__(AQC_ATT_WARPS * 32)
-aqc_quest_attention_kernel(const float *qkv, int qkv_dim, const __half *bounds_layer, const __half *kv_layer, int n_heads, int n_kv,
-                           int hd, int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int n_bx, int splits,
-                           float scale, int *lists, int *list_len, float *partial, int *done, int *ready, float *att_out,
-                           int64_t out_stride) {
-    static_assert(AQC_ATT_WARPS == AQC_SCORE_WARPS, "one block shape for both halves");
-    __shared__ int s_ticket;
+aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_len, int max_pages, const float *qkv,
+                     int qkv_dim, int n_kv, int hd, int page_size, int group, float scale, const int *pos_ptr, float *partial) {
     aqc__enter();
-    if (threadIdx.x == 0) {
-        s_ticket = atomicAdd(ready + n_kv, 1);
-        if (s_ticket == (int)gridDim.x - 1) ready[n_kv] = 0;   /* every ticket taken: reset for the next launch */
-    }
-    __syncthreads();
-    const int ticket = s_ticket, n_select = n_bx * n_kv;
-    if (ticket < n_select) {
-        const int kvh = ticket / n_bx;
-        if (aqc__quest_select_block(ticket % n_bx, n_bx, kvh, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget,
-                                    pos_ptr, scores, done, lists, list_len)) {
-            __threadfence();   /* the list reaches L2 before the flag */
-            __syncthreads();
-            if (threadIdx.x == 0) atomicExch(ready + kvh, 1);
-        }
-        return;
-    }
-    const int kvh = (ticket - n_select) / splits, split = (ticket - n_select) % splits;
-    if (threadIdx.x == 0) {
-        for (int spins = 0; atomicAdd(ready + kvh, 0) == 0; spins++) {
-            if (spins == AQC_READY_SPINS) __trap();
-            __nanosleep(128);
-        }
-        __threadfence();
-    }
-    __syncthreads();
-    aqc__attention_any<MAXG, AQC__ONE_PASS>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd,
-                                            page_size, n_heads / n_kv, scale, pos_ptr, partial, done + n_kv, att_out, out_stride, ready);
+    if constexpr (MAXG == AQC_ATT_TC)
+        aqc__attention_block_tc(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv,
+                                hd, page_size, group, scale, pos_ptr, partial);
+    else
+        aqc__attention_block<MAXG>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists, list_len, max_pages, qkv, qkv_dim,
+                                   n_kv, hd, page_size, group, scale, pos_ptr, partial);
 }
 
-/* Splits of one KV head's page list: enough blocks to keep every multiprocessor's loads in
-   flight, but at least a page per warp of a split. */
-static int aqc__attention_splits(int n_sms, int n_kv, int n_pages) {
-    int splits = (8 * n_sms + n_kv - 1) / n_kv, by_pages = (n_pages + AQC_ATT_WARPS - 1) / AQC_ATT_WARPS;
-    if (splits > by_pages) splits = by_pages;
-    if (splits > AQC_MAX_SPLITS) splits = AQC_MAX_SPLITS;
-    return splits < 1 ? 1 : splits;
+/* Block (query head, token): the head's output from its splits' records (partial, [token][KV
+   head][split][query head of the group][aqc__partial_floats(hd)]).  The merge is on the critical
+   path of every attention, and what it costs is round trips to L2 (the partials come from the
+   attention kernel through L2), so a block per query head spreads it over AQC_MERGE_THREADS
+   threads: warp 0 finds the max and the softmax sum (one load per split and lane, up to
+   AQC_MAX_SPLITS); then thread (slice, quad) sums output values 4 quad .. 4 quad + 3 over splits
+   slice, slice + slices, ..., each split's weight worked out again beside its load, so that the
+   loads of a sum do not wait for one another; the slices' sums are added in slice order, so the
+   result is the same every run.  With a hundred splits that is a few round trips where a thread
+   per four values summing every split needed a dozen.
+   With xh (a decode step, head_dim a multiple of 32) the block also preps the head's outputs as
+   the o projection's input (aqc__prep_chunk, as aqc_prep_kernel would, chunk by chunk: the
+   chunks of a head are its own), and the prep kernel of that GEMV goes. */
+#define AQC_MERGE_THREADS 256
+__global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd,
+                                                                                 int splits, float *out, int64_t out_stride, __half *xh,
+                                                                                 float *xscale, float *xsum) {
+    __shared__ float head_stats[2];
+    __shared__ float4 slice_sums[AQC_MERGE_THREADS];
+    constexpr int PER_LANE = AQC_MAX_SPLITS / 32;
+    aqc__enter();
+    const int head = blockIdx.x, t = blockIdx.y, rec = aqc__partial_floats(hd);
+    const size_t stride = (size_t)group * rec;
+    const float *base = partial + ((size_t)t * n_kv + head / group) * splits * stride + (size_t)(head % group) * rec;
+    float *o = out + (size_t)t * out_stride + (size_t)head * hd;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        float m[PER_LANE], l[PER_LANE], M = -INFINITY, L = 0.0f;
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++) {
+            const int sp = lane + 32 * j;
+            m[j] = sp < splits ? __ldcg(base + sp * stride) : -INFINITY;
+            l[j] = sp < splits ? __ldcg(base + sp * stride + 1) : 0.0f;
+            M = fmaxf(M, m[j]);
+        }
+        M = aqc__warp_max(M);
+#pragma unroll
+        for (int j = 0; j < PER_LANE; j++)
+            if (m[j] != -INFINITY) L += __expf(m[j] - M) * l[j];
+        L = aqc__warp_sum(L);
+        if (lane == 0) { head_stats[0] = M; head_stats[1] = L; }
+    }
+    __syncthreads();
+    const int quads = hd / 4, slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x / quads : 1;
+    const float M = head_stats[0], L = head_stats[1];
+    for (int i = threadIdx.x; i < quads * slices; i += blockDim.x) {
+        const int quad = i % quads, slice = i / quads;
+        float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int sp = slice; sp < splits; sp += slices) {
+            const float m = __ldcg(base + sp * stride);
+            const float4 v = __ldcg((const float4 *)(base + sp * stride + AQC_PARTIAL_PAD + 4 * quad));
+            const float f = m == -INFINITY ? 0.0f : __expf(m - M);
+            O.x += f * v.x;
+            O.y += f * v.y;
+            O.z += f * v.z;
+            O.w += f * v.w;
+        }
+        if (slices > 1) slice_sums[i] = O;
+        else *(float4 *)(o + 4 * quad) = make_float4(O.x / L, O.y / L, O.z / L, O.w / L);
+    }
+    if (slices > 1) {
+        __syncthreads();
+        for (int quad = threadIdx.x; quad < quads; quad += blockDim.x) {
+            float4 O = slice_sums[quad];
+            for (int sl = 1; sl < slices; sl++) {
+                const float4 v = slice_sums[sl * quads + quad];
+                O.x += v.x;
+                O.y += v.y;
+                O.z += v.z;
+                O.w += v.w;
+            }
+            *(float4 *)(o + 4 * quad) = make_float4(O.x / L, O.y / L, O.z / L, O.w / L);
+        }
+    }
+    if (!xh) return;
+    __syncthreads();   /* the head's outputs, written above, are what the prep reads */
+    const int lane = threadIdx.x % 32, first = head * hd / 32;
+    for (int c = threadIdx.x / 32; c < hd / 32; c += blockDim.x / 32)
+        aqc__prep_chunk(o[c * 32 + lane], 1, [&](__half h, float scale, float sum) {
+            xh[(size_t)(first + c) * 32 + lane] = h;
+            if (lane == 0) { xscale[first + c] = scale; xsum[first + c] = sum; }
+        });
 }
 
 /* ---- sampling side ---- */
@@ -1791,9 +1327,7 @@ struct aqc_session {
     size_t kv_layer_elems, bounds_layer_elems;
     float *scores;               /* [n_kv][max_pages] */
     int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
-    int *done;                   /* AQC_V_FUSED's counters: [n_kv] for the selection, then [n_batch][n_kv] */
-    int *ready;                  /* AQC_V_ONEPASS's [n_kv + 1], after those in done's memory */
-    unsigned variant;            /* AQ_CUDA_VARIANT at creation, for this device */
+    bool pdl;                    /* programmatic dependent launches (sm_90 and newer) */
     float *partial;
     float *x, *qkv, *att, *hb, *logits;
     __half *xh;
@@ -2024,123 +1558,76 @@ static int aqc__model_complete(const aqc_model *m, char *err, size_t err_len) {
 
 /* ---- launches shared by the forward pass and the checks ---- */
 
-/* The 4-bit GEMV's shared memory: x (f16, or int8 for AQC__INT4_X8), and V2's (scale, sum) per chunk. */
-static size_t aqc__gemv_shared_bytes(int64_t kp, bool v2, bool x8) {
-    return (size_t)kp * (x8 ? 1 : 2) + (v2 ? (size_t)(kp / 32) * sizeof(float2) : 0);
-}
-
-/* The 4-bit GEMV kernel for a weight format, V2, int8 activations (x8) and the prep inside. */
-typedef void (*aqc__gemv_4bit_fn)(const uint4 *, const __half *, const __half *, const half2 *, int, int, int, int, const __half *,
-                                  const float *, const float *, aqc__gemv_in, float *, int);
-static aqc__gemv_4bit_fn aqc__gemv_4bit_kernel(int format, bool v2, bool x8, bool prep) {
-    if (x8) return prep ? aqc_gemv_4bit_kernel<AQC__INT4_X8, true, true> : aqc_gemv_4bit_kernel<AQC__INT4_X8, true, false>;
-    if (format == AQC_INT4)
-        return prep ? aqc_gemv_4bit_kernel<AQC_INT4, true, true>
-               : v2 ? aqc_gemv_4bit_kernel<AQC_INT4, true, false> : aqc_gemv_4bit_kernel<AQC_INT4, false, false>;
-    return prep ? aqc_gemv_4bit_kernel<AQC_OVP, true, true>
-           : v2 ? aqc_gemv_4bit_kernel<AQC_OVP, true, false> : aqc_gemv_4bit_kernel<AQC_OVP, false, false>;
-}
+/* The 4-bit GEMV's shared memory: x in f16. */
+static size_t aqc__gemv_shared_bytes(int64_t kp) { return (size_t)kp * 2; }
 
 /* The 4-bit GEMVs keep their input in shared memory: inputs wider than 24576 take more than the
    default 48 KB, which a kernel must be allowed before it is launched (and before a graph is
    captured). */
 static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
-    for (int k = 0; k < 12; k++) {   /* (int4, OliVe, int8 x int4) x V2 x PREP */
-        const int format = k % 3 == 0 ? AQC_INT4 : AQC_OVP;
-        const bool x8 = k % 3 == 2, v2 = (k / 3) % 2, prep = k / 6;
-        const int bytes = (int)aqc__gemv_shared_bytes(max_kp, v2, x8);
-        if ((v2 || (!x8 && !prep)) && bytes > 48 * 1024)
-            AQC_TRY(cudaFuncSetAttribute(aqc__gemv_4bit_kernel(format, v2, x8, prep), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         bytes));
-    }
+    const int bytes = (int)aqc__gemv_shared_bytes(max_kp);
+    if (bytes <= 48 * 1024) return 0;
+    AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     return 0;
 }
 
-/* Whether a decode GEMV of w runs as V2 (AQC_V_GEMV: a power-of-two group, offsets within 32
-   bits), on int8 activations (AQC_V_DP4A: int4, groups up to AQC_PREP_MAX_GROUP) and with its
-   prep inside (AQC_V_PREP). */
-static bool aqc__gemv_v2(unsigned v, const aqc__weight *w) {
-    const int64_t chunks_per_group = w->group / 32;
-    return (v & (AQC_V_GEMV | AQC_V_DP4A | AQC_V_PREP)) && w->format != AQC_F16 && chunks_per_group > 0 &&
-           (chunks_per_group & (chunks_per_group - 1)) == 0 && w->rows * (w->kp / 32) < ((int64_t)1 << 32);
-}
-
-static bool aqc__gemv_x8(unsigned v, const aqc__weight *w) {
-    return (v & AQC_V_DP4A) && w->format == AQC_INT4 && w->group <= AQC_PREP_MAX_GROUP && aqc__gemv_v2(v, w);
-}
-
-static bool aqc__gemv_prep(unsigned v, const aqc__weight *w) { return (v & AQC_V_PREP) && aqc__gemv_v2(v, w); }
-
-/* AQ_CUDA_VARIANT for the current device: no programmatic launches before sm_90. */
-static int aqc__device_variant(unsigned *v, char *err, size_t err_len) {
+/* Whether the current device takes programmatic dependent launches (sm_90 and newer). */
+static int aqc__device_pdl(bool *pdl, char *err, size_t err_len) {
     int device = 0, major = 0;
     AQC_TRY(cudaGetDevice(&device));
     AQC_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    *v = aqc__variant();
-    if (major < 9) *v &= ~(unsigned)AQC_V_PDL;
+    *pdl = major >= 9;
     return 0;
 }
+
+/* What a matrix product's input is made from: a token's n values x, times silu(gate) (SwiGLU;
+   gate may be NULL), RMS-normalized with weights norm (may be NULL) and eps. */
+struct aqc__gemv_in {
+    const float *x, *gate, *norm;
+    int n;
+    float eps;
+};
 
 /* The input of the next matrix product: f16, scaled per chunk (scaled, the decode GEMVs) or not
-   (prompts), or, for a decode GEMV that aqc__gemv_x8 puts on int8 activations (int8_group: its
-   weight's group), int8 in xh's memory. */
-static int aqc__prep(cudaStream_t st, unsigned v, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
-                     float eps, int scaled, int int8_group, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out,
-                     char *err, size_t err_len) {
+   (prompts). */
+static int aqc__prep(cudaStream_t st, bool pdl, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
+                     float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out, char *err,
+                     size_t err_len) {
     const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
-    if (int8_group) {
-        const int quads = (kp / 32 + 3) / 4, quads_per_block = AQC_PREP_THREADS / 32, gblocks = (quads + quads_per_block - 1) / quads_per_block;
-        if (n_tokens != 1) { aqc__err(err, err_len, "int8 activations are for decode steps only"); return -1; }
-        AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_int8_kernel, dim3(gblocks), dim3(AQC_PREP_THREADS), 0, st, in, gate, norm, n, kp,
-                            int8_group, eps, (int8_t *)xh, xscale, xsum));
-        return 0;
-    }
-    AQC_TRY(aqc__launch(v & AQC_V_PDL, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(AQC_PREP_THREADS), 0, st, in, gate, ld_in,
-                        norm, n, kp, eps, scaled, xh, xscale, xsum, ld_out));
+    AQC_TRY(aqc__launch(pdl, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(AQC_PREP_THREADS), 0, st, in, gate, ld_in, norm, n, kp, eps,
+                        scaled, xh, xscale, xsum, ld_out));
     return 0;
 }
 
-/* y (+)= W x for a decode step, x prepped already (xh, xscale, xsum: aqc__prep), or, where
-   aqc__gemv_prep says so, made by the GEMV from *in (in must then be given, and is ignored
-   otherwise). */
-static int aqc__gemv(cudaStream_t st, unsigned v, const aqc__weight *w, const aqc__gemv_in *in, const __half *xh, const float *xscale,
-                     const float *xsum, float *y, int accumulate, char *err, size_t err_len) {
-    const bool v2 = aqc__gemv_v2(v, w), x8 = aqc__gemv_x8(v, w), prep = aqc__gemv_prep(v, w);
-    if (prep && !in) { aqc__err(err, err_len, "GEMV: the variant preps in the GEMV, and no input was given"); return -1; }
-    /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor (PREP: one), or fewer rows */
-    const int warps = prep ? AQC_GEMV_PREP_WARPS : AQC_GEMV_WARPS, per_sm = prep ? 1 : AQC_GEMV_BLOCKS_PER_SM;
+/* y (+)= W x for a decode step, x prepped already (xh, xscale, xsum: aqc__prep). */
+static int aqc__gemv(cudaStream_t st, bool pdl, const aqc__weight *w, const __half *xh, const float *xscale, const float *xsum, float *y,
+                     int accumulate, char *err, size_t err_len) {
+    /* persistent grid: AQC_GEMV_BLOCKS_PER_SM blocks per multiprocessor, or fewer rows */
     int device = 0, n_sms = 0;
     AQC_TRY(cudaGetDevice(&device));
     AQC_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, device));
-    int64_t blocks = v2 ? w->rows : (w->rows + warps - 1) / warps;   /* V2: a row per block at least */
-    if (blocks > per_sm * (int64_t)n_sms) blocks = per_sm * (int64_t)n_sms;
-    int group_shift = 0;
-    while (w->format != AQC_F16 && (1 << group_shift) < w->group / 32) group_shift++;
-    const size_t x_bytes = aqc__gemv_shared_bytes(w->kp, v2, x8);   /* the 4-bit kernels keep x in shared memory */
-    const bool pdl = v & AQC_V_PDL;
-    const dim3 grid((unsigned)blocks), block(warps * 32);
+    int64_t blocks = (w->rows + AQC_GEMV_WARPS - 1) / AQC_GEMV_WARPS;
+    if (blocks > AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms) blocks = AQC_GEMV_BLOCKS_PER_SM * (int64_t)n_sms;
+    const dim3 grid((unsigned)blocks), block(AQC_GEMV_WARPS * 32);
     const uint4 *codes = (const uint4 *)w->data;
-    const half2 *table = w->format == AQC_OVP ? w->lut : NULL;
-    const aqc__gemv_in none = {NULL, NULL, NULL, 0, 0.0f};
     if (w->format != AQC_F16)
-        AQC_TRY(aqc__launch(pdl, aqc__gemv_4bit_kernel(w->format, v2, x8, prep), grid, block, x_bytes, st, codes, w->scales, w->mins,
-                            table, (int)w->rows, (int)w->kp, (int)w->group, group_shift, xh, xscale, xsum, prep ? *in : none, y,
-                            accumulate));
+        AQC_TRY(aqc__launch(pdl, w->format == AQC_INT4 ? aqc_gemv_4bit_kernel<AQC_INT4> : aqc_gemv_4bit_kernel<AQC_OVP>, grid, block,
+                            aqc__gemv_shared_bytes(w->kp), st, codes, w->scales, w->mins, (const half2 *)(w->format == AQC_OVP ? w->lut : NULL),
+                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
     else
         AQC_TRY(aqc__launch(pdl, aqc_gemv_f16_kernel, grid, block, 0, st, codes, (int)w->rows, (int)w->kp, xh, xscale, y, accumulate));
     return 0;
 }
 
-/* The input prep, unless the GEMV does it (aqc__gemv_prep), then the GEMV, of a decode step; the
-   prep kernel's end is marked for aqc_profile_step as prep_name (prof may be NULL). */
-static int aqc__matvec(cudaStream_t st, unsigned v, const aqc__weight *w, const aqc__gemv_in &in, __half *xh, float *xscale,
-                       float *xsum, float *y, int accumulate, aqc__profile *prof, const char *prep_name, char *err, size_t err_len) {
-    if (!aqc__gemv_prep(v, w) &&
-        (aqc__prep(st, v, in.x, in.gate, 0, in.norm, in.n, (int)w->kp, in.eps, 1, aqc__gemv_x8(v, w) ? (int)w->group : 0, 1, xh, xscale,
-                   xsum, w->kp, err, err_len) ||
-         aqc__mark(prof, st, prep_name, err, err_len)))
+/* The input prep, then the GEMV, of a decode step; the prep kernel's end is marked for
+   aqc_profile_step as prep_name (prof may be NULL). */
+static int aqc__matvec(cudaStream_t st, bool pdl, const aqc__weight *w, const aqc__gemv_in &in, __half *xh, float *xscale, float *xsum,
+                       float *y, int accumulate, aqc__profile *prof, const char *prep_name, char *err, size_t err_len) {
+    if (aqc__prep(st, pdl, in.x, in.gate, 0, in.norm, in.n, (int)w->kp, in.eps, 1, 1, xh, xscale, xsum, w->kp, err, err_len) ||
+        aqc__mark(prof, st, prep_name, err, err_len))
         return -1;
-    return aqc__gemv(st, v, w, &in, xh, xscale, xsum, y, accumulate, err, err_len);
+    return aqc__gemv(st, pdl, w, xh, xscale, xsum, y, accumulate, err, err_len);
 }
 
 /* y[n][ldy] (+)= x[n][ldx] W^T for a prompt batch: cuBLAS on f16 operands with f32 accumulation. */
@@ -2165,12 +1652,27 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
     return 0;
 }
 
-/* The attention kernels' MAXG for a group of query heads per KV head: the smallest register
-   path that holds it, or AQC_ATT_TC (AQC_V_GQA) for 2 to 8 heads of 64 or 128 dims in pages of a
-   multiple of 16. */
-static int aqc__attention_maxg(unsigned v, int group, int hd, int page_size) {
-    if ((v & AQC_V_GQA) && group >= 2 && group <= AQC_TC_HEADS && (hd == 64 || hd == 128) && page_size % 16 == 0) return AQC_ATT_TC;
+/* The attention kernels' MAXG for a group of query heads per KV head: AQC_ATT_TC (tensor cores)
+   for 2 to 8 heads of 64 or 128 dims in pages of a multiple of 16, else the smallest register
+   path that holds the group. */
+static int aqc__attention_maxg(int group, int hd, int page_size) {
+    if (group >= 2 && group <= AQC_TC_HEADS && (hd == 64 || hd == 128) && page_size % 16 == 0) return AQC_ATT_TC;
     return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+}
+
+/* Splits of one KV head's page list (n_pages of them) for a group of query heads per KV head:
+   about four blocks per multiprocessor for the register kernel and two for the tensor-core one,
+   the nearest power of two (the best counts of H100 sweeps at 32K, for dense attention and for
+   Quest 2048, with 32 and 8 KV heads: kernels/NOTES.md), and at least a page per warp of a
+   split.  More splits leave the merge more to do; fewer leave multiprocessors idle. */
+static int aqc__attention_splits(int n_sms, int n_kv, int group, int hd, int page_size, int n_pages) {
+    const int per_sm = aqc__attention_maxg(group, hd, page_size) == AQC_ATT_TC ? 2 : 4;
+    const double want = (double)per_sm * n_sms / n_kv;
+    int splits = 1, by_pages = (n_pages + AQC_ATT_WARPS - 1) / AQC_ATT_WARPS;
+    while (splits < AQC_MAX_SPLITS && 2.0 * splits * splits <= want * want) splits *= 2;   /* within sqrt(2) of want */
+    if (splits > by_pages) splits = by_pages;
+    if (splits > AQC_MAX_SPLITS) splits = AQC_MAX_SPLITS;
+    return splits < 1 ? 1 : splits;
 }
 
 /* f(std::integral_constant<int, maxg>()): a launch of the attention kernel instantiated for maxg. */
@@ -2189,36 +1691,36 @@ static size_t aqc__attention_shared(int maxg, int hd) {
 }
 
 /* The tensor-core attention's two tiles per warp take more than the default 48 KB at head_dim
-   128: allowed once, before any launch or capture (sessions and the checks call this), and only
-   where variant v runs it. */
-static int aqc__allow_attention_shared_memory(unsigned v, char *err, size_t err_len) {
-    const int bytes = (int)aqc__attention_tc_shared(AQC_TC_MAX_HD);
-    if (!(v & AQC_V_GQA)) return 0;
-    AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    AQC_TRY(cudaFuncSetAttribute(aqc_quest_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+   128: allowed once, before any launch or capture (sessions and the checks call this). */
+static int aqc__allow_attention_shared_memory(char *err, size_t err_len) {
+    AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)aqc__attention_tc_shared(AQC_TC_MAX_HD)));
     return 0;
 }
 
-/* done: AQC_V_FUSED's counters, [n_tokens][n_kv] zeros. */
-static int aqc__attention(cudaStream_t st, unsigned v, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
+/* Attention of n_tokens queries over the pages in lists (NULL: every page up to the query's),
+   split `splits` ways per KV head, then merged into out; o_in (may be NULL; one token, head_dim a
+   multiple of 32): the merge also preps out as the next GEMV's input, scaled (aqc__prep's xh,
+   xscale and xsum). */
+struct aqc__prepped {
+    __half *xh;
+    float *xscale, *xsum;
+};
+static int aqc__attention(cudaStream_t st, bool pdl, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
                           const float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int page_size, const int *pos_ptr,
-                          int n_tokens, int splits, float *partial, int *done, float *out, int64_t out_stride, char *err,
-                          size_t err_len) {
-    const int group = n_heads / n_kv, maxg = aqc__attention_maxg(v, group, hd, page_size);
+                          int n_tokens, int splits, float *partial, float *out, int64_t out_stride, const aqc__prepped *o_in,
+                          char *err, size_t err_len) {
+    if (o_in && (n_tokens != 1 || hd % 32)) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
+    const int group = n_heads / n_kv, maxg = aqc__attention_maxg(group, hd, page_size);
     const float scale = 1.0f / sqrtf((float)hd);
     const dim3 grid(n_kv, splits, n_tokens), block(AQC_ATT_WARPS * 32);
     const size_t shm = aqc__attention_shared(maxg, hd);
-    const bool pdl = v & AQC_V_PDL, fused = v & AQC_V_FUSED;
     AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
-        constexpr int G = decltype(g)::value;
-        return aqc__launch(pdl, fused ? aqc_attention_kernel<G, true> : aqc_attention_kernel<G, false>, grid, block, shm, st, kv_layer,
-                           lists, list_len, max_pages, qkv, qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial, done, out,
-                           out_stride);
+        return aqc__launch(pdl, aqc_attention_kernel<decltype(g)::value>, grid, block, shm, st, kv_layer, lists, list_len, max_pages, qkv,
+                           qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial);
     }));
-    if (!fused)
-        AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(AQC_MERGE_THREADS), 0, st, partial, n_kv,
-                            group, hd, splits, out, out_stride));
+    AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(AQC_MERGE_THREADS), 0, st, partial, n_kv, group,
+                        hd, splits, out, out_stride, o_in ? o_in->xh : NULL, o_in ? o_in->xscale : NULL, o_in ? o_in->xsum : NULL));
     return 0;
 }
 
@@ -2228,19 +1730,12 @@ static int aqc__select_blocks(int max_pages) {
     return blocks < 1 ? 1 : blocks;
 }
 
-/* done: AQC_V_FUSED's counters, [n_kv] zeros. */
-static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *done, int *lists,
-                             int *list_len, char *err, size_t err_len) {
-    const dim3 grid(aqc__select_blocks(max_pages), n_kv), block(AQC_SCORE_WARPS * 32);
-    const bool pdl = v & AQC_V_PDL;
-    if (v & AQC_V_FUSED) {
-        AQC_TRY(aqc__launch(pdl, aqc_quest_select_kernel, grid, block, 0, st, q, bounds_layer, n_heads, n_kv, hd, page_size,
-                            max_pages, budget, pos_ptr, scores, done, lists, list_len));
-        return 0;
-    }
-    AQC_TRY(aqc__launch(pdl, aqc_quest_score_kernel, grid, block, 0, st, q, bounds_layer, n_heads, n_kv, hd, page_size, max_pages,
-                        budget, pos_ptr, scores));
+/* Quest's pages per KV head: the score kernel, then the top-k kernel (lists, list_len). */
+static int aqc__quest_select(cudaStream_t st, bool pdl, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists, int *list_len,
+                             char *err, size_t err_len) {
+    AQC_TRY(aqc__launch(pdl, aqc_quest_score_kernel, dim3(aqc__select_blocks(max_pages), n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q,
+                        bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores));
     AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(AQC_TOPK_THREADS), 0, st, scores, max_pages, page_size, budget,
                         pos_ptr, lists, list_len));
     return 0;
@@ -2248,29 +1743,17 @@ static int aqc__quest_select(cudaStream_t st, unsigned v, const float *q, const 
 
 /* A decode step's attention over Quest's selection of pages: aqc__quest_select, then
    aqc__attention over the lists (the selection's end marked for aqc_profile_step, prof may be
-   NULL), or with AQC_V_ONEPASS both in one kernel.  done: the selection's [n_kv] counters, then
-   the attention's [n_kv]; ready: AQC_V_ONEPASS's [n_kv + 1]; all zeros. */
-static int aqc__quest_attention(cudaStream_t st, unsigned v, const float *qkv, int qkv_dim, const __half *bounds_layer,
+   NULL). */
+static int aqc__quest_attention(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const __half *bounds_layer,
                                 const __half *kv_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages, int budget,
-                                const int *pos_ptr, float *scores, int *lists, int *list_len, int splits, float *partial, int *done,
-                                int *ready, float *out, int64_t out_stride, aqc__profile *prof, char *err, size_t err_len) {
-    if (!(v & AQC_V_ONEPASS))
-        return aqc__quest_select(st, v, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, done, lists,
-                                 list_len, err, err_len) ||
-                       aqc__mark(prof, st, "Quest selection", err, err_len) ||
-                       aqc__attention(st, v, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_heads, n_kv, hd, page_size, pos_ptr,
-                                      1, splits, partial, done + n_kv, out, out_stride, err, err_len)
-                   ? -1 : 0;
-    const int group = n_heads / n_kv, maxg = aqc__attention_maxg(v, group, hd, page_size), n_bx = aqc__select_blocks(max_pages);
-    const dim3 grid(n_bx * n_kv + n_kv * splits), block(AQC_ATT_WARPS * 32);
-    const size_t shm = aqc__attention_shared(maxg, hd);
-    const float scale = 1.0f / sqrtf((float)hd);
-    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
-        return aqc__launch(v & AQC_V_PDL, aqc_quest_attention_kernel<decltype(g)::value>, grid, block, shm, st, qkv, qkv_dim,
-                           bounds_layer, kv_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, n_bx, splits,
-                           scale, lists, list_len, partial, done, ready, out, out_stride);
-    }));
-    return 0;
+                                const int *pos_ptr, float *scores, int *lists, int *list_len, int splits, float *partial, float *out,
+                                int64_t out_stride, const aqc__prepped *o_in, aqc__profile *prof, char *err, size_t err_len) {
+    return aqc__quest_select(st, pdl, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, lists,
+                             list_len, err, err_len) ||
+                   aqc__mark(prof, st, "Quest selection", err, err_len) ||
+                   aqc__attention(st, pdl, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_heads, n_kv, hd, page_size, pos_ptr, 1,
+                                  splits, partial, out, out_stride, o_in, err, err_len)
+               ? -1 : 0;
 }
 
 /* Page bounds from scratch for the pages holding positions *pos_ptr .. + n_tokens - 1, n_pages of
@@ -2283,17 +1766,11 @@ static int aqc__page_bounds(cudaStream_t st, const __half *kv_layer, __half *bou
 }
 
 /* RoPE and the cache append for n_tokens tokens (bounds_layer: a decode step's page bounds). */
-static int aqc__rope_append(cudaStream_t st, unsigned v, float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot,
+static int aqc__rope_append(cudaStream_t st, bool pdl, float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot,
                             float rope_base, const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
                             int max_pages, int n_tokens, char *err, size_t err_len) {
-    const bool pdl = v & AQC_V_PDL;
-    if (v & AQC_V_ROPE) {
-        const int threads = ((hd / 2 + 31) / 32) * 32;
-        AQC_TRY(aqc__launch(pdl, aqc_rope_append_heads_kernel, dim3(n_heads + n_kv, n_tokens), dim3(threads), 0, st, qkv, qkv_dim,
-                            n_heads, n_kv, hd, n_rot, rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
-    } else
-        AQC_TRY(aqc__launch(pdl, aqc_rope_append_kernel, dim3(n_tokens), dim3(256), 0, st, qkv, qkv_dim, n_heads, n_kv, hd, n_rot,
-                            rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
+    AQC_TRY(aqc__launch(pdl, aqc_rope_append_kernel, dim3(n_heads + n_kv, n_tokens), dim3((hd / 2 + 31) / 32 * 32), 0, st, qkv, qkv_dim,
+                        n_heads, n_kv, hd, n_rot, rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
     return 0;
 }
 
@@ -2305,7 +1782,7 @@ extern "C" void aqc_session_free(aqc_session *s) {
     delete s->prof;
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
-    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len); cudaFree(s->done);
+    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len);
     cudaFree(s->partial); cudaFree(s->x); cudaFree(s->qkv); cudaFree(s->att); cudaFree(s->hb); cudaFree(s->logits);
     cudaFree(s->xh); cudaFree(s->xscale); cudaFree(s->xsum); cudaFree(s->wtmp); cudaFree(s->state); cudaFree(s->ids);
     cudaFreeHost(s->host_state);
@@ -2320,12 +1797,13 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     const aqc__weight *all[4];
     cudaDeviceProp prop;
     AQC_TRY(cudaGetDeviceProperties(&prop, 0));
-    if (aqc__device_variant(&s->variant, err, err_len)) return -1;
+    if (aqc__device_pdl(&s->pdl, err, err_len)) return -1;
     s->n_sms = prop.multiProcessorCount;
     s->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     s->max_pages = (s->c.n_ctx + s->c.page_size - 1) / s->c.page_size;
-    s->splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, s->max_pages);
-    s->quest_splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, std::min(s->c.quest_budget / s->c.page_size, s->max_pages));
+    s->splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size, s->max_pages);
+    s->quest_splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size,
+                                            std::min(s->c.quest_budget / s->c.page_size, s->max_pages));
     /* partials: a decode step's splits, or a prompt's tokens times their share of the splits */
     part_tokens = nb > (size_t)s->splits ? nb : (size_t)s->splits;
     s->x_ld = 32;
@@ -2340,7 +1818,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
-    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(s->variant, err, err_len)) return -1;
+    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
@@ -2348,7 +1826,6 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
-        aqc__malloc((void **)&s->done, ((nb + 2) * c->n_kv_heads + 1) * 4, "attention counters", err, err_len) ||
         aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * aqc__partial_floats(c->head_dim) * 4, "attention partials",
                     err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
@@ -2365,9 +1842,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         return -1;
     AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
-    AQC_TRY(cudaMemset(s->done, 0, ((nb + 2) * c->n_kv_heads + 1) * 4));
-    s->ready = s->done + (nb + 1) * c->n_kv_heads;
-    AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memsets */
+    AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memset */
     return 0;
 }
 
@@ -2401,7 +1876,7 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     const int pages_touched = (pos0 + n - 1) / P - pos0 / P + 1;
     const int splits = n == 1 ? s->splits : (s->splits / n > 1 ? s->splits / n : 1);
     cudaStream_t st = s->stream;
-    const unsigned v = s->variant;
+    const bool pdl = s->pdl;
     const __half *embd = (const __half *)m->tok_embd.data;
 
     /* out (+)= in W^T over nt tokens: the input's prep (RMSNorm, SwiGLU or a copy; inside the GEMV
@@ -2410,8 +1885,8 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     auto linear = [&](const aqc__weight *w, const aqc__gemv_in &in, int64_t ld_in, int nt, float *out, int64_t ldo, int accumulate,
                       const char *prep_name, const char *name) -> int {
         if (nt == 1
-                ? aqc__matvec(st, v, w, in, s->xh, s->xscale, s->xsum, out, accumulate, s->prof, prep_name, err, err_len)
-                : aqc__prep(st, v, in.x, in.gate, ld_in, in.norm, in.n, (int)w->kp, in.eps, 0, 0, nt, s->xh, s->xscale, s->xsum, xl, err,
+                ? aqc__matvec(st, pdl, w, in, s->xh, s->xscale, s->xsum, out, accumulate, s->prof, prep_name, err, err_len)
+                : aqc__prep(st, pdl, in.x, in.gate, ld_in, in.norm, in.n, (int)w->kp, in.eps, 0, nt, s->xh, s->xscale, s->xsum, xl, err,
                             err_len) ||
                       aqc__mark(s->prof, st, prep_name, err, err_len) ||
                       aqc__gemm(st, s->blas, w, s->wtmp, s->xh, xl, nt, out, ldo, accumulate, err, err_len))
@@ -2421,7 +1896,7 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     /* each stage, then its mark for aqc_profile_step */
 #define AQC_DO(call, name) do { if (call) return -1; if (aqc__mark(s->prof, st, name, err, err_len)) return -1; } while (0)
 
-    AQC_DO(aqc__cuda_failed(aqc__launch(v & AQC_V_PDL, aqc_embed_kernel, dim3(n), dim3(256), 0, st, embd, m->tok_embd.kp, dim, ids,
+    AQC_DO(aqc__cuda_failed(aqc__launch(pdl, aqc_embed_kernel, dim3(n), dim3(256), 0, st, embd, m->tok_embd.kp, dim, ids,
                                         s->x), "embedding", err, err_len), "embedding");
     for (int l = 0; l < c->n_layers; l++) {
         __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
@@ -2429,21 +1904,26 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
                            ffn_in = {s->x, NULL, m->ffn_norm[l], dim, c->rms_eps}, down_in = {s->hb + c->n_ff, s->hb, NULL, c->n_ff, 0.0f};
         /* attention block */
         if (linear(&m->qkv[l], attn_in, dim, n, s->qkv, s->qkv_dim, 0, "RMSNorm", "q, k, v")) return -1;
-        AQC_DO(aqc__rope_append(st, v, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
+        AQC_DO(aqc__rope_append(st, pdl, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
                                 P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
         if (n > 1 && aqc__page_bounds(st, kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n, pages_touched, err,
                                       err_len))   /* a prompt's pages: their bounds from scratch */
             return -1;
+        /* a decode step's merge preps o's input itself where its chunks are whole heads' (and no
+           padding past them, which another prep could have left in xh) */
+        const aqc__prepped prepped = {s->xh, s->xscale, s->xsum};
+        const aqc__prepped *o_prepped = n == 1 && hd % 32 == 0 && m->wo[l].kp == q_dim ? &prepped : NULL;
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
-            AQC_DO(aqc__quest_attention(st, v, s->qkv, s->qkv_dim, bounds_layer, kv_layer, c->n_heads, c->n_kv_heads, hd, P, s->max_pages,
-                                        s->c.quest_budget, pos_ptr, s->scores, s->lists, s->list_len, s->quest_splits, s->partial,
-                                        s->done, s->ready, s->att, q_dim, s->prof, err, err_len),
+            AQC_DO(aqc__quest_attention(st, pdl, s->qkv, s->qkv_dim, bounds_layer, kv_layer, c->n_heads, c->n_kv_heads, hd, P,
+                                        s->max_pages, s->c.quest_budget, pos_ptr, s->scores, s->lists, s->list_len, s->quest_splits,
+                                        s->partial, s->att, q_dim, o_prepped, s->prof, err, err_len),
                    "attention, Quest");
         else
-            AQC_DO(aqc__attention(st, v, kv_layer, NULL, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, P,
-                                  pos_ptr, n, splits, s->partial, s->done + c->n_kv_heads, s->att, q_dim, err, err_len),
+            AQC_DO(aqc__attention(st, pdl, kv_layer, NULL, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd,
+                                  P, pos_ptr, n, splits, s->partial, s->att, q_dim, o_prepped, err, err_len),
                    "attention, dense");
-        if (linear(&m->wo[l], o_in, q_dim, n, s->x, dim, 1, "attention output prep", "o")) return -1;
+        if (o_prepped) AQC_DO(aqc__gemv(st, pdl, &m->wo[l], s->xh, s->xscale, s->xsum, s->x, 1, err, err_len), "o");
+        else if (linear(&m->wo[l], o_in, q_dim, n, s->x, dim, 1, "attention output prep", "o")) return -1;
         /* feed-forward block: down(silu(gate(x)) * up(x)), gate and up stacked in one matrix */
         if (linear(&m->gate_up[l], ffn_in, dim, n, s->hb, 2 * (int64_t)c->n_ff, 0, "RMSNorm", "gate, up") ||
             linear(&m->down[l], down_in, 2 * (int64_t)c->n_ff, n, s->x, dim, 1, "SwiGLU", "down"))
@@ -2567,7 +2047,7 @@ static int aqc__next_token(aqc_session *s, int32_t *next, char *err, size_t err_
 
 extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    AQC_TRY(aqc__launch(s->variant & AQC_V_PDL, aqc_argmax_kernel, dim3(1), dim3(1024), 0, s->stream, (const float *)s->logits,
+    AQC_TRY(aqc__launch(s->pdl, aqc_argmax_kernel, dim3(1), dim3(1024), 0, s->stream, (const float *)s->logits,
                         s->m->c.n_vocab, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
@@ -2579,7 +2059,7 @@ extern "C" int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc
         return -1;
     }
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    AQC_TRY(aqc__launch(s->variant & AQC_V_PDL, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, s->stream,
+    AQC_TRY(aqc__launch(s->pdl, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, s->stream,
                         (const float *)s->logits, s->m->c.n_vocab, p->temperature, p->top_k, p->top_p, p->min_p, r, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
@@ -2605,7 +2085,7 @@ extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, cha
    ====================================================================================== */
 
 /* A stream of the check's own: a non-blocking one, as sessions use, so that programmatic launches
-   (AQC_V_PDL) run as they do in a step. */
+   run as they do in a step. */
 struct aqc__check_stream {
     cudaStream_t s;
     aqc__check_stream() : s(NULL) {}
@@ -2638,15 +2118,15 @@ extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, const float *
     float *xs = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len), *xsum = (float *)sc.get((size_t)w->cols_padded / 8, err, err_len);
     const aqc__gemv_in in = {dx, dgate, dnorm, (int)w->cols, eps};
     int rc = -1;
-    unsigned v = 0;
+    bool pdl = false;
     aqc__check_stream st;
-    if (dx && dy && xh && xs && xsum && (dgate || !gate) && (dnorm || !norm) && !aqc__device_variant(&v, err, err_len) &&
+    if (dx && dy && xh && xs && xsum && (dgate || !gate) && (dnorm || !norm) && !aqc__device_pdl(&pdl, err, err_len) &&
         !aqc__cuda_failed(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking), "a stream", err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(dx, x, x_bytes, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
         (!gate || !aqc__cuda_failed(cudaMemcpy(dgate, gate, x_bytes, cudaMemcpyHostToDevice), "upload the gate", err, err_len)) &&
         (!norm || !aqc__cuda_failed(cudaMemcpy(dnorm, norm, x_bytes, cudaMemcpyHostToDevice), "upload the norm", err, err_len)) &&
         !aqc__cuda_failed(cudaMemsetAsync(dy, 0xff, (size_t)w->rows * 4, st.s), "poison y", err, err_len) &&
-        !aqc__matvec(st.s, v, &dw, in, xh, xs, xsum, dy, 0, NULL, NULL, err, err_len) &&
+        !aqc__matvec(st.s, pdl, &dw, in, xh, xs, xsum, dy, 0, NULL, NULL, err, err_len) &&
         !aqc__cuda_failed(cudaStreamSynchronize(st.s), "the GEMV", err, err_len) &&
         !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
         rc = 0;
@@ -2670,7 +2150,7 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
         if (dx && dy && xh && xs && xsum && wtmp &&
             !aqc__cuda_failed(cudaMemcpy(dx, x, (size_t)n * w->cols * 4, cudaMemcpyHostToDevice), "upload x", err, err_len) &&
             !aqc__cuda_failed(cudaMemset(dy, 0xff, (size_t)n * w->rows * 4), "poison y", err, err_len) &&
-            !aqc__prep(0, 0, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, 0, n, xh, xs, xsum, w->cols_padded, err,
+            !aqc__prep(0, false, dx, NULL, w->cols, NULL, (int)w->cols, (int)w->cols_padded, 0.0f, 0, n, xh, xs, xsum, w->cols_padded, err,
                        err_len) &&
             !aqc__gemm(0, blas, &dw, wtmp, xh, w->cols_padded, n, dy, w->rows, 0, err, err_len) &&
             !aqc__cuda_failed(cudaMemcpy(y, dy, (size_t)n * w->rows * 4, cudaMemcpyDeviceToHost), "download y", err, err_len))
@@ -2683,11 +2163,11 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
-    int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, n_sms;
-    unsigned v;
+    int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, quest_splits, n_sms;
+    bool pdl;
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
-    int *lists, *list_len, *pos, *done;   /* done: the selection's [n_kv], the attention's [n_q][n_kv], AQC_V_ONEPASS's [n_kv + 1] */
+    int *lists, *list_len, *pos;
 };
 
 /* A rig for n_q queries at the last positions of a context of n_ctx (n_q > 1: a prompt, dense). */
@@ -2698,9 +2178,10 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->n_ctx = n_ctx; r->n_q = n_q; r->n_heads = n_heads; r->n_kv = n_kv; r->hd = hd; r->P = P;
     r->max_pages = (n_ctx + P - 1) / P;
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
-    r->splits = aqc__attention_splits(prop.multiProcessorCount, n_kv, r->max_pages);
     r->n_sms = prop.multiProcessorCount;
-    if (aqc__device_variant(&r->v, err, err_len) || aqc__allow_attention_shared_memory(r->v, err, err_len)) return -1;
+    r->splits = aqc__attention_splits(r->n_sms, n_kv, n_heads / n_kv, hd, P, r->max_pages);
+    r->quest_splits = 0;   /* set per budget by aqc__rig_step */
+    if (aqc__device_pdl(&r->pdl, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
@@ -2713,25 +2194,24 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
-    r->done = (int *)sc->get(((size_t)(n_q + 2) * n_kv + 1) * 4, err, err_len);
-    if (!(r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos && r->done)) return -1;
-    AQC_TRY(cudaMemset(r->done, 0, ((size_t)(n_q + 2) * n_kv + 1) * 4));
-    return 0;
+    return r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos ? 0 : -1;
 }
 
 /* Attention for the queries in r->qkv at positions *r->pos .. + n_q - 1 over layer `layer` of the
-   rig (Quest: one query), split as the forward pass splits them. */
-static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len) {
+   rig (Quest: one query), split as the forward pass splits them; o_in as for aqc__attention. */
+static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len,
+                         const aqc__prepped *o_in = NULL) {
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
     const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
-    if (budget)
-        return aqc__quest_attention(st, r->v, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
+    if (budget) {
+        r->quest_splits = aqc__attention_splits(r->n_sms, r->n_kv, r->n_heads / r->n_kv, r->hd, r->P, std::min(budget / r->P, r->max_pages));
+        return aqc__quest_attention(st, r->pdl, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
                                     r->n_kv, r->hd, r->P, r->max_pages, budget, r->pos, r->scores, r->lists, r->list_len,
-                                    aqc__attention_splits(r->n_sms, r->n_kv, std::min(budget / r->P, r->max_pages)), r->partial,
-                                    r->done, r->done + (r->n_q + 1) * r->n_kv, r->out, r->n_heads * r->hd, NULL, err, err_len);
-    return aqc__attention(st, r->v, r->kv + kv_elems * layer, NULL, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
-                          r->hd, r->P, r->pos, r->n_q, r->splits / r->n_q > 1 ? r->splits / r->n_q : 1, r->partial, r->done + r->n_kv,
-                          r->out, r->n_heads * r->hd, err, err_len);
+                                    r->quest_splits, r->partial, r->out, r->n_heads * r->hd, o_in, NULL, err, err_len);
+    }
+    return aqc__attention(st, r->pdl, r->kv + kv_elems * layer, NULL, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
+                          r->hd, r->P, r->pos, r->n_q, r->splits / r->n_q > 1 ? r->splits / r->n_q : 1, r->partial, r->out,
+                          r->n_heads * r->hd, o_in, err, err_len);
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
@@ -2759,7 +2239,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
     aqc__check_stream st;
     AQC_TRY(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
     AQC_TRY(cudaDeviceSynchronize());   /* the memsets above ran on the default stream, which st does not wait for */
-    if (aqc__rope_append(st.s, r.v, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
+    if (aqc__rope_append(st.s, r.pdl, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
                          r.max_pages, n_ctx, err, err_len))
         return -1;
     if (aqc__page_bounds(st.s, r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx, r.max_pages, err, err_len))
@@ -2771,9 +2251,36 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
     AQC_TRY(cudaMemcpy(r.qkv, host.data(), (size_t)n_queries * r.qkv_dim * 4, cudaMemcpyHostToDevice));
     AQC_TRY(cudaMemset(r.out, 0xff, (size_t)n_queries * q_dim * 4));
     AQC_TRY(cudaDeviceSynchronize());   /* the poisoned output, as above */
-    if (aqc__rig_step(&r, 0, budget, st.s, err, err_len)) return -1;
+    /* a decode step's merge also preps the o projection's input: the same bytes as the prep
+       kernel makes of the merged output (both[0] from the merge, both[1] from aqc__prep) */
+    const bool prep = n_queries == 1 && head_dim % 32 == 0;
+    aqc__prepped both[2];
+    for (int i = 0; i < (prep ? 2 : 0); i++) {
+        both[i].xh = (__half *)sc.get((size_t)q_dim * 2, err, err_len);
+        both[i].xscale = (float *)sc.get((size_t)q_dim / 8, err, err_len);
+        both[i].xsum = (float *)sc.get((size_t)q_dim / 8, err, err_len);
+        if (!both[i].xh || !both[i].xscale || !both[i].xsum) return -1;
+    }
+    if (aqc__rig_step(&r, 0, budget, st.s, err, err_len, prep ? &both[0] : NULL)) return -1;
+    if (prep && aqc__prep(st.s, r.pdl, r.out, NULL, 0, NULL, q_dim, q_dim, 0.0f, 1, 1, both[1].xh, both[1].xscale, both[1].xsum, q_dim,
+                          err, err_len))
+        return -1;
     AQC_TRY(cudaStreamSynchronize(st.s));
     AQC_TRY(cudaMemcpy(out, r.out, (size_t)n_queries * q_dim * 4, cudaMemcpyDeviceToHost));
+    if (prep) {
+        std::vector<unsigned char> a((size_t)q_dim * 4), b((size_t)q_dim * 4);
+        const void *parts[2][3] = {{both[0].xh, both[0].xscale, both[0].xsum}, {both[1].xh, both[1].xscale, both[1].xsum}};
+        const size_t bytes[3] = {(size_t)q_dim * 2, (size_t)q_dim / 8, (size_t)q_dim / 8};
+        for (int k = 0; k < 3; k++) {
+            AQC_TRY(cudaMemcpy(a.data(), parts[0][k], bytes[k], cudaMemcpyDeviceToHost));
+            AQC_TRY(cudaMemcpy(b.data(), parts[1][k], bytes[k], cudaMemcpyDeviceToHost));
+            if (memcmp(a.data(), b.data(), bytes[k])) {
+                aqc__err(err, err_len, "attention check: the merge's prep of the output differs from the prep kernel's (%s)",
+                         k == 0 ? "values" : k == 1 ? "scales" : "sums");
+                return -1;
+            }
+        }
+    }
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
         const int keep = budget / page_size;
         for (int h = 0; h < n_kv_heads; h++)
@@ -2783,14 +2290,14 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
     return 0;
 }
 
-template <int CACHE, bool CONTIG>
+template <int CACHE>
 __global__ void __launch_bounds__(AQC_TOPK_THREADS, 1) aqc_top_k_check_kernel(const float *vals, int n, int k, int *out) {
-    aqc__block_top_k<CACHE, CONTIG>(vals, n, k, out);
+    aqc__block_top_k<CACHE>(vals, n, k, out);
 }
 
 extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len) {
     aqc__scratch sc;
-    if (k < 1 || k > n || (mode == 1 && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS) || (mode == 3 && k != 1) || mode < 0 || mode > 3) {
+    if (k < 1 || k > n || (mode == 1 && n > AQC_TOPK_CACHE * AQC_TOPK_THREADS) || (mode == 2 && k != 1) || mode < 0 || mode > 2) {
         aqc__err(err, err_len, "top-k check: bad n %d, k %d or mode %d", n, k, mode);
         return -1;
     }
@@ -2798,18 +2305,14 @@ extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *o
     int *dout = (int *)sc.get((size_t)(k > AQC_STATE_INTS ? k : AQC_STATE_INTS) * 4, err, err_len);
     if (!dv || !dout) return -1;
     AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
-    if (mode == 3) {   /* the decode step's argmax, as aqc_step_greedy launches it */
+    if (mode == 2) {   /* the decode step's argmax, as aqc_step_greedy launches it */
         AQC_TRY(aqc__launch(false, aqc_argmax_kernel, dim3(1), dim3(1024), 0, 0, (const float *)dv, n, dout));
         AQC_TRY(cudaMemcpy(out, dout + AQC_NEXT, 4, cudaMemcpyDeviceToHost));
         return 0;
     }
-    const int select_threads = AQC_SCORE_WARPS * 32;   /* the fused selection's block */
     const float *vals_d = dv;
-    if (mode == 1) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE, false>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
-    else if (mode == 0) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0, false>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
-    else if (n <= AQC_SELECT_CACHE * select_threads)
-        AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_SELECT_CACHE, true>, dim3(1), dim3(select_threads), 0, 0, vals_d, n, k, dout));
-    else AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0, true>, dim3(1), dim3(select_threads), 0, 0, vals_d, n, k, dout));
+    if (mode == 1) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
+    else AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
     AQC_TRY(cudaMemcpy(out, dout, (size_t)k * 4, cudaMemcpyDeviceToHost));
     return 0;
 }
@@ -2895,11 +2398,10 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     half2 *lut = (half2 *)sc.get(512 * sizeof(half2), err, err_len);
     __half *xh = (__half *)sc.get((size_t)cols * 2, err, err_len);
     float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
-    float *y = (float *)sc.get((size_t)rows * 4, err, err_len), *xf = (float *)sc.get((size_t)cols * 4, err, err_len);
+    float *y = (float *)sc.get((size_t)rows * 4, err, err_len);
     __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
     if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
-    if (!xh || !xs || !xsum || !y || !yh || !lut || !xf) return -1;
-    const aqc__gemv_in in = {xf, NULL, NULL, (int)cols, 0.0f};   /* for the GEMVs that prep their input (AQC_V_PREP) */
+    if (!xh || !xs || !xsum || !y || !yh || !lut) return -1;
     AQC_TRY(aqc__fill_random((__half *)lut, 1024, 3, 0));
     for (int i = 0; i < copies; i++) {
         w4[i].lut = w16[i].lut = NULL;
@@ -2921,9 +2423,7 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     AQC_TRY(aqc__fill_random(xh, cols, 5, 0));
     AQC_TRY(aqc__fill_random(yh, rows, 6, 0));
     {
-        std::vector<float> ones((size_t)cols / 32, 1.0f), x((size_t)cols);
-        for (size_t i = 0; i < x.size(); i++) x[i] = (float)((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
-        AQC_TRY(cudaMemcpy(xf, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        std::vector<float> ones((size_t)cols / 32, 1.0f);
         AQC_TRY(cudaMemcpy(xs, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
         AQC_TRY(cudaMemcpy(xsum, ones.data(), ones.size() * 4, cudaMemcpyHostToDevice));
     }
@@ -2938,16 +2438,16 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
         }
     }
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
-    unsigned v = 0;
-    int rc = aqc__device_variant(&v, err, err_len);
+    bool pdl = false;
+    int rc = aqc__device_pdl(&pdl, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w4[i % copies], &in, xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->int4_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &wo[i % copies], &in, xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->ovp_us, err, err_len);
     if (!rc)
-        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, v, &w16[i % copies], NULL, xh, xs, xsum, y, 0, err, err_len); },
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &w16[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->f16_us, err, err_len);
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) {
@@ -3016,12 +2516,12 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                   err_len))
         return -1;
     if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__quest_select(st, r.v, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
-                                     r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
+            return aqc__quest_select(st, r.pdl, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
+                                     r.max_pages, budget, r.pos, r.scores, r.lists, r.list_len, err, err_len);
         }, &t->select_us, err, err_len))
         return -1;
     if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__cuda_failed(aqc__launch(r.v & AQC_V_PDL, aqc_quest_score_kernel, dim3(aqc__select_blocks(r.max_pages), n_kv_heads),
+            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_quest_score_kernel, dim3(aqc__select_blocks(r.max_pages), n_kv_heads),
                                                 dim3(AQC_SCORE_WARPS * 32), 0, st, (const float *)r.qkv,
                                                 (const __half *)(r.bounds + b_elems * (i % layers)), n_heads, n_kv_heads, head_dim,
                                                 page_size, r.max_pages, budget, (const int *)r.pos, r.scores),
@@ -3031,9 +2531,9 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     /* the dense attention's merge alone (over what the last dense step left) */
     t->dense_splits = r.splits;
     if (aqc__time(iters, [&](int, cudaStream_t st) {
-            return aqc__cuda_failed(aqc__launch(r.v & AQC_V_PDL, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0,
+            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0,
                                                 st, (const float *)r.partial, n_kv_heads, n_heads / n_kv_heads, head_dim, r.splits, r.out,
-                                                (int64_t)n_heads * head_dim),
+                                                (int64_t)n_heads * head_dim, (__half *)NULL, (float *)NULL, (float *)NULL),
                                     "merge kernel", err, err_len);
         }, &t->merge_us, err, err_len))
         return -1;
@@ -3044,24 +2544,24 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         t->dense_sweep_us[k] = 0.0;
         if (splits > AQC_MAX_SPLITS || splits * AQC_ATT_WARPS > r.max_pages) continue;
         if (aqc__time(iters, [&](int i, cudaStream_t st) {
-                return aqc__attention(st, r.v, r.kv + kv_elems * (i % layers), NULL, r.list_len, r.max_pages, r.qkv, r.qkv_dim, n_heads,
-                                      n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.done + n_kv_heads, r.out,
-                                      n_heads * head_dim, err, err_len);
+                return aqc__attention(st, r.pdl, r.kv + kv_elems * (i % layers), NULL, r.list_len, r.max_pages, r.qkv, r.qkv_dim, n_heads,
+                                      n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.out,
+                                      n_heads * head_dim, NULL, err, err_len);
             }, &t->dense_sweep_us[k], err, err_len))
             return -1;
     }
     /* the sparse attention alone at other split counts, over the lists the last selection left
        (the same amount of work whichever layer's cache it reads) */
-    t->quest_splits = aqc__attention_splits(r.n_sms, n_kv_heads, std::min(budget / page_size, r.max_pages));
+    t->quest_splits = r.quest_splits;
     for (int k = 0; k < 5; k++) {
         const int splits = 4 << k;   /* 4, 8, 16, 32, 64 */
         t->sweep_splits[k] = splits;
         t->sweep_us[k] = 0.0;
         if (splits > budget / page_size) continue;   /* a page per split at least */
         if (aqc__time(iters, [&](int i, cudaStream_t st) {
-                return aqc__attention(st, r.v, r.kv + kv_elems * (i % layers), r.lists, r.list_len, r.max_pages, r.qkv, r.qkv_dim,
-                                      n_heads, n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial, r.done + n_kv_heads,
-                                      r.out, n_heads * head_dim, err, err_len);
+                return aqc__attention(st, r.pdl, r.kv + kv_elems * (i % layers), r.lists, r.list_len, r.max_pages, r.qkv, r.qkv_dim,
+                                      n_heads, n_kv_heads, head_dim, page_size, r.pos, 1, splits, r.partial,
+                                      r.out, n_heads * head_dim, NULL, err, err_len);
             }, &t->sweep_us[k], err, err_len))
             return -1;
     }

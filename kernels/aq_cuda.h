@@ -124,16 +124,15 @@ int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, i
                         char *err, size_t err_len);
 /* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the
    lower index) in ascending index order, into out[k], through the path that reads vals in every
-   pass (mode 0), the register-cached one (mode 1, n <= 8192), or the fused selection's (mode 2:
-   AQ_CUDA_VARIANT's fused Quest, 128 threads, each with adjacent keys); mode 3, k = 1: the
-   greedy decode's argmax kernel instead. */
+   pass (mode 0) or the register-cached one (mode 1, n <= 8192); mode 2, k = 1: the greedy
+   decode's argmax kernel instead. */
 int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *err, size_t err_len);
 /* The sampled decode's draw, as aqc_step_sample launches it, from logits[n] and the uniform r. */
 int aqc_check_sample(const float *logits, int n, const aqc_sampling *p, float r, int32_t *out, char *err, size_t err_len);
 
 typedef struct {
-    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data; a 4-bit GEMV that */
-} aqc_gemv_timing;                               /* preps its own input (AQ_CUDA_VARIANT 32) includes it */
+    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */
+} aqc_gemv_timing;
 int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len);
 
 typedef struct {

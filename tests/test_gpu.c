@@ -67,77 +67,6 @@ static void test_gpu_int4_packing_decodes_like_the_cpu(void) {
     }
 }
 
-/* aqc_gemv_4bit_kernel<AQC__INT4_X8> (AQ_CUDA_VARIANT's int8 activations) against the CPU's
-   int8 dot product on the same row and x: aqc_prep_int8_kernel's rounding (per weight group,
-   lrint(x * 127 / max|x|)) and its byte order ({0, 4, 1, 5, 2, 6, 3, 7} for every 8, element e
-   at 2e or 2(e - 4) + 1), then per chunk the kernel's two dp4a per word of packed codes (low
-   nibbles, then the word shifted by 4; both masked with 0x0f0f0f0f), summed as
-   d * group scale * isum + m * (the chunk's sum of unrounded x). */
-static int32_t dp4a(uint32_t a, uint32_t b, int32_t c) {
-    int k;
-    for (k = 0; k < 4; k++) c += (int32_t)(int8_t)(a >> 8 * k) * (int32_t)(int8_t)(b >> 8 * k);
-    return c;
-}
-
-static void test_gpu_int8_activations_dot_like_the_cpu(void) {
-    const uint32_t *types = int4_types;
-    const int64_t *widths = int4_widths, rows = 5;
-    uint64_t seed = 13;
-    int t;
-    for (t = 0; t < 4; t++) {
-        const int64_t cols = widths[t], group = aq__int4_group(types[t]), kp = (cols + group - 1) / group * group;
-        const size_t row_bytes = (size_t)aq_type_row_bytes(types[t], cols);
-        uint8_t *data = (uint8_t *)malloc(row_bytes * rows), *x8_mem = (uint8_t *)malloc(aq__x8_bytes(kp));
-        float *x = (float *)calloc((size_t)kp, sizeof(float));
-        float *xscale = (float *)malloc(sizeof(float) * (size_t)(kp / 32)), *xsum = (float *)malloc(sizeof(float) * (size_t)(kp / 32));
-        int8_t *xq = (int8_t *)malloc((size_t)kp);
-        uint32_t *codes = (uint32_t *)calloc((size_t)(kp / 8), 4);
-        uint16_t *scales = (uint16_t *)calloc((size_t)(kp / group), 2), *mins = (uint16_t *)calloc((size_t)(kp / group), 2);
-        aq__x8 x8;
-        aq_weight w;
-        int64_t r, e, g, c;
-        int bad = 0;
-        random_quantized_rows(types[t], rows, cols, &seed, data, &w);
-        for (e = 0; e < cols; e++) x[e] = lcg_uniform(&seed) * (e % 7 == 0 ? 6.0f : 1.0f);
-        aq__x8_init(&x8, x8_mem, kp);
-        aq__x8_quantize(x, cols, group, &x8);
-        for (g = 0; g < kp / group; g++) {   /* the prep kernel, a group at a time */
-            float amax = 0.0f, to_int;
-            for (e = 0; e < group; e++) amax = fabsf(x[g * group + e]) > amax ? fabsf(x[g * group + e]) : amax;
-            to_int = amax > 0.0f ? 127.0f / amax : 0.0f;
-            for (c = g * group / 32; c < (g + 1) * group / 32; c++) {
-                xscale[c] = amax / 127.0f;
-                xsum[c] = 0.0f;
-                for (e = 0; e < 32; e++) {
-                    const int64_t i = c * 32 + e, in8 = e % 8;
-                    xsum[c] += x[i];
-                    xq[c * 32 + (e & ~7) + (in8 < 4 ? 2 * in8 : 2 * (in8 - 4) + 1)] = (int8_t)lrintf(x[i] * to_int);
-                }
-            }
-        }
-        for (r = 0; r < rows; r++) {
-            const float want = aq__dot_int4_x8_ref(data + r * row_bytes, &x8);
-            float got = 0.0f;
-            aq__gpu_pack_int4_row(&w, r, group, codes, scales, mins);
-            for (c = 0; c < kp / 32; c++) {   /* the GEMV, a lane's chunk at a time */
-                int32_t isum = 0;
-                int j;
-                for (j = 0; j < 4; j++) {
-                    uint32_t lo, hi;
-                    memcpy(&lo, xq + c * 32 + 8 * j, 4);
-                    memcpy(&hi, xq + c * 32 + 8 * j + 4, 4);
-                    isum = dp4a(codes[c * 4 + j] & 0x0f0f0f0fu, lo, isum);
-                    isum = dp4a((codes[c * 4 + j] >> 4) & 0x0f0f0f0fu, hi, isum);
-                }
-                got += aq_f16_to_f32(scales[c * 32 / group]) * xscale[c] * (float)isum + aq_f16_to_f32(mins[c * 32 / group]) * xsum[c];
-            }
-            if (fabsf(got - want) > 1e-4f * (1.0f + fabsf(want))) bad++;
-        }
-        CHECKF(bad == 0, "%s: %d of %lld rows differ", aq_type_name(types[t]), bad, (long long)rows);
-        free(data); free(x8_mem); free(x); free(xscale); free(xsum); free(xq); free(codes); free(scales); free(mins);
-    }
-}
-
 /* What aqc_gemv_4bit_kernel<AQC_OVP> makes of a packed OVP row: byte j through the table picked
    by the sign of the group's scale, times |scale|, plus the offset. */
 static void test_gpu_ovp_packing_decodes_like_the_cpu(void) {
@@ -295,7 +224,6 @@ static void test_gpu_backend_falls_back_with_a_reason(void) {
 
 static void gpu_tests(void) {
     RUN(test_gpu_int4_packing_decodes_like_the_cpu);
-    RUN(test_gpu_int8_activations_dot_like_the_cpu);
     RUN(test_gpu_ovp_packing_decodes_like_the_cpu);
     RUN(test_eval_greedy_is_the_argmax);
     RUN(test_eval_sample_is_the_sampler);

@@ -10,8 +10,7 @@
      3. one timing table: GEMV vs cuBLAS on Llama-2-7B shapes, dense vs Quest attention at 32K,
         and the whole decode step of a Llama-2-7B-shape int4 model, with where its time goes;
         apart (--part gqa), the decode step of a model with grouped KV heads (Llama-3-8B's shape).
-   --variants runs the parts for kernels not yet made the default (AQ_CUDA_VARIANT, see
-   kernels/aq_cuda.cu).  The same checks run without a GPU on tests/cuda_emu (make test-cuda-emu).
+   The same checks run without a GPU on tests/cuda_emu (make test-cuda-emu).
    Exit status 1 when a check fails. */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../awq_quest.h"
@@ -39,9 +38,7 @@ static void usage(FILE *f) {
             "                     gqa: the --model-gqa model's decode step at 32K, dense and Quest\n"
             "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
             "  --short            timing: two GEMV shapes, the attention, and the decode step in graphs\n"
-            "                     at 4K dense and 32K, with the 32K Quest step's profile (to compare variants)\n"
-            "  --variants LIST    run the parts once for each AQ_CUDA_VARIANT in LIST (e.g. 0,1,2): kernels\n"
-            "                     not yet made the default (kernels/aq_cuda.cu); default: the environment's, or 0\n"
+            "                     at 4K dense and 32K, with the 32K Quest step's profile\n"
             "  -h, --help         this text\n");
 }
 
@@ -70,12 +67,6 @@ static void verdict(const char *what, double err, double limit) {
 
 /* ---- 1. kernels ---- */
 
-/* The variant aq_cuda.cu reads (--variants sets it for each pass). */
-static unsigned cuda_variant(void) {
-    const char *v = getenv("AQ_CUDA_VARIANT");
-    return v ? (unsigned)strtoul(v, NULL, 0) : 0u;
-}
-
 /* A decode GEMV's input is prepped first: prep "RMSNorm" (random weights), "SwiGLU" (a random
    gate) or "copy". */
 static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens, const char *prep) {
@@ -91,7 +82,7 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     const aq_weight *wp = &wt;
     aqc_weight d;
     int64_t r, c;
-    int t, int8_ref;
+    int t;
     for (r = 0; r < rows; r++) {
         for (c = 0; c < cols; c++) w[c] = 0.05f * uniform();
         if (type == AQ_TYPE_F16)
@@ -112,32 +103,20 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     } else if (!strcmp(prep, "SwiGLU")) {
         gate = (float *)malloc(sizeof(float) * (size_t)cols);
         for (c = 0; c < cols; c++) { gate[c] = 3.0f * uniform(); xp[c] = gate[c] / (1.0f + expf(-gate[c])) * x[c]; }
-    }    /* int4 decode GEMVs on int8 activations (AQ_CUDA_VARIANT's dp4a) round x as the CPU's int8
-       path does: their reference is that path, not the unrounded product (the outlier's group
-       loses most of its other values to the rounding, on both) */
-    int8_ref = n_tokens == 1 && (cuda_variant() & 16) && aq__int4_group(type) > 0 && aq__int4_group(type) <= 128;
-    if (int8_ref) {
-        const int64_t group = aq__int4_group(type), kp = (cols + group - 1) / group * group;
-        void *mem = malloc(aq__x8_bytes(kp));
-        aq__x8 x8;
-        aq__x8_init(&x8, mem, kp);
-        aq__x8_quantize(xp, cols, group, &x8);
-        for (r = 0; r < rows; r++) ref[r] = aq__dot_int4_x8_ref(data + r * row_bytes, &x8);
-        free(mem);
-    } else
-        for (r = 0; r < rows; r++) {
-            aq_dequantize_row(type, data + r * row_bytes, w, cols);
-            for (t = 0; t < n_tokens; t++)
-                for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * xp[(size_t)t * cols + c];
-        }
+    }
+    for (r = 0; r < rows; r++) {
+        aq_dequantize_row(type, data + r * row_bytes, w, cols);
+        for (t = 0; t < n_tokens; t++)
+            for (c = 0; c < cols; c++) ref[(size_t)t * rows + r] += (double)w[c] * xp[(size_t)t * cols + c];
+    }
     wt.type = type; wt.rows = rows; wt.cols = cols; wt.row_bytes = row_bytes; wt.data = data; wt.name = "random";
     if (aq__gpu_pack(&wp, 1, 0, aq__detect_simd(), &d, err, sizeof err) ||
         (n_tokens == 1 ? aqc_check_gemv(&d, x, gate, norm, eps, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
         printf("  %s %lldx%lld: %s  FAIL\n", aq_type_name(type), (long long)rows, (long long)cols, err);
         failures++;
     } else {
-        snprintf(what, sizeof what, "%s %s %lld x %lld, %s%s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
-                 (long long)cols, n_tokens > 1 ? "7 tokens" : prep, int8_ref ? ", int8 x, vs the CPU's int8 dot" : "");
+        snprintf(what, sizeof what, "%s %s %lld x %lld, %s", n_tokens == 1 ? "GEMV" : "GEMM", aq_type_name(type), (long long)rows,
+                 (long long)cols, n_tokens > 1 ? "7 tokens" : prep);
         verdict(what, rel_err(y, ref, rows * n_tokens), 3e-3);
         if (n_tokens == 1) {   /* the same input again: bit for bit the same output, or a race */
             float *y2 = (float *)malloc(sizeof(float) * (size_t)rows);
@@ -289,7 +268,7 @@ static int by_int(const void *a, const void *b) { return *(const int *)a - *(con
    spread 0: scores in [-8, 8) with a seventh of them tied on five values; 1: the same shape in
    [99.99, 100.01), keys alike in their first 20 bits; 2: every score equal */
 static void check_top_k(int n, int k, int mode, int spread) {
-    static const char *modes[4] = {"keys read per pass", "keys in registers", "fused selection's", "the argmax kernel"};
+    static const char *modes[3] = {"keys read per pass", "keys in registers", "the argmax kernel"};
     static const char *spreads[3] = {"", ", alike", ", all equal"};
     char err[512], what[128];
     float *v = (float *)malloc(sizeof(float) * (size_t)n);
@@ -532,9 +511,9 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
         failures++;
         goto done;
     }
-    /* A quantized model passes when the GPU agrees with either CPU run: the CPU itself (the GPU's
-       int8 activations, AQC_V_DP4A, round as the CPU's do) or the CPU with the weights in f32
-       (the GPU's f16 activations are closer to no rounding than to the CPU's int8). */
+    /* A quantized model passes when the GPU agrees with either CPU run: the CPU itself or the CPU
+       with the weights in f32 (the GPU's f16 activations are closer to no rounding than to the
+       CPU's int8). */
     gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
     tie_tol = 2 * max_diff;   /* each of the two logits off by up to the largest difference seen */
     printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
@@ -731,15 +710,12 @@ static void check_kernels(void) {
     check_top_k(2047, 2000, 1, 1);   /* most of them: keys on both sides of the first bit that differs */
     check_top_k(32000, 40, 0, 0);
     check_top_k(5000, 1024, 0, 1);
-    check_top_k(2047, 127, 2, 0);
-    check_top_k(2047, 127, 2, 1);
-    check_top_k(2048, 1, 2, 0);
-    check_top_k(2047, 2000, 2, 0);
-    check_top_k(2000, 100, 2, 2);
-    check_top_k(5000, 300, 2, 0);   /* past the registers: read per pass */
-    check_top_k(32000, 1, 3, 0);     /* the greedy decode's argmax: more logits than threads */
-    check_top_k(32000, 1, 3, 1);
-    check_top_k(1000, 1, 3, 2);      /* all equal: the lowest index */
+    check_top_k(2048, 1, 1, 0);
+    check_top_k(2000, 100, 1, 2);
+    check_top_k(5000, 300, 0, 2);
+    check_top_k(32000, 1, 2, 0);     /* the greedy decode's argmax: more logits than threads */
+    check_top_k(32000, 1, 2, 1);
+    check_top_k(1000, 1, 2, 2);      /* all equal: the lowest index */
     check_sample(32000, 0, 0.8f, 40, 0.95f, 0.05f, 6);   /* the default sampler on a Llama vocabulary */
     check_sample(32000, 2, 0.8f, 40, 0.95f, 0.05f, 6);
     check_sample(4096, 1, 0.8f, 40, 0.95f, 0.05f, 12);
@@ -831,8 +807,7 @@ static void gqa_table(aq_model *m) {
 }
 
 int main(int argc, char **argv) {
-    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *model_gqa = NULL, *part = "all", *variants = getenv("AQ_CUDA_VARIANT");
-    char variant[16];
+    const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *model_gqa = NULL, *part = "all";
     aq_model *m7 = NULL, *mg = NULL;
     char err[512], name[256];
     int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, i;
@@ -847,13 +822,6 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--decode-ctx")) decode_ctx = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 64, 1 << 20);
         else if (!strcmp(a, "--short")) short_set = 1;
-        else if (!strcmp(a, "--variants")) {
-            variants = tool_arg("aq-gpu-check", argc, argv, &i);
-            if (!*variants || strspn(variants, "0123456789,") != strlen(variants)) {
-                fprintf(stderr, "aq-gpu-check: --variants wants numbers separated by commas, got '%s'\n", variants);
-                return 2;
-            }
-        }
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--model-gqa")) model_gqa = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
@@ -879,20 +847,11 @@ int main(int argc, char **argv) {
         printf("  %s  FAIL\n", err);
         failures++;
     }
-    if (!variants) variants = "0";
-    while (*variants) {   /* read when each session, check or timing starts: one process runs them all */
-        size_t len = strcspn(variants, ",");
-        snprintf(variant, sizeof variant, "%.*s", (int)(len < sizeof variant ? len : sizeof variant - 1), variants);
-        variants += len + (variants[len] == ',');
-        if (!*variant) continue;
-        setenv("AQ_CUDA_VARIANT", variant, 1);
-        printf("\n==== AQ_CUDA_VARIANT=%s\n", variant);
-        if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
-        if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
-        if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
-        if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
-        if (!strcmp(part, "all") || !strcmp(part, "gqa")) gqa_table(mg);
-    }
+    if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
+    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
+    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
+    if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
+    if (!strcmp(part, "all") || !strcmp(part, "gqa")) gqa_table(mg);
     aq_model_free(m7);
     aq_model_free(mg);
     printf("\n%s: %d failure%s\n", failures ? "FAIL" : "ok", failures, failures == 1 ? "" : "s");

@@ -1,8 +1,7 @@
 #!/bin/sh
 # gpu-check.sh - the whole GPU check in one run, sized for a short lease on a GPU machine (under
 # 6 minutes on an H100): build for this GPU, check every kernel against the CPU on fresh random
-# inputs, run stories260K and an int4 model teacher-forced on GPU and CPU, print one timing table
-# (with RUNS=explore, the same for the kernel variants that wait behind AQ_CUDA_VARIANT, kernels/aq_cuda.cu).
+# inputs, run stories260K and an int4 model teacher-forced on GPU and CPU, print one timing table.
 #
 #   tools/gpu-check.sh --prepare   on the machine you work on: copies what the GPU machine lacks
 #                                  (stb_ds.h, and the shared models and text, which live outside the
@@ -11,12 +10,12 @@
 #
 # Environment: CUDA_ARCH (default 90), SHARED (default third_party/shared if present, else
 # ../shared), OUT (if set, the log and the timing table are written there, and where cuobjdump is
-# found the kernels' machine code, aq_cuda.sass.gz), RUNS (shipped, the default: the shipped
-# kernels' checks and timing table; explore: those and the variants; or a list, below),
-# BUDGET (default 330: seconds from the start after which no part starts, and a part's time limit
-# shrinks to what is left, so that the whole run, its build included, ends inside the 6 minutes
-# the issue gives it and can be run twice in a 15-minute lease; BUDGET=540 explores more
-# variants inside a 10-minute command limit, at the cost of the second run).
+# found the kernels' machine code, aq_cuda.sass.gz), RUNS (the parts, part:seconds, default
+# "kernels:90 models:90 timing:180"; the parts are aq-gpu-check's: kernels, models, timing, decode
+# or gqa, and short for timing --short), BUDGET (default 330: seconds from the start after which
+# no part starts, and a part's time limit shrinks to what is left, so that the whole run, its
+# build included, ends inside the 6 minutes the issue gives it and can be run twice in a
+# 15-minute lease), PROFILE=1 (Nsight Compute on one GEMV and one Quest step, below).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -31,13 +30,7 @@ fi
 
 start=$(date +%s)
 BUDGET=${BUDGET:-330}
-# the parts to run, variants:part:seconds (see the loop below): by default the issue's check of
-# the shipped kernels; RUNS=explore adds the variants
-SHIPPED="0:kernels:90 0:models:90 0:timing:180"
-case ${RUNS:-shipped} in
-    shipped) RUNS=$SHIPPED ;;
-    explore) RUNS="$SHIPPED 16,255:kernels:120 239:models:90 1,2,4,8,16,32,64,128,239,255:short:360 0,128,255:gqa:150 16:models:90" ;;
-esac
+RUNS=${RUNS:-"kernels:90 models:90 timing:180"}
 if [ -z "${SHARED:-}" ]; then
     if [ -d third_party/shared ]; then SHARED=third_party/shared; else SHARED=../shared; fi
 fi
@@ -66,60 +59,41 @@ $B/tools/aq-quantize --method olive --group 32 $SHARED/models/stories260K.gguf b
     $B/tools/aq-synth --preset llama2-7b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
         -o build/llama2-7b-aq4.gguf >>build/gpu-check-build.log 2>&1
 # a model with grouped KV heads, for the gqa part only: made when RUNS asks for that part
-case " $RUNS " in *:gqa:*)
+case " $RUNS " in *gqa:*)
     [ -f build/llama3-8b-aq4.gguf ] ||
         $B/tools/aq-synth --preset llama3-8b --type aq4_g128 --vocab $SHARED/models/ggml-vocab-llama-spm.gguf \
             -o build/llama3-8b-aq4.gguf >>build/gpu-check-build.log 2>&1 ;;
 esac
 
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
-# context) or a hang must not cost the others.  First the kernels as shipped (AQ_CUDA_VARIANT 0);
-# with RUNS=explore then the variants not yet the default (kernels/aq_cuda.cu): every kernel check with all of them
-# (255) and with int8 activations prepped by their own kernel (16), the model checks with those
-# that keep f16 activations (239), and each variant alone, all but dp4a (239) and all (255) timed
-# with the short set, side by side with variant 0's full table; last, as the first to go when
-# time runs out, the model checks with int8 activations (16: on the emulation they fail on
-# stories260K, kernels/NOTES.md; this confirms it on the GPU).
-# RUNS (set at the top; shipped or explore) may also be the list itself: variants:part:seconds, variants one or several
-# (0,1,2), part kernels, models, timing, short (timing --short) or gqa (the decode step of a
-# Llama-3-8B-shape int4 model, 8 KV heads, for the tensor-core attention of variant 128).
+# context) or a hang must not cost the others
 status=0
 : >"$LOG"
-queue=$RUNS
-while [ -n "$queue" ]; do
-    run=${queue%% *}; queue=$(echo "${queue#"$run"}" | sed 's/^ *//')
-    variants=${run%%:*}; part=${run#*:}; limit=${part#*:}; part=${part%:*}
+for run in $RUNS; do
+    part=${run%%:*}; limit=${run#*:}
     left=$((BUDGET - ($(date +%s) - start)))
     if [ $left -lt 20 ]; then skipped="${skipped:-}$run "; continue; fi
     [ $limit -le $left ] || limit=$left
     tool_part=$part; extra=""
     [ "$part" = short ] && { tool_part=timing; extra=--short; }
-    echo "== aq-gpu-check --variants $variants --part $tool_part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    timeout "$limit" $B/tools/aq-gpu-check --variants "$variants" --part "$tool_part" $extra --shared $SHARED \
+    echo "== aq-gpu-check --part $tool_part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+    timeout "$limit" $B/tools/aq-gpu-check --part "$tool_part" $extra --shared $SHARED \
         --model build/stories260K-rtn-g32.gguf --model build/stories260K-olive-g32.gguf \
         --model-7b build/llama2-7b-aq4.gguf --model-gqa build/llama3-8b-aq4.gguf >build/gpu-check-part.log 2>&1 && rc=0 || rc=$?
     [ $rc = 0 ] || { echo "   (exit status $rc)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
-    fault=$(grep -c "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log || true)
-    if [ "$fault" != 0 ] || [ $rc = 124 ]; then
-        # a fault poisons the process's CUDA context, a time limit ends it: the variants after the
-        # one it stopped in get a process of their own
-        bad=$(grep "^==== AQ_CUDA_VARIANT=" build/gpu-check-part.log | tail -1 | sed 's/.*=//')
-        rest=$(echo ",$variants," | sed "s/.*,$bad,//; s/,$//")
-        [ -n "$bad" ] && [ -n "$rest" ] && [ "$rest" != ",$variants," ] && queue="$rest:$part:$limit $queue"
-        [ "$fault" != 0 ] && { fault_variant=${fault_variant:-$bad}; fault_part=${fault_part:-$part}; }
-    fi
+    if grep -q "illegal\|misaligned\|unspecified launch" build/gpu-check-part.log; then fault_part=${fault_part:-$tool_part}; fi
 done
 # a fault: find the kernel and the address under compute-sanitizer (a timing fault in the decode
 # step at 32K)
-if [ -n "${fault_variant:-}" ] && command -v compute-sanitizer >/dev/null && [ $((BUDGET - ($(date +%s) - start))) -ge 60 ]; then
-    echo "== compute-sanitizer, variant $fault_variant, part $fault_part ($(($(date +%s) - start)) s)" | tee -a "$LOG"
+if [ -n "${fault_part:-}" ] && command -v compute-sanitizer >/dev/null && [ $((BUDGET - ($(date +%s) - start))) -ge 60 ]; then
+    echo "== compute-sanitizer, part $fault_part ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     case $fault_part in
         kernels|models) args="--part $fault_part --shared $SHARED --model build/stories260K-rtn-g32.gguf" ;;
         *) args="--decode-ctx 32768 --model-7b build/llama2-7b-aq4.gguf" ;;
     esac
-    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check --variants "$fault_variant" $args 2>&1 |
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check $args 2>&1 |
         tail -60 | tee -a "$LOG"
 fi
 # PROFILE=1: Nsight Compute on one int4 GEMV (12288 x 4096) and on the four kernels of one Quest
@@ -136,7 +110,7 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
 fi
 # the lines that decide things, together at the end (the whole log is in $LOG)
 echo "== summary"
-grep -E "FAIL|^==== |^  +[0-9]+ x [0-9]+ |attention 32K|sparse attention alone|    dense \(|decode step|one step,|agreement|no activation|KV heads of" "$LOG" || true
+grep -E "FAIL|^  +[0-9]+ x [0-9]+ |attention 32K|sparse attention alone|    dense \(|decode step|one step,|agreement|no activation|KV heads of" "$LOG" || true
 [ -z "${skipped:-}" ] || { echo "not run, out of time (BUDGET=$BUDGET): RUNS=\"${skipped% }\"" | tee -a "$LOG"; status=1; }
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status

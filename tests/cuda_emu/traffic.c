@@ -12,7 +12,7 @@
    with the model's first session, and then per step the token and its position in and the
    next token out, greedy or sampled.  A GPU's decode step takes at least these bytes over its
    bandwidth, so a kernel that reads a page once per query head, or a weight twice, fails here
-   before it costs device minutes.  Also that aqc_profile_step times every stage of a step.  Run for each AQ_CUDA_VARIANT in the environment (tests/cuda_emu/run).
+   before it costs device minutes.  Also that aqc_profile_step times every stage of a step.
    usage: traffic MODEL.gguf (a GQA model: aq-synth --kv-heads) */
 #define AWQ_QUEST_IMPLEMENTATION
 #include "../../awq_quest.h"
@@ -178,7 +178,6 @@ static void check_profile(aq_model *m, int ctx, int budget, int dense_layers) {
 int main(int argc, char **argv) {
     char err[512];
     aq_model *m;
-    const char *variant = getenv("AQ_CUDA_VARIANT");
     if (argc != 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(argc == 2 ? stdout : stderr, "usage: traffic MODEL.gguf (a GQA model from aq-synth --kv-heads)\n");
         return argc == 2 ? 0 : 2;
@@ -187,7 +186,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "traffic: %s\n", err);
         return 1;
     }
-    printf("decode-step loads against the design, AQ_CUDA_VARIANT=%s\n", variant ? variant : "0");
+    printf("decode-step loads against the design\n");
     check_upload(m);
     check_step(m, 3000, 0, 0);
     check_step(m, 3000, 512, 1);
