@@ -12,9 +12,8 @@
    Some races show: threads resume, and blocks run, in a shuffled order, and warps stall
    (AQE_SCHEDULE below); a cp.async copy lands only at its wait; ldmatrix reads each lane's row
    as the lane arrives; and fresh device memory is all ones.  What it cannot show: speed, and
-   the rest of the memory model (every write is visible at once, programmatic launches and
-   fences do nothing, streams run in issue order, and a block waiting for another block's flag
-   finds it set or waits forever).
+   the rest of the memory model (every write is visible at once, programmatic launches do
+   nothing, and streams run in issue order).
 
    It counts the bytes the kernels' streams (__ldg, cp.async) load from each named allocation,
    and the copies between host and device, for tests/cuda_emu/traffic.c, and stops a run whose
@@ -127,15 +126,10 @@ static inline bool __hgt(__half a, __half b) { return __half2float(a) > __half2f
 
 /* ---- scalar intrinsics ---- */
 #define __expf(x) expf(x)   /* glibc declares a __expf of its own */
-static inline int __float2int_rn(float x) { return (int)nearbyintf(x); }
 static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 static inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
 static inline int __clz(int v) { return v ? __builtin_clz((unsigned)v) : 32; }
-static inline int __dp4a(int a, int b, int c) {
-    for (int k = 0; k < 4; k++) c += (int)(int8_t)(a >> 8 * k) * (int)(int8_t)(b >> 8 * k);
-    return c;
-}
 namespace aqe { static inline void count_load(const void *p, size_t bytes); }
 /* __ldg and cp.async are the kernels' streams (weights, KV pages, page bounds): their loads are
    counted per allocation (traffic, below) */
@@ -144,17 +138,8 @@ template <class T> static inline T __ldg(const T *p) {
     return *p;
 }
 template <class T> static inline T __ldcg(const T *p) { return *p; }
-static inline void __threadfence(void) {}
 /* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
-template <class T> static inline T atomicExch(T *p, T v) { T old = *p; *p = v; return old; }
-/* Blocks run one after another: a block waiting for another to set a flag waits for one that
-   has finished already, or forever, which the kernels turn into a __trap after a while. */
-static inline void __nanosleep(unsigned) {}
-[[noreturn]] static inline void __trap(void) {
-    fprintf(stderr, "cuda_emu: a kernel called __trap()\n");
-    abort();
-}
 
 /* ---- threads, blocks, barriers, warps ---- */
 /* The built-in variables: one fiber runs at a time, and the scheduler sets threadIdx to its
