@@ -1661,10 +1661,12 @@ static int aqc__attention_maxg(int group, int hd, int page_size) {
 }
 
 /* Splits of one KV head's page list (n_pages of them) for a group of query heads per KV head:
-   about four blocks per multiprocessor for the register kernel and two for the tensor-core one,
-   the nearest power of two (the best counts of H100 sweeps at 32K, for dense attention and for
-   Quest 2048, with 32 and 8 KV heads: kernels/NOTES.md), and at least a page per warp of a
-   split.  More splits leave the merge more to do; fewer leave multiprocessors idle. */
+   the power of two nearest to four blocks per multiprocessor for the register kernel and two for
+   the tensor-core one, and at least a page per warp of a split.  On an H100 at 32K these are the
+   best of the powers of two for dense attention and for Quest 2048, with 32 and 8 KV heads; a
+   finer sweep put 24 splits 5% ahead of 16 for the register kernel's dense attention, where
+   blocks just under a whole number of waves did best (kernels/NOTES.md).  More splits leave the
+   merge more to do; fewer leave multiprocessors idle. */
 static int aqc__attention_splits(int n_sms, int n_kv, int group, int hd, int page_size, int n_pages) {
     const int per_sm = aqc__attention_maxg(group, hd, page_size) == AQC_ATT_TC ? 2 : 4;
     const double want = (double)per_sm * n_sms / n_kv;
@@ -2538,8 +2540,9 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         }, &t->merge_us, err, err_len))
         return -1;
     /* the dense attention at other split counts (a page per warp of a split at least) */
-    for (int k = 0; k < 5; k++) {
-        const int splits = 16 << k;   /* 16, 32, 64, 128, 256 */
+    static const int dense_sweep[8] = {16, 24, 32, 40, 48, 56, 64, 128};
+    for (int k = 0; k < 8; k++) {
+        const int splits = dense_sweep[k];
         t->dense_sweep_splits[k] = splits;
         t->dense_sweep_us[k] = 0.0;
         if (splits > AQC_MAX_SPLITS || splits * AQC_ATT_WARPS > r.max_pages) continue;

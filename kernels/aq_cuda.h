@@ -144,8 +144,8 @@ typedef struct {
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */
     double sweep_us[5];              /* counts per KV head; 0 where a count does not apply */
-    int dense_sweep_splits[5];       /* the dense attention (and its merge) likewise */
-    double dense_sweep_us[5];
+    int dense_sweep_splits[8];       /* the dense attention (and its merge) likewise */
+    double dense_sweep_us[8];
 } aqc_attention_timing;
 int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
                        aqc_attention_timing *t, char *err, size_t err_len);

@@ -758,8 +758,8 @@ static void timing_table(int short_set) {
                kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us, at.score_us,
                at.dense_us / at.quest_us);
         printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
-        for (i = 0; i < 5; i++)
-            if (at.dense_sweep_us[i] > 0) printf("  %d splits %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
+        for (i = 0; i < 8; i++)
+            if (at.dense_sweep_us[i] > 0) printf("  %d: %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
         printf("\n    Quest's sparse attention alone (%d splits per KV head in a step):", at.quest_splits);
         for (i = 0; i < 5; i++)
             if (at.sweep_us[i] > 0) printf("  %d splits %.1f us", at.sweep_splits[i], at.sweep_us[i]);
