@@ -1664,9 +1664,9 @@ static int aqc__attention_maxg(int group, int hd, int page_size) {
    the power of two nearest to four blocks per multiprocessor for the register kernel and two for
    the tensor-core one, and at least a page per warp of a split.  On an H100 at 32K these are the
    best of the powers of two for dense attention and for Quest 2048, with 32 and 8 KV heads; a
-   finer sweep put 24 splits 5% ahead of 16 for the register kernel's dense attention, where
-   blocks just under a whole number of waves did best (kernels/NOTES.md).  More splits leave the
-   merge more to do; fewer leave multiprocessors idle. */
+   finer sweep put 24 splits 5% ahead of 16 for the register kernel's dense attention
+   (kernels/NOTES.md).  More splits leave the merge more to do; fewer leave multiprocessors
+   idle. */
 static int aqc__attention_splits(int n_sms, int n_kv, int group, int hd, int page_size, int n_pages) {
     const int per_sm = aqc__attention_maxg(group, hd, page_size) == AQC_ATT_TC ? 2 : 4;
     const double want = (double)per_sm * n_sms / n_kv;
