@@ -11,7 +11,7 @@
 # Environment: CUDA_ARCH (default 90), SHARED (default third_party/shared if present, else
 # ../shared), OUT (if set, the log and the timing table are written there, and where cuobjdump is
 # found the kernels' machine code, aq_cuda.sass.gz), RUNS (the parts, part:seconds, default
-# "kernels:90 models:90 timing:180"; the parts are aq-gpu-check's: kernels, models, timing, decode
+# "kernels:90 models:90 timing:180 gqa:90"; the parts are aq-gpu-check's: kernels, models, timing, decode
 # or gqa, and short for timing --short), BUDGET (default 330: seconds from the start after which
 # no part starts, and a part's time limit shrinks to what is left, so that the whole run, its
 # build included, ends inside the 6 minutes the issue gives it and can be run twice in a
@@ -30,7 +30,7 @@ fi
 
 start=$(date +%s)
 BUDGET=${BUDGET:-330}
-RUNS=${RUNS:-"kernels:90 models:90 timing:180"}
+RUNS=${RUNS:-"kernels:90 models:90 timing:180 gqa:90"}
 if [ -z "${SHARED:-}" ]; then
     if [ -d third_party/shared ]; then SHARED=third_party/shared; else SHARED=../shared; fi
 fi
