@@ -267,9 +267,12 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                      const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
                      const float *__restrict__ xscale, const float *__restrict__ xsum, float *y, int accumulate) {
     AQC_DYNAMIC_SHARED(uint4, x_sm);   /* x: kp / 8 f16 pieces, swizzled (aqc__x_slot) */
-    __shared__ half2 lut[FORMAT == AQC_OVP ? 512 : 1];
+    __shared__ uint4 lut4[FORMAT == AQC_OVP ? 128 : 1];   /* OliVe: 512 half2 (uint4 for 16-byte copies) */
+    const half2 *lut = (const half2 *)lut4;
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
-    const int n_chunks = kp / 32, chunks_per_group = group / 32, n_groups = kp / group;
+    /* groups are 32, 64 or 128 (checked at upload): a chunk's group is a shift away, where a
+       division by a variable cost ~40 instructions per load (kernels/NOTES.md) */
+    const int n_chunks = kp / 32, group_shift = __ffs(group / 32) - 1, n_groups = kp / group;
     const uint4 *x4 = (const uint4 *)xh;
     int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
@@ -279,7 +282,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
             const int cl = c + 32 * u + lane;
             if (cl < n_chunks) {
-                const size_t gi = (size_t)r * n_groups + cl / chunks_per_group;
+                const size_t gi = (size_t)r * n_groups + (cl >> group_shift);
                 st.w[u] = __ldg(codes + (size_t)r * n_chunks + cl);
                 st.d[u] = scales[gi];
                 st.m[u] = mins[gi];
@@ -290,9 +293,13 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     /* weights: written before the step, safe to read before the wait */
     if (row < rows) load(cur, row, c0);
     aqc__wait_prior();
-    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) x_sm[aqc__x_slot(i / 4, i % 4)] = x4[i];
+    /* cp.async: every piece requested before any lands.  A loop of loads and stores waited for
+       each load, ~11 trips to L2 in a row for an x of 11008 (kernels/NOTES.md). */
+    for (int i = threadIdx.x; i < kp / 8; i += blockDim.x) aqc__cp_async16(&x_sm[aqc__x_slot(i / 4, i % 4)], x4 + i);
     if (FORMAT == AQC_OVP)
-        for (int i = threadIdx.x; i < 512; i += blockDim.x) lut[i] = table[i];
+        for (int i = threadIdx.x; i < 128; i += blockDim.x) aqc__cp_async16(&lut4[i], (const uint4 *)table + i);
+    aqc__cp_async_commit();
+    aqc__cp_async_wait<0>();
     __syncthreads();
     /* chunk c's share of its row's sum: scale * xscale * sum(v * x') + min * sum(x), the sum
        over pairs in f16, from load u of stage st */
@@ -628,11 +635,12 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
    most of their exponent), and any pass stops the select when the bucket it picked holds exactly
    the keys still wanted (they are all taken, whatever their low bits).  Typically that is two
    passes where a full select takes four; the keys read per pass skip the first step, which would
-   cost a pass over memory of its own.  CACHE > 0
-   keeps each thread's keys in registers (n <= CACHE * blockDim.x), so that the passes read
-   memory once; CACHE = 0 reads vals in every pass.  Used for Quest's pages (cached) and the
-   sampler's top-k over the vocabulary.  A thread's keys are those at r * blockDim + thread
-   (coalesced loads). */
+   cost a pass over memory of its own.  CACHE > 0 keeps each thread's keys in registers
+   (n <= CACHE * blockDim.x), so that the passes read memory once; CACHE = 0 reads vals in every
+   pass.  Used for Quest's pages (cached) and the sampler's top-k over the vocabulary.
+   Cached, a thread's keys are the CACHE in a row from thread * CACHE, so that one block scan of
+   each thread's counts places them all; read per pass, those at r * blockDim + thread (coalesced
+   loads), placed a round, and a scan, at a time. */
 template <int CACHE>
 __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ int hist[256];
@@ -640,20 +648,20 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ uint32_t s_prefix;
     __shared__ int s_k, s_exact;
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
-    const int rounds = (n + nt - 1) / nt;   /* at most CACHE when CACHE > 0 */
-    auto index = [&](int r) { return r * nt + tid; };
+    const int rounds = CACHE ? CACHE : (n + nt - 1) / nt;
+    auto index = [&](int r) { return CACHE ? tid * CACHE + r : r * nt + tid; };
     auto key_at = [&](int i) { return i < n ? aqc__order_key(vals[i]) : 0u; };
     uint32_t cache[CACHE ? CACHE : 1];
     if (CACHE) {
 #pragma unroll
-        for (int r = 0; r < (CACHE ? CACHE : 1); r++) cache[r] = r < rounds ? key_at(index(r)) : 0u;
+        for (int r = 0; r < (CACHE ? CACHE : 1); r++) cache[r] = key_at(index(r));
     }
-    /* f(r, key) for every round r, the key from the registers or from memory */
+    /* f(r, key) for every round r, the key from the registers or from memory; every thread calls
+       f as often as every other (f may hold warp collectives), also for indices past n */
     auto for_each_key = [&](auto f) {
         if (CACHE) {
 #pragma unroll
-            for (int r = 0; r < (CACHE ? CACHE : 1); r++)
-                if (r < rounds) f(r, cache[r]);
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++) f(r, cache[r]);
         } else
             for (int r = 0; r < rounds; r++) f(r, key_at(index(r)));
     };
@@ -724,12 +732,29 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         if (exact) break;   /* the bucket's keys are exactly the ones still wanted */
     }
     /* Every key whose bits under the mask are above prefix is taken, and the first k of those
-       equal to it, in index order (when the select stopped early, all of them). */
-    /* One scan per round counts both (above in the low 16 bits, ties in the high). */
+       equal to it, in index order (when the select stopped early, all of them).  A key's place
+       in out is the number of keys above before it plus that of ties before it, at most k; a
+       scan counts both (above in the low 16 bits, ties in the high). */
+    auto above_at = [&](int r, uint32_t key) { return index(r) < n && (key & mask) > prefix; };
+    auto tie_at = [&](int r, uint32_t key) { return index(r) < n && (key & mask) == prefix; };
+    if (CACHE) {   /* a thread's keys in a row: one scan of their counts */
+        int n_above = 0, n_tie = 0;
+        for_each_key([&](int r, uint32_t key) { n_above += above_at(r, key); n_tie += tie_at(r, key); });
+        const int before = aqc__block_exclusive_scan(n_above | (n_tie << 16), scan);
+        int above_before = before & 0xffff, ties_before = before >> 16;
+        for_each_key([&](int r, uint32_t key) {
+            const int above = above_at(r, key), tie = tie_at(r, key);
+            if (above || (tie && ties_before < k)) out[above_before + min(ties_before, k)] = index(r);
+            above_before += above;
+            ties_before += tie;
+        });
+        return;
+    }
+    /* read per pass: a scan per round of nt keys */
     int written = 0, ties_seen = 0;
     auto place = [&](int r, uint32_t key) {
-        const int i = r * nt + tid;
-        const int above = i < n && (key & mask) > prefix, tie = i < n && (key & mask) == prefix;
+        const int i = index(r);
+        const int above = above_at(r, key), tie = tie_at(r, key);
         const int before = aqc__block_exclusive_scan(above | (tie << 16), scan);
         const int ties_left = max(0, k - ties_seen), tie_before = before >> 16;
         if (above || (tie && tie_before < ties_left)) out[written + (before & 0xffff) + min(tie_before, ties_left)] = i;
@@ -741,7 +766,8 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
 }
 
 /* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
-   page order, then the current page. */
+   page order, then the current page.  The block is as small as holds max_pages in registers
+   (aqc__topk_threads): the selection is a chain of barriers, each cheaper with fewer warps. */
 __global__ void __launch_bounds__(AQC_TOPK_THREADS, 1)
 aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
     aqc__enter();
@@ -753,7 +779,7 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
         return;
     }
     const int keep = budget / page_size - 1;
-    if (last <= AQC_TOPK_CACHE * AQC_TOPK_THREADS) aqc__block_top_k<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
+    if (last <= AQC_TOPK_CACHE * (int)blockDim.x) aqc__block_top_k<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
     else aqc__block_top_k<0>(scores + (size_t)kvh * max_pages, last, keep, out);
     if (tid == 0) {
         out[keep] = last;
@@ -1389,9 +1415,9 @@ static void aqc__weight_free(aqc__weight *w) {
 static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, size_t err_len) {
     size_t data_bytes;
     if (w->format == AQC_INT4 || w->format == AQC_OVP) {
-        if (w->group <= 0 || w->group % 32 || w->cols_padded % w->group || w->cols_padded < w->cols ||
+        if ((w->group != 32 && w->group != 64 && w->group != 128) || w->cols_padded % w->group || w->cols_padded < w->cols ||
             (w->format == AQC_OVP && !w->ovp_table)) {
-            aqc__err(err, err_len, "4-bit weight: group %lld and padded width %lld do not fit", (long long)w->group,
+            aqc__err(err, err_len, "4-bit weight: group %lld (must be 32, 64 or 128) and padded width %lld do not fit", (long long)w->group,
                      (long long)w->cols_padded);
             return -1;
         }
@@ -1726,6 +1752,13 @@ static int aqc__attention(cudaStream_t st, bool pdl, const __half *kv_layer, con
     return 0;
 }
 
+/* The cached top-k's threads for n keys: AQC_TOPK_CACHE keys a thread, whole warps, 4 to 32 of
+   them (n = 2048 pages, 32K tokens: 256 threads, where 1024 held two keys each). */
+static int aqc__topk_threads(int n) {
+    const int warps = (n + 32 * AQC_TOPK_CACHE - 1) / (32 * AQC_TOPK_CACHE);
+    return 32 * (warps < 4 ? 4 : warps > AQC_TOPK_THREADS / 32 ? AQC_TOPK_THREADS / 32 : warps);
+}
+
 /* The selection's blocks per KV head. */
 static int aqc__select_blocks(int max_pages) {
     const int blocks = (max_pages + AQC_SCORE_WARPS * AQC_SCORE_PAGES - 1) / (AQC_SCORE_WARPS * AQC_SCORE_PAGES);
@@ -1738,7 +1771,7 @@ static int aqc__quest_select(cudaStream_t st, bool pdl, const float *q, const __
                              char *err, size_t err_len) {
     AQC_TRY(aqc__launch(pdl, aqc_quest_score_kernel, dim3(aqc__select_blocks(max_pages), n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q,
                         bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores));
-    AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(AQC_TOPK_THREADS), 0, st, scores, max_pages, page_size, budget,
+    AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(aqc__topk_threads(max_pages)), 0, st, scores, max_pages, page_size, budget,
                         pos_ptr, lists, list_len));
     return 0;
 }
@@ -2313,10 +2346,57 @@ extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *o
         return 0;
     }
     const float *vals_d = dv;
-    if (mode == 1) AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
+    if (mode == 1)   /* as Quest launches it */
+        AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<AQC_TOPK_CACHE>, dim3(1), dim3(aqc__topk_threads(n)), 0, 0, vals_d, n, k, dout));
     else AQC_TRY(aqc__launch(false, aqc_top_k_check_kernel<0>, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, vals_d, n, k, dout));
     AQC_TRY(cudaMemcpy(out, dout, (size_t)k * 4, cudaMemcpyDeviceToHost));
     return 0;
+}
+
+/* One kernel's entry for aqc_kernel_occupancy. */
+template <class... KArgs>
+static int aqc__occupancy_of(void (*kernel)(KArgs...), const char *name, int threads, size_t dynamic_shared, aqc_occupancy *e,
+                             char *err, size_t err_len) {
+    cudaFuncAttributes a;
+    int blocks = 0;
+    AQC_TRY(cudaFuncGetAttributes(&a, kernel));
+    AQC_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, dynamic_shared));
+    e->kernel = name;
+    e->threads = threads;
+    e->registers = a.numRegs;
+    e->shared_bytes = (int)(a.sharedSizeBytes + dynamic_shared);
+    e->blocks_per_sm = blocks;
+    return 0;
+}
+
+extern "C" int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out, int max_entries, char *err,
+                                    size_t err_len) {
+    aqc_occupancy all[12];
+    int n = 0;
+    if (head_dim < 8 || head_dim > AQC_TC_MAX_HD || max_pages < 1 || kp < 32 || kp % 32) {
+        aqc__err(err, err_len, "occupancy: bad head_dim %d, max_pages %d or kp %d", head_dim, max_pages, kp);
+        return -1;
+    }
+    if (aqc__allow_shared_memory(kp, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    const size_t gemv_shared = aqc__gemv_shared_bytes(kp);
+    if (aqc__occupancy_of(aqc_prep_kernel, "prep (RMSNorm, SwiGLU)", AQC_PREP_THREADS, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_gemv_4bit_kernel<AQC_INT4>, "GEMV int4", AQC_GEMV_WARPS * 32, gemv_shared, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_gemv_4bit_kernel<AQC_OVP>, "GEMV OliVe", AQC_GEMV_WARPS * 32, gemv_shared, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_gemv_f16_kernel, "GEMV f16", AQC_GEMV_WARPS * 32, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_rope_append_kernel, "RoPE, append", (head_dim / 2 + 31) / 32 * 32, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_score_kernel, "Quest score", AQC_SCORE_WARPS * 32, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_topk_kernel, "Quest top-k", aqc__topk_threads(max_pages), 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_attention_kernel<1>, "attention, registers (1 head per KV)", AQC_ATT_WARPS * 32,
+                          aqc__attention_shared(1, head_dim), &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_attention_kernel<AQC_ATT_TC>, "attention, tensor cores", AQC_ATT_WARPS * 32,
+                          aqc__attention_shared(AQC_ATT_TC, head_dim), &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_attention_merge_kernel, "attention merge", AQC_MERGE_THREADS, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_argmax_kernel, "argmax", 1024, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_sample_kernel, "sampler", AQC_TOPK_THREADS, 0, &all[n++], err, err_len))
+        return -1;
+    if (n > max_entries) n = max_entries;
+    memcpy(out, all, sizeof(aqc_occupancy) * (size_t)n);
+    return n;
 }
 
 extern "C" int aqc_check_sample(const float *logits, int n, const aqc_sampling *p, float r, int32_t *out, char *err,
@@ -2402,7 +2482,10 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     float *xs = (float *)sc.get((size_t)cols / 8, err, err_len), *xsum = (float *)sc.get((size_t)cols / 8, err, err_len);
     float *y = (float *)sc.get((size_t)rows * 4, err, err_len);
     __half *yh = (__half *)sc.get((size_t)rows * 2, err, err_len);
-    if (cols % group || group % 32) { aqc__err(err, err_len, "gemv timing: cols %lld is not a multiple of group %d", (long long)cols, group); return -1; }
+    if ((group != 32 && group != 64 && group != 128) || cols % group) {
+        aqc__err(err, err_len, "gemv timing: group %d is not 32, 64 or 128, or cols %lld is not a multiple of it", group, (long long)cols);
+        return -1;
+    }
     if (!xh || !xs || !xsum || !y || !yh || !lut) return -1;
     AQC_TRY(aqc__fill_random((__half *)lut, 1024, 3, 0));
     for (int i = 0; i < copies; i++) {

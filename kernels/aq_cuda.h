@@ -130,6 +130,17 @@ int aqc_check_top_k(const float *vals, int n, int k, int mode, int *out, char *e
 /* The sampled decode's draw, as aqc_step_sample launches it, from logits[n] and the uniform r. */
 int aqc_check_sample(const float *logits, int n, const aqc_sampling *p, float r, int32_t *out, char *err, size_t err_len);
 
+/* The decode step's kernels as it launches them for a model of head_dim, a session of max_pages
+   pages per KV head and a GEMV input of kp columns: threads a block, registers a thread, shared
+   memory a block (static and dynamic), and blocks resident per multiprocessor
+   (cudaOccupancyMaxActiveBlocksPerMultiprocessor), for modelling grid sizes.  Returns the number
+   of entries written (at most max_entries) or -1. */
+typedef struct {
+    const char *kernel;
+    int threads, registers, shared_bytes, blocks_per_sm;
+} aqc_occupancy;
+int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out, int max_entries, char *err, size_t err_len);
+
 typedef struct {
     double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */
 } aqc_gemv_timing;

@@ -132,6 +132,25 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     free(data); free(w); free(x); free(y); free(ref); free(xp); free(gate); free(norm);
 }
 
+/* A group the kernels do not take (they find a chunk's group by a shift): refused at upload,
+   with a message, not a wrong product. */
+static void check_bad_group(void) {
+    static uint8_t codes[4 * 96 / 2];
+    static uint16_t scales[4], mins[4];
+    const float x[96] = {0};
+    float y[4];
+    char err[512] = "";
+    aqc_weight d;
+    memset(&d, 0, sizeof d);
+    d.format = AQC_INT4; d.rows = 4; d.cols = d.cols_padded = d.group = 96;
+    d.data = codes; d.scales = scales; d.mins = mins;
+    if (!aqc_check_gemv(&d, x, NULL, NULL, 1e-5f, y, err, sizeof err) || !strstr(err, "group 96")) {
+        printf("  %-58s %s  FAIL\n", "int4 weight with groups of 96 refused", err[0] ? err : "accepted");
+        failures++;
+    } else
+        printf("  %-58s %s  ok\n", "int4 weight with groups of 96 refused", err);
+}
+
 static float f16_round(float x) { return aq_f16_to_f32(aq_f32_to_f16(x)); }
 
 typedef struct { double score; int page; } page_score;
@@ -266,10 +285,11 @@ static int by_int(const void *a, const void *b) { return *(const int *)a - *(con
 
 /* the block top-k (Quest's pages, the sampler's candidates) against a sort, with many ties;
    spread 0: scores in [-8, 8) with a seventh of them tied on five values; 1: the same shape in
-   [99.99, 100.01), keys alike in their first 20 bits; 2: every score equal */
+   [99.99, 100.01), keys alike in their first 20 bits; 2: every score equal; 3: a quarter above
+   (every fourth), half tied (the odd ones), with k between: ties left out before keys taken */
 static void check_top_k(int n, int k, int mode, int spread) {
     static const char *modes[3] = {"keys read per pass", "keys in registers", "the argmax kernel"};
-    static const char *spreads[3] = {"", ", alike", ", all equal"};
+    static const char *spreads[4] = {"", ", alike", ", all equal", ", ties at the k-th"};
     char err[512], what[128];
     float *v = (float *)malloc(sizeof(float) * (size_t)n);
     int *got = (int *)malloc(sizeof(int) * (size_t)k), *want = (int *)malloc(sizeof(int) * (size_t)k), i, wrong = 0;
@@ -277,7 +297,8 @@ static void check_top_k(int n, int k, int mode, int spread) {
     for (i = 0; i < n; i++) {
         if (spread == 0) v[i] = (i % 7 == 0) ? 0.25f * (float)(i % 5) : uniform() * 8.0f;
         else if (spread == 1) v[i] = 100.0f + ((i % 7 == 0) ? 0.002f * (float)(i % 5) : uniform() * 0.01f);
-        else v[i] = -1.5f;
+        else if (spread == 2) v[i] = -1.5f;
+        else v[i] = i % 2 ? 5.0f : i % 4 ? -10.0f + uniform() : 10.0f + uniform();
         ps[i].score = v[i];
         ps[i].page = i;
     }
@@ -678,6 +699,17 @@ static void profile_decode(aq_model *m, int ctx, int budget) {
     aq_session_free(s);
 }
 
+/* What the decode kernels fit per multiprocessor, as a Llama-2-7B step at 32K launches them. */
+static void print_occupancy(void) {
+    aqc_occupancy e[16];
+    char err[512];
+    int n = aqc_kernel_occupancy(128, 2048, 11008, e, 16, err, sizeof err), i;
+    if (n < 0) { printf("  occupancy: %s  FAIL\n", err); failures++; return; }
+    printf("  occupancy (head_dim 128, 2048 pages, GEMV input 11008): kernel, threads, registers, shared bytes, blocks per SM\n");
+    for (i = 0; i < n; i++)
+        printf("    %-40s %5d %4d %7d %3d\n", e[i].kernel, e[i].threads, e[i].registers, e[i].shared_bytes, e[i].blocks_per_sm);
+}
+
 static void check_kernels(void) {
     printf("\n1. kernels against the CPU (fresh random inputs)\n");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1, "RMSNorm");
@@ -691,6 +723,7 @@ static void check_kernels(void) {
     check_matmul(AQ_TYPE_AQ4_G128, 1024, 4096, 7, "copy");
     check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7, "copy");
     check_matmul(AQ_TYPE_F16, 1000, 300, 7, "copy");
+    check_bad_group();
     check_attention(3000, 1, 32, 32, 128, 16, 0);
     check_attention(3000, 1, 32, 32, 128, 16, 512);
     check_attention(4001, 1, 32, 8, 128, 16, 1024);
@@ -708,6 +741,10 @@ static void check_kernels(void) {
     check_top_k(8192, 1000, 1, 0);
     check_top_k(8192, 1000, 1, 1);
     check_top_k(2047, 2000, 1, 1);   /* most of them: keys on both sides of the first bit that differs */
+    check_top_k(300, 100, 1, 0);     /* fewer keys than the smallest block holds */
+    check_top_k(5000, 64, 1, 1);     /* 640 threads */
+    check_top_k(2047, 600, 1, 3);
+    check_top_k(5000, 1500, 0, 3);
     check_top_k(32000, 40, 0, 0);
     check_top_k(5000, 1024, 0, 1);
     check_top_k(2048, 1, 1, 0);
@@ -722,6 +759,7 @@ static void check_kernels(void) {
     check_sample(4096, 0, 1.5f, 1024, 1.0f, 0.0f, 12);    /* the largest top-k, no cuts: every rank counts */
     check_sample(4096, 2, 1.0f, 300, 0.5f, 0.2f, 12);
     check_sample(512, 0, 0.5f, 1, 1.0f, 0.0f, 4);
+    print_occupancy();
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {

@@ -607,6 +607,20 @@ static inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) 
     return cudaErrorInvalidValue;
 }
 template <class F> static inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
+/* A kernel's registers and static shared memory are the compiler's: unknown here (0).  Blocks per
+   multiprocessor follow an sm_90's limits on threads, blocks and shared memory alone. */
+struct cudaFuncAttributes { size_t sharedSizeBytes; int numRegs; };
+template <class F> static inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *a, F) {
+    a->sharedSizeBytes = 0;
+    a->numRegs = 0;
+    return cudaSuccess;
+}
+template <class F> static inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, F, int threads, size_t shared) {
+    if (threads < 1 || threads > 1024) return cudaErrorInvalidValue;
+    const size_t by_shared = shared ? (size_t)(227 << 10) / (shared + 1024) : 32;
+    *blocks = (int)std::min<size_t>(std::min<size_t>(32, 2048 / threads), by_shared);
+    return cudaSuccess;
+}
 /* Traffic: each allocation's size and name (aq_cuda.cu's aqc__malloc names it through
    AQE_NAME_ALLOCATION: "a weight matrix", "the KV cache", ...), and per name what __ldg and
    cp.async loaded from it since aqe_traffic_reset.  tests/cuda_emu/traffic.c checks a decode
