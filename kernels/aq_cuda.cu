@@ -131,6 +131,19 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
     return h;
 }
 
+/* (x & mask) | bits as one LOP3: a LOP3 takes one immediate, so with both constants written
+   into the code nvcc emits two (the int4 GEMV's SASS, kernels/NOTES.md); as register operands
+   of PTX's lop3 they fit one. */
+__device__ __forceinline__ uint32_t aqc__and_or(uint32_t x, uint32_t mask, uint32_t bits) {
+#ifdef __CUDA_ARCH__
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(r) : "r"(x), "r"(mask), "r"(bits));   /* 0xea: (a & b) | c */
+    return r;
+#else
+    return (x & mask) | bits;
+#endif
+}
+
 /* Tensor cores (sm_80 and newer), for the GQA attention: mma.sync m16n8k16 (f16 in, f32
    accumulated), ldmatrix and cp.async.  tests/cuda_emu defines AQC_EMULATED_MMA and versions of
    its own, written from the PTX ISA's fragment layouts, which are (g = lane / 4, t = lane % 4, a
@@ -276,17 +289,29 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     const uint4 *x4 = (const uint4 *)xh;
     int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
-    /* a stage: AQC_GEMV_STAGE loads of row r from chunk c on */
+    /* a stage: AQC_GEMV_STAGE loads of row r from chunk c on (c a multiple of 128), load u of
+       lane at chunk c + lane + 32u, whose group is (c + lane) >> group_shift plus u groups_per_32:
+       the addresses are the first load's plus constants.  A stage inside the row (all but a
+       short last one) loads without a test per load, which lets the compiler share the address
+       arithmetic among them. */
+    const int groups_per_32 = 32 >> group_shift;
     auto load = [&](aqc__stage4 &st, int r, int c) {
+        const int cl = c + lane;
+        const uint4 *w = codes + (size_t)r * n_chunks + cl;
+        const size_t g = (size_t)r * n_groups + (cl >> group_shift);
+        const __half *d = scales + g, *m = mins + g;
+        auto load_one = [&](int u) {
+            st.w[u] = __ldg(w + 32 * u);
+            st.d[u] = d[u * groups_per_32];
+            st.m[u] = m[u * groups_per_32];
+        };
+        if (c + 32 * AQC_GEMV_STAGE <= n_chunks) {   /* the same on every lane */
 #pragma unroll
-        for (int u = 0; u < AQC_GEMV_STAGE; u++) {
-            const int cl = c + 32 * u + lane;
-            if (cl < n_chunks) {
-                const size_t gi = (size_t)r * n_groups + (cl >> group_shift);
-                st.w[u] = __ldg(codes + (size_t)r * n_chunks + cl);
-                st.d[u] = scales[gi];
-                st.m[u] = mins[gi];
-            }
+            for (int u = 0; u < AQC_GEMV_STAGE; u++) load_one(u);
+        } else {
+#pragma unroll
+            for (int u = 0; u < AQC_GEMV_STAGE; u++)
+                if (cl + 32 * u < n_chunks) load_one(u);
         }
     };
     aqc__let_next_start();
@@ -321,10 +346,10 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
                 const uint4 xv = x_sm[aqc__x_slot(c, j)];
                 const half2 *xp = (const half2 *)&xv;
                 const uint32_t lo = words[j], hi = words[j] >> 8;
-                s2 = __hfma2(__hsub2(aqc__bits_to_half2((lo & 0x000f000fu) | 0x64006400u), bias_lo), xp[0], s2);
-                s2 = __hfma2(__hfma2(aqc__bits_to_half2((lo & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[1], s2);
-                s2 = __hfma2(__hsub2(aqc__bits_to_half2((hi & 0x000f000fu) | 0x64006400u), bias_lo), xp[2], s2);
-                s2 = __hfma2(__hfma2(aqc__bits_to_half2((hi & 0x00f000f0u) | 0x64006400u), sixteenth, bias_hi), xp[3], s2);
+                s2 = __hfma2(__hsub2(aqc__bits_to_half2(aqc__and_or(lo, 0x000f000fu, 0x64006400u)), bias_lo), xp[0], s2);
+                s2 = __hfma2(__hfma2(aqc__bits_to_half2(aqc__and_or(lo, 0x00f000f0u, 0x64006400u)), sixteenth, bias_hi), xp[1], s2);
+                s2 = __hfma2(__hsub2(aqc__bits_to_half2(aqc__and_or(hi, 0x000f000fu, 0x64006400u)), bias_lo), xp[2], s2);
+                s2 = __hfma2(__hfma2(aqc__bits_to_half2(aqc__and_or(hi, 0x00f000f0u, 0x64006400u)), sixteenth, bias_hi), xp[3], s2);
             }
             const float2 f = __half22float2(s2);
             return d * xs.x * (f.x + f.y) + (m + 8.0f * d) * xs.y;
@@ -344,28 +369,31 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
             return fabsf(d) * xs.x * qx + m * xs.y;
         }
     };
+    /* a stage: request the next one into `ahead`, add up `now`; false once the warp's rows are
+       done.  The stages alternate between cur and nxt (the loop runs it twice a turn), so that
+       no registers are copied from one to the other: ~30 moves a stage in call 4's SASS. */
     float acc = 0.0f;
-    if (row >= rows) return;
-    for (;;) {
+    auto stage = [&](const aqc__stage4 &now, aqc__stage4 &ahead) -> bool {
         int next_row = row, next_c0 = c0;
         aqc__gemv_next(next_row, next_c0, AQC_GEMV_STAGE, n_chunks, warps_total);
-        if (next_row < rows) load(nxt, next_row, next_c0);
+        if (next_row < rows) load(ahead, next_row, next_c0);
 #pragma unroll
         for (int u = 0; u < AQC_GEMV_STAGE; u++) {
             const int c = c0 + 32 * u + lane;
             if (c >= n_chunks) break;
-            acc += chunk_sum(cur, u, c);
+            acc += chunk_sum(now, u, c);
         }
         if (next_row != row) {
             acc = aqc__warp_sum(acc);
             if (lane == 0) y[row] = accumulate ? y[row] + acc : acc;
             acc = 0.0f;
         }
-        if (next_row >= rows) break;
-        cur = nxt;
         row = next_row;
         c0 = next_c0;
-    }
+        return row < rows;
+    };
+    if (row >= rows) return;
+    while (stage(cur, nxt) && stage(nxt, cur)) {}
 }
 
 /* f16 GEMV: the same pipeline, a lane's 16-byte load is 8 weights, f32 arithmetic. */
