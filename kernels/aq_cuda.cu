@@ -881,7 +881,7 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     AQC_DYNAMIC_SHARED(float, sm_acc);   /* [warps][MAXG][hd] */
     __shared__ float sm_m[AQC_ATT_WARPS][MAXG], sm_l[AQC_ATT_WARPS][MAXG];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int pos = *pos_ptr + t, last = pos / page_size;
+    const int pos = *pos_ptr + t, last = pos / page_size, last_valid = pos - last * page_size + 1;   /* keys in the last page */
     const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int begin = pages.begin, end = pages.end;
     const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
@@ -903,7 +903,7 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     const int steps_per_page = (page_size + 2 * keys_per_step - 1) / (2 * keys_per_step);
     auto page_at = [&](int i) { return i < end ? pages.page(i) : 0; };
     auto fetch = [&](int page, int step, uint4 *raw, bool &va, bool &vb) {
-        const int n_valid = page == last ? pos % page_size + 1 : page_size;
+        const int n_valid = page == last ? last_valid : page_size;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd, *V = K + (size_t)page_size * hd;
         const int ja = step * 2 * keys_per_step + key_in_step, jb = ja + keys_per_step;
         va = ja < n_valid;
@@ -1033,9 +1033,9 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
     AQC_DYNAMIC_SHARED(uint4, tiles);   /* [warps][2][K, V][16 keys][hd / 8 pieces]; after the loop, [warps][heads][hd] f32 */
     __shared__ float sm_m[AQC_ATT_WARPS][AQC_TC_HEADS], sm_l[AQC_ATT_WARPS][AQC_TC_HEADS];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int pos = *pos_ptr + t, last = pos / page_size;
+    const int pos = *pos_ptr + t, last = pos / page_size, last_valid = pos - last * page_size + 1;   /* keys in the last page */
     const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
-    const int pieces = hd / 8, k_steps = hd / 16, tiles_per_page = page_size / 16;
+    const int pieces = hd / 8, k_steps = hd / 16;
     /* q (scaled) as the A operand, row g = query head g of the group: per k-step its columns 2t..
        and 2t+8.. (rows g+8 are heads past 8: zero) */
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
@@ -1054,31 +1054,38 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
     for (int j = 0; j < AQC_TC_MAX_HD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     uint4 *buf = tiles + (size_t)warp * 2 * 2 * 16 * pieces;
     auto slot = [&](int key, int piece) { return key * pieces + (piece ^ (key & 7)); };
-    /* tile j of this warp's pages into buffer b: its number of keys in the context (0: none) */
-    auto issue = [&](int j, int b) {
-        const int i = pages.begin + warp + AQC_ATT_WARPS * (j / tiles_per_page), k0 = 16 * (j % tiles_per_page);
+    /* A lane copies the same 16-byte piece of every (32 / pieces)-th key: pieces is 8 or 16, so
+       no division (one per copy by a variable cost ~20 instructions each, more than the copies). */
+    const int pieces_shift = hd == 128 ? 4 : 3, my_piece = lane & (pieces - 1), key_step = 32 >> pieces_shift;
+    /* the warp's next tile: list index i, first key k0; the tiles of its pages in turn */
+    int next_i = pages.begin + warp, next_k0 = 0;
+    /* the next tile into buffer b: its number of keys in the context (0: none) */
+    auto issue = [&](int b) {
+        const int i = next_i, k0 = next_k0;
+        next_k0 += 16;
+        if (next_k0 == page_size) { next_k0 = 0; next_i += AQC_ATT_WARPS; }
         if (i >= pages.end) return 0;
         const int page = pages.page(i);
-        const int n_valid = (page == last ? pos % page_size + 1 : page_size) - k0;
+        const int n_valid = (page == last ? last_valid : page_size) - k0;
         if (n_valid <= 0) return 0;
         const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd + (size_t)k0 * hd, *V = K + (size_t)page_size * hd;
         uint4 *dst = buf + (size_t)b * 2 * 16 * pieces;
-        for (int c = lane; c < 16 * pieces; c += 32) {
-            const int key = c / pieces, piece = c % pieces;
+        for (int key = lane >> pieces_shift; key < 16; key += key_step) {
+            const int s = slot(key, my_piece);
             if (key < n_valid) {
-                aqc__cp_async16(dst + slot(key, piece), K + (size_t)key * hd + piece * 8);
-                aqc__cp_async16(dst + 16 * pieces + slot(key, piece), V + (size_t)key * hd + piece * 8);
+                aqc__cp_async16(dst + s, K + (size_t)key * hd + my_piece * 8);
+                aqc__cp_async16(dst + 16 * pieces + s, V + (size_t)key * hd + my_piece * 8);
             } else {
-                dst[slot(key, piece)] = make_uint4(0, 0, 0, 0);
-                dst[16 * pieces + slot(key, piece)] = make_uint4(0, 0, 0, 0);
+                dst[s] = make_uint4(0, 0, 0, 0);
+                dst[16 * pieces + s] = make_uint4(0, 0, 0, 0);
             }
         }
         return n_valid < 16 ? n_valid : 16;
     };
-    int valid = issue(0, 0);
+    int valid = issue(0);
     aqc__cp_async_commit();
     for (int j = 0; valid; j++) {
-        const int next = issue(j + 1, (j + 1) & 1);
+        const int next = issue((j + 1) & 1);
         aqc__cp_async_commit();
         if (next) aqc__cp_async_wait<1>();
         else aqc__cp_async_wait<0>();
