@@ -1094,7 +1094,9 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
         const int mi = lane / 8;
         /* S = Q K^T: n-tile 0 keys 0-7, n-tile 1 keys 8-15; ldmatrix's four matrices are (keys
            0-7, 8-15) x (the k-step's two 8-dim pieces) */
-        float sc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+        /* q's f16 part and its remainder go to separate accumulators: four chains of k_steps
+           products, not two of twice that, each product waiting for the one before it */
+        float sc[2][2][4] = {};   /* [n-tile][hi, lo] */
 #pragma unroll
         for (int ks = 0; ks < AQC_TC_MAX_HD / 16; ks++) {
             if (ks >= k_steps) break;
@@ -1102,13 +1104,13 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
             aqc__ldmatrix_x4(r, Kt + slot(8 * (mi >> 1) + lane % 8, 2 * ks + (mi & 1)));
             const uint32_t hi[4] = {q_hi[ks][0], 0u, q_hi[ks][1], 0u}, lo[4] = {q_lo[ks][0], 0u, q_lo[ks][1], 0u};
             const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-            aqc__mma_16816(sc[0], hi, b0);
-            aqc__mma_16816(sc[0], lo, b0);
-            aqc__mma_16816(sc[1], hi, b1);
-            aqc__mma_16816(sc[1], lo, b1);
+            aqc__mma_16816(sc[0][0], hi, b0);
+            aqc__mma_16816(sc[0][1], lo, b0);
+            aqc__mma_16816(sc[1][0], hi, b1);
+            aqc__mma_16816(sc[1][1], lo, b1);
         }
         /* online softmax of head g over keys 2t, 2t+1, 2t+8, 2t+9 (the four lanes of a row hold the 16) */
-        float x[4] = {sc[0][0], sc[0][1], sc[1][0], sc[1][1]}, p[4];
+        float x[4] = {sc[0][0][0] + sc[0][1][0], sc[0][0][1] + sc[0][1][1], sc[1][0][0] + sc[1][1][0], sc[1][0][1] + sc[1][1][1]}, p[4];
         float mx = -INFINITY;
 #pragma unroll
         for (int e = 0; e < 4; e++) {
