@@ -1191,6 +1191,7 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
    the o projection's input (aqc__prep_chunk, as aqc_prep_kernel would, chunk by chunk: the
    chunks of a head are its own), and the prep kernel of that GEMV goes. */
 #define AQC_MERGE_THREADS 256
+#define AQC_MERGE_AHEAD 4   /* a thread's records requested before the head's max is known (16 splits: all of them) */
 __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(const float *partial, int n_kv, int group, int hd,
                                                                                  int splits, float *out, int64_t out_stride, __half *xh,
                                                                                  float *xscale, float *xsum) {
@@ -1202,6 +1203,24 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
     const size_t stride = (size_t)group * rec;
     const float *base = partial + ((size_t)t * n_kv + head / group) * splits * stride + (size_t)(head % group) * rec;
     float *o = out + (size_t)t * out_stride + (size_t)head * hd;
+    /* thread (slice, quad) sums four output values over every slices-th split from `slice`; the
+       first AQC_MERGE_AHEAD of its splits' records are requested here, before the head's max is
+       known, so that their trip to L2 overlaps warp 0's */
+    const int quads = hd / 4, slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x / quads : 1;
+    const int quad = threadIdx.x % quads, slice = threadIdx.x / quads;
+    const bool summing = (int)threadIdx.x < quads * slices;
+    float ahead_m[AQC_MERGE_AHEAD];
+    float4 ahead_v[AQC_MERGE_AHEAD];
+#pragma unroll
+    for (int k = 0; k < AQC_MERGE_AHEAD; k++) {
+        const int sp = slice + k * slices;
+        ahead_m[k] = -INFINITY;
+        ahead_v[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (summing && sp < splits) {
+            ahead_m[k] = __ldcg(base + sp * stride);
+            ahead_v[k] = __ldcg((const float4 *)(base + sp * stride + AQC_PARTIAL_PAD + 4 * quad));
+        }
+    }
     if (threadIdx.x < 32) {
         const int lane = threadIdx.x;
         float m[PER_LANE], l[PER_LANE], M = -INFINITY, L = 0.0f;
@@ -1220,22 +1239,22 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
         if (lane == 0) { head_stats[0] = M; head_stats[1] = L; }
     }
     __syncthreads();
-    const int quads = hd / 4, slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x / quads : 1;
     const float M = head_stats[0], L = head_stats[1];
-    for (int i = threadIdx.x; i < quads * slices; i += blockDim.x) {
-        const int quad = i % quads, slice = i / quads;
+    if (summing) {
         float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-        for (int sp = slice; sp < splits; sp += slices) {
-            const float m = __ldcg(base + sp * stride);
-            const float4 v = __ldcg((const float4 *)(base + sp * stride + AQC_PARTIAL_PAD + 4 * quad));
+        auto add = [&](float m, float4 v) {
             const float f = m == -INFINITY ? 0.0f : __expf(m - M);
             O.x += f * v.x;
             O.y += f * v.y;
             O.z += f * v.z;
             O.w += f * v.w;
-        }
-        if (slices > 1) slice_sums[i] = O;
+        };
+#pragma unroll
+        for (int k = 0; k < AQC_MERGE_AHEAD; k++) add(ahead_m[k], ahead_v[k]);   /* splits past the end add zero */
+#pragma unroll 4
+        for (int sp = slice + AQC_MERGE_AHEAD * slices; sp < splits; sp += slices)
+            add(__ldcg(base + sp * stride), __ldcg((const float4 *)(base + sp * stride + AQC_PARTIAL_PAD + 4 * quad)));
+        if (slices > 1) slice_sums[threadIdx.x] = O;
         else *(float4 *)(o + 4 * quad) = make_float4(O.x / L, O.y / L, O.z / L, O.w / L);
     }
     if (slices > 1) {
@@ -2351,6 +2370,25 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                          k == 0 ? "values" : k == 1 ? "scales" : "sums");
                 return -1;
             }
+        }
+    }
+    if (n_queries == 1 && !budget) {   /* as many splits as the pages allow: the merge's longest loops */
+        const int many = std::min(AQC_MAX_SPLITS, std::max(1, r.max_pages / AQC_ATT_WARPS));
+        float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
+        if (!alt || aqc__attention(st.s, r.pdl, r.kv, NULL, r.list_len, r.max_pages, r.qkv, r.qkv_dim, n_heads, n_kv_heads, head_dim,
+                                   page_size, r.pos, 1, many, r.partial, alt, q_dim, NULL, err, err_len))
+            return -1;
+        std::vector<float> b((size_t)q_dim);
+        AQC_TRY(cudaMemcpy(b.data(), alt, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
+        double diff = 0.0, mag = 1e-30;
+        for (int i = 0; i < q_dim; i++) {
+            diff = std::max(diff, (double)fabsf(out[i] - b[i]));
+            mag = std::max(mag, (double)fabsf(out[i]));
+        }
+        if (diff > 1e-5 * mag) {
+            aqc__err(err, err_len, "attention check: %d splits give another output than %d (max difference %.2e of %.2e)", many,
+                     r.splits, diff, mag);
+            return -1;
         }
     }
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
