@@ -884,7 +884,9 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     const int pos = *pos_ptr + t, last = pos / page_size, last_valid = pos - last * page_size + 1;   /* keys in the last page */
     const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int begin = pages.begin, end = pages.end;
-    const int cpk = hd / 8, keys_per_step = 32 / cpk, part = lane % cpk, key_in_step = lane / cpk;
+    /* head_dim is a power of two (8 to 256, checked at model load): shifts, not divisions */
+    const int cpk_shift = __ffs(hd / 8) - 1, cpk = 1 << cpk_shift, keys_per_step = 32 >> cpk_shift, part = lane & (cpk - 1),
+              key_in_step = lane >> cpk_shift;
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
     float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
 #pragma unroll
@@ -900,7 +902,7 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     /* the warp's work is its pages' steps of 2 * keys_per_step keys; the loads of the next step
        (the next page's first, through the page id read a page ahead) are issued before the
        current step is computed, so that every warp keeps two steps of loads in flight */
-    const int steps_per_page = (page_size + 2 * keys_per_step - 1) / (2 * keys_per_step);
+    const int steps_per_page = (page_size + 2 * keys_per_step - 1) >> (6 - cpk_shift);   /* 2 * keys_per_step = 64 >> cpk_shift */
     auto page_at = [&](int i) { return i < end ? pages.page(i) : 0; };
     auto fetch = [&](int page, int step, uint4 *raw, bool &va, bool &vb) {
         const int n_valid = page == last ? last_valid : page_size;
