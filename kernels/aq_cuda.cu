@@ -726,13 +726,26 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
         __syncthreads();
         /* scores are alike, so most keys of a pass share a bucket: one atomic per bucket per warp
            (lanes with the same bucket found by __match_any_sync), not one per key */
-        auto count = [&](int r, uint32_t key) {
-            uint32_t bucket = 0xffffffffu;   /* no bucket: past the end, or outside the prefix */
-            if (index(r) < n && (key & mask) == prefix) bucket = (key >> low) & ((1u << width) - 1u);
-            const unsigned peers = __match_any_sync(0xffffffffu, bucket);
+        auto bucket_of = [&](int r, uint32_t key) {   /* 0xffffffff: past the end, or outside the prefix */
+            return index(r) < n && (key & mask) == prefix ? (key >> low) & ((1u << width) - 1u) : 0xffffffffu;
+        };
+        auto add = [&](uint32_t bucket, unsigned peers) {
             if (bucket != 0xffffffffu && lane == __ffs(peers) - 1) atomicAdd(&hist[bucket], __popc(peers));
         };
-        for_each_key(count);
+        if (CACHE) {   /* every match first: they do not wait for one another, where each atomic waits for its match */
+            uint32_t bucket[CACHE ? CACHE : 1];
+            unsigned peers[CACHE ? CACHE : 1];
+#pragma unroll
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++) bucket[r] = bucket_of(r, cache[r]);
+#pragma unroll
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++) peers[r] = __match_any_sync(0xffffffffu, bucket[r]);
+#pragma unroll
+            for (int r = 0; r < (CACHE ? CACHE : 1); r++) add(bucket[r], peers[r]);
+        } else
+            for (int r = 0; r < rounds; r++) {
+                const uint32_t bucket = bucket_of(r, key_at(index(r)));
+                add(bucket, __match_any_sync(0xffffffffu, bucket));
+            }
         __syncthreads();
         if (tid < 32) {   /* from the top bucket down, find the one holding the k-th key: lane l sums 8 buckets */
             const int top = 255 - 8 * tid;
