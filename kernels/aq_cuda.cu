@@ -856,8 +856,10 @@ struct aqc__split_pages {
     __device__ aqc__split_pages(const int *lists, const int *list_len, int kvh, int max_pages, int last, int split, int splits) {
         list = lists ? lists + (size_t)kvh * max_pages : NULL;
         const int n = !lists ? last + 1 : list_len[kvh];
-        begin = (int)((long long)n * split / splits);
-        end = (int)((long long)n * (split + 1) / splits);
+        /* in 32 bits (pages times at most AQC_MAX_SPLITS stay far below 2^32): a 64-bit division
+           is a call of ~100 instructions at the head of every block */
+        begin = (int)((unsigned)n * (unsigned)split / (unsigned)splits);
+        end = (int)((unsigned)n * (unsigned)(split + 1) / (unsigned)splits);
     }
     __device__ int page(int i) const { return !list ? i : list[i]; }
 };
@@ -1907,6 +1909,10 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     s->n_sms = prop.multiProcessorCount;
     s->qkv_dim = (c->n_heads + 2 * c->n_kv_heads) * c->head_dim;
     s->max_pages = (s->c.n_ctx + s->c.page_size - 1) / s->c.page_size;
+    if (s->max_pages > (1 << 24)) {   /* aqc__split_pages counts pages times splits in 32 bits */
+        aqc__err(err, err_len, "a context of %d tokens is more than the GPU path's %d pages", s->c.n_ctx, 1 << 24);
+        return -1;
+    }
     s->splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size, s->max_pages);
     s->quest_splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size,
                                             std::min(s->c.quest_budget / s->c.page_size, s->max_pages));
