@@ -1223,8 +1223,9 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
     /* thread (slice, quad) sums four output values over every slices-th split from `slice`; the
        first AQC_MERGE_AHEAD of its splits' records are requested here, before the head's max is
        known, so that their trip to L2 overlaps warp 0's */
-    const int quads = hd / 4, slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x / quads : 1;
-    const int quad = threadIdx.x % quads, slice = threadIdx.x / quads;
+    const int quads_shift = __ffs(hd / 4) - 1, quads = 1 << quads_shift;   /* head_dim is a power of two */
+    const int slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x >> quads_shift : 1;
+    const int quad = threadIdx.x & (quads - 1), slice = threadIdx.x >> quads_shift;
     const bool summing = (int)threadIdx.x < quads * slices;
     float ahead_m[AQC_MERGE_AHEAD];
     float4 ahead_v[AQC_MERGE_AHEAD];
