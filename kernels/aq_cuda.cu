@@ -131,6 +131,10 @@ __device__ __forceinline__ half2 aqc__bits_to_half2(uint32_t u) {
     return h;
 }
 
+/* log2 of a power of two: the kernels' group sizes and head dimensions are powers of two, and a
+   shift costs one instruction where a division by a variable costs ~20 */
+__device__ __forceinline__ int aqc__log2(int power_of_two) { return __ffs(power_of_two) - 1; }
+
 /* (x & mask) | bits as one LOP3: a LOP3 takes one immediate, so with both constants written
    into the code nvcc emits two (the int4 GEMV's SASS, kernels/NOTES.md); as register operands
    of PTX's lop3 they fit one. */
@@ -285,7 +289,7 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     const int lane = threadIdx.x % 32, warps_total = gridDim.x * AQC_GEMV_WARPS;
     /* groups are 32, 64 or 128 (checked at upload): a chunk's group is a shift away, where a
        division by a variable cost ~40 instructions per load (kernels/NOTES.md) */
-    const int n_chunks = kp / 32, group_shift = __ffs(group / 32) - 1, n_groups = kp / group;
+    const int n_chunks = kp / 32, group_shift = aqc__log2(group / 32), n_groups = kp / group;
     const uint4 *x4 = (const uint4 *)xh;
     int row = blockIdx.x * AQC_GEMV_WARPS + threadIdx.x / 32, c0 = 0;
     aqc__stage4 cur, nxt;
@@ -656,8 +660,7 @@ __device__ int aqc__block_exclusive_scan(int v, int *warp_tot) {
 /* The k largest of vals[0..n) (0 < k <= n), ties to the lower index, written to out in
    ascending index order.  Every thread of the block calls it.  A radix select (passes over 8
    bits of an order-preserving key) narrows the keys down to those sharing the k-th largest key's
-   high bits; then, in rounds of one key per thread, one block scan places the keys above it and
-   the first ties equal to it.  Each pass is a chain of barriers, and the selection is on the
+   high bits; then block scans place the keys above it and the first ties equal to it.  Each pass is a chain of barriers, and the selection is on the
    critical path of every Quest layer, so there are as few as can be: with the keys in registers
    the first pass starts at the highest bit where they differ (alike scores share their sign and
    most of their exponent), and any pass stops the select when the bucket it picked holds exactly
@@ -676,7 +679,7 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     __shared__ uint32_t s_prefix;
     __shared__ int s_k, s_exact;
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
-    const int rounds = CACHE ? CACHE : (n + nt - 1) / nt;
+    const int rounds = (n + nt - 1) / nt;   /* read per pass (CACHE = 0): rounds of nt keys */
     auto index = [&](int r) { return CACHE ? tid * CACHE + r : r * nt + tid; };
     auto key_at = [&](int i) { return i < n ? aqc__order_key(vals[i]) : 0u; };
     uint32_t cache[CACHE ? CACHE : 1];
@@ -900,7 +903,7 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
     const aqc__split_pages pages(lists, list_len, kvh, max_pages, last, split, splits);
     const int begin = pages.begin, end = pages.end;
     /* head_dim is a power of two (8 to 256, checked at model load): shifts, not divisions */
-    const int cpk_shift = __ffs(hd / 8) - 1, cpk = 1 << cpk_shift, keys_per_step = 32 >> cpk_shift, part = lane & (cpk - 1),
+    const int cpk_shift = aqc__log2(hd / 8), cpk = 1 << cpk_shift, keys_per_step = 32 >> cpk_shift, part = lane & (cpk - 1),
               key_in_step = lane >> cpk_shift;
     const float *q = qkv + (size_t)t * qkv_dim + (size_t)kvh * group * hd;
     float qr[MAXG][8], acc[MAXG][8], m[MAXG], l[MAXG];
@@ -1073,7 +1076,7 @@ __device__ void aqc__attention_block_tc(int kvh, int split, int splits, int t, c
     auto slot = [&](int key, int piece) { return key * pieces + (piece ^ (key & 7)); };
     /* A lane copies the same 16-byte piece of every (32 / pieces)-th key: pieces is 8 or 16, so
        no division (one per copy by a variable cost ~20 instructions each, more than the copies). */
-    const int pieces_shift = hd == 128 ? 4 : 3, my_piece = lane & (pieces - 1), key_step = 32 >> pieces_shift;
+    const int pieces_shift = aqc__log2(pieces), my_piece = lane & (pieces - 1), key_step = 32 >> pieces_shift;
     /* the warp's next tile: list index i, first key k0; the tiles of its pages in turn */
     int next_i = pages.begin + warp, next_k0 = 0;
     /* the next tile into buffer b: its number of keys in the context (0: none) */
@@ -1223,7 +1226,7 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
     /* thread (slice, quad) sums four output values over every slices-th split from `slice`; the
        first AQC_MERGE_AHEAD of its splits' records are requested here, before the head's max is
        known, so that their trip to L2 overlaps warp 0's */
-    const int quads_shift = __ffs(hd / 4) - 1, quads = 1 << quads_shift;   /* head_dim is a power of two */
+    const int quads_shift = aqc__log2(hd / 4), quads = 1 << quads_shift;   /* head_dim is a power of two */
     const int slices = (int)blockDim.x >= 2 * quads ? (int)blockDim.x >> quads_shift : 1;
     const int quad = threadIdx.x & (quads - 1), slice = threadIdx.x >> quads_shift;
     const bool summing = (int)threadIdx.x < quads * slices;
