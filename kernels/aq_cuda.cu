@@ -2404,13 +2404,18 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                                    page_size, r.pos, 1, many, r.partial, alt, q_dim, NULL, err, err_len))
             return -1;
         std::vector<float> b((size_t)q_dim);
+        /* st does not block the default stream that cudaMemcpy runs on: without this wait the
+           copy took the output before the kernels wrote it (the H100 showed it; the emulation
+           now defers a non-blocking stream's work until something waits for it) */
+        AQC_TRY(cudaStreamSynchronize(st.s));
         AQC_TRY(cudaMemcpy(b.data(), alt, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
         double diff = 0.0, mag = 1e-30;
         for (int i = 0; i < q_dim; i++) {
-            diff = std::max(diff, (double)fabsf(out[i] - b[i]));
+            const double d = fabs((double)out[i] - (double)b[i]);
+            diff = d == d ? std::max(diff, d) : INFINITY;   /* a NaN fails, where std::max would drop it */
             mag = std::max(mag, (double)fabsf(out[i]));
         }
-        if (diff > 1e-5 * mag) {
+        if (!(diff <= 1e-5 * mag)) {
             aqc__err(err, err_len, "attention check: %d splits give another output than %d (max difference %.2e of %.2e)", many,
                      r.splits, diff, mag);
             return -1;

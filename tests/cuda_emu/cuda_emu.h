@@ -35,8 +35,10 @@
 #endif
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -544,7 +546,11 @@ typedef enum { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrL2CacheSize = 38,
 typedef enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 } cudaFuncAttribute;
 typedef enum { cudaLaunchAttributeIgnore = 0, cudaLaunchAttributeProgrammaticStreamSerialization = 6 } cudaLaunchAttributeID;
 
-struct aqe_stream { int id; };
+/* A stream's work waits in its queue until something waits for the stream (below). */
+struct aqe_stream {
+    bool nonblocking;
+    std::deque<std::function<void()>> queue;
+};
 struct aqe_event { double ms; bool recorded; };
 struct aqe_graph { std::vector<std::function<void()>> ops; };
 typedef aqe_stream *cudaStream_t;
@@ -573,12 +579,38 @@ struct cudaLaunchConfig_t {
     unsigned numAttrs;
 };
 
+/* Streams.  A GPU runs a stream's work after the call that asked for it has returned, so a host
+   that reads a result before it waits for the stream reads memory nothing has written yet.  The
+   emulation does the same: work on a non-blocking stream (every stream aq_cuda.cu makes) is queued
+   and runs, in order, only when the host waits for that stream (cudaStreamSynchronize), for every
+   stream (cudaDeviceSynchronize, cudaEventSynchronize, cudaFree, a traffic reading), or destroys
+   it.  The legacy default stream (NULL) and blocking streams run at once, after the blocking
+   streams' queued work, as the legacy stream waits for them and not for non-blocking ones: a
+   cudaMemcpy right after a launch on a non-blocking stream copies what was there before the
+   launch, as on the GPU. */
 namespace aqe {
 inline aqe_graph *capturing;   /* the graph a stream capture is recording into */
-/* a stream operation: recorded while a capture runs, done at once otherwise */
-inline void enqueue(std::function<void()> op) {
+inline std::vector<aqe_stream *> streams;   /* the live ones, oldest first */
+inline void flush(aqe_stream *s) {
+    while (!s->queue.empty()) {
+        std::function<void()> op = std::move(s->queue.front());
+        s->queue.pop_front();
+        op();
+    }
+}
+inline void flush_all(bool nonblocking_too) {
+    for (aqe_stream *s : streams)
+        if (nonblocking_too || !s->nonblocking) flush(s);
+}
+/* a stream operation: recorded while a capture runs, queued on a non-blocking stream, done at
+   once otherwise */
+inline void enqueue(std::function<void()> op, aqe_stream *s) {
     if (capturing) capturing->ops.push_back(std::move(op));
-    else op();
+    else if (s && s->nonblocking) s->queue.push_back(std::move(op));
+    else {
+        flush_all(false);
+        op();
+    }
 }
 inline double now_ms(void) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -649,6 +681,10 @@ static inline void count_load(const void *p, size_t bytes) {
     t.loads++;
     t.narrow += bytes < 16;
 }
+static inline bool is_allocated(const void *p) {
+    auto it = allocations.upper_bound((uintptr_t)p);
+    return it != allocations.begin() && (uintptr_t)p - (--it)->first < it->second.bytes;
+}
 static inline void track(void *p, size_t bytes, const char *name) {
     auto it = allocations.find((uintptr_t)p);
     if (it != allocations.end()) tallies[it->second.name].allocated -= it->second.bytes;
@@ -677,11 +713,13 @@ static inline void name_allocation(void *p, const char *name) {
 
 typedef struct { unsigned long long loaded, loads, narrow, allocated; } aqe_traffic;
 extern "C" void aqe_traffic_reset(void) {
+    aqe::flush_all(true);   /* what was asked for before the reset counts before it */
     for (auto &t : aqe::tallies) t.second.loaded = t.second.loads = t.second.narrow = 0;
 }
 /* what the kernels loaded from the allocations named `name` since the reset, in how many loads
    (narrow: under 16 bytes), and how many bytes are allocated under that name now */
 extern "C" void aqe_traffic_get(const char *name, aqe_traffic *out) {
+    aqe::flush_all(true);
     const aqe::Tally t = aqe::tallies[name];
     out->loaded = t.loaded;
     out->loads = t.loads;
@@ -705,6 +743,7 @@ static inline cudaError_t cudaMalloc(void **p, size_t n) {
     return cudaSuccess;
 }
 static inline cudaError_t cudaFree(void *p) {
+    aqe::flush_all(true);   /* cudaFree waits for the device */
     aqe::track(p, 0, NULL);
     free(p);
     return cudaSuccess;
@@ -712,40 +751,66 @@ static inline cudaError_t cudaFree(void *p) {
 static inline cudaError_t cudaMallocHost(void **p, size_t n) { return cudaMalloc(p, n); }
 static inline cudaError_t cudaFreeHost(void *p) { return cudaFree(p); }
 static inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind kind) {
+    aqe::flush_all(false);   /* the legacy default stream: after the blocking streams' work only */
     aqe::count_copy(kind, n);
     memcpy(d, s, n);
     return cudaSuccess;
 }
-static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind kind, cudaStream_t) {
+static inline cudaError_t cudaMemcpyAsync(void *d, const void *s, size_t n, cudaMemcpyKind kind, cudaStream_t st) {
+    /* from pageable host memory (not cudaMallocHost's) the driver stages the bytes before it
+       returns, so the caller may reuse its buffer at once: the bytes are taken now */
+    std::shared_ptr<std::vector<unsigned char>> staged;
+    if (kind == cudaMemcpyHostToDevice && !aqe::is_allocated(s) && !aqe::capturing)
+        staged = std::make_shared<std::vector<unsigned char>>((const unsigned char *)s, (const unsigned char *)s + n);
     aqe::enqueue([=] {   /* counted as it runs: a copy in a CUDA graph counts at each replay */
         aqe::count_copy(kind, n);
-        memcpy(d, s, n);
-    });
+        memcpy(d, staged ? (const void *)staged->data() : s, n);
+    }, st);
     return cudaSuccess;
 }
-static inline cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
-static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t) {
-    aqe::enqueue([=] { memset(d, v, n); });
+static inline cudaError_t cudaMemset(void *d, int v, size_t n) {
+    aqe::flush_all(false);
+    memset(d, v, n);
     return cudaSuccess;
 }
-static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned) { *s = new aqe_stream(); return cudaSuccess; }
-static inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
-static inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-static inline cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+static inline cudaError_t cudaMemsetAsync(void *d, int v, size_t n, cudaStream_t st) {
+    aqe::enqueue([=] { memset(d, v, n); }, st);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t *s, unsigned flags) {
+    *s = new aqe_stream();
+    (*s)->nonblocking = (flags & cudaStreamNonBlocking) != 0;
+    aqe::streams.push_back(*s);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    aqe::flush(s);   /* work already asked for still runs */
+    aqe::streams.erase(std::find(aqe::streams.begin(), aqe::streams.end(), s));
+    delete s;
+    return cudaSuccess;
+}
+static inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+    if (s) aqe::flush(s);
+    else aqe::flush_all(false);
+    return cudaSuccess;
+}
+static inline cudaError_t cudaDeviceSynchronize(void) { aqe::flush_all(true); return cudaSuccess; }
 static inline cudaError_t cudaEventCreate(cudaEvent_t *e) { *e = new aqe_event(); (*e)->ms = 0; (*e)->recorded = false; return cudaSuccess; }
 static inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
 /* As CUDA does: during a stream capture a plain record only orders the capture and adds no node,
    so the event is never recorded and cannot be timed; cudaEventRecordExternal makes it a node of
    the graph, recorded each time the graph runs (and is refused outside a capture). */
 enum { cudaEventRecordDefault = 0, cudaEventRecordExternal = 1 };
-static inline cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t = NULL, unsigned flags = 0) {
+static inline cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t st = NULL, unsigned flags = 0) {
     if ((flags & cudaEventRecordExternal) && !aqe::capturing) return cudaErrorInvalidValue;
     if (aqe::capturing && !(flags & cudaEventRecordExternal)) return cudaSuccess;
-    aqe::enqueue([=] { e->ms = aqe::now_ms(); e->recorded = true; });
+    if (!aqe::capturing) e->recorded = false;   /* until the stream reaches it */
+    aqe::enqueue([=] { e->ms = aqe::now_ms(); e->recorded = true; }, st);
     return cudaSuccess;
 }
 static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = NULL) { return cudaEventRecordWithFlags(e, s, 0); }
-static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+/* waits for every stream: more than CUDA promises, which hides no missing wait but this one's */
+static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { aqe::flush_all(true); return cudaSuccess; }
 static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a->recorded || !b->recorded) return cudaErrorInvalidValue;
     *ms = (float)(b->ms - a->ms);
@@ -765,8 +830,8 @@ static inline cudaError_t cudaGraphInstantiate(cudaGraphExec_t *e, cudaGraph_t g
     *e = new aqe_graph(*g);
     return cudaSuccess;
 }
-static inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t) {
-    for (size_t i = 0; i < e->ops.size(); i++) aqe::enqueue(e->ops[i]);
+static inline cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t st) {
+    for (size_t i = 0; i < e->ops.size(); i++) aqe::enqueue(e->ops[i], st);
     return cudaSuccess;
 }
 static inline cudaError_t cudaGraphDestroy(cudaGraph_t g) { delete g; return cudaSuccess; }
@@ -783,7 +848,7 @@ static inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t *cfg, void
     aqe::enqueue([=] {
         const std::function<void()> body = [&] { std::apply(kernel, params); };
         aqe::run_grid(grid, bdim, smem, body);
-    });
+    }, cfg->stream);
     return cudaSuccess;
 }
 
@@ -793,15 +858,15 @@ typedef enum { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 } cublasOperation_t;
 typedef enum { CUDA_R_32F = 0, CUDA_R_16F = 2 } cudaDataType;
 typedef enum { CUBLAS_COMPUTE_16F = 64, CUBLAS_COMPUTE_32F = 68 } cublasComputeType_t;
 typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
-struct aqe_blas { int unused; };
+struct aqe_blas { cudaStream_t stream; };
 typedef aqe_blas *cublasHandle_t;
-static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new aqe_blas(); return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasCreate(cublasHandle_t *h) { *h = new aqe_blas(); (*h)->stream = NULL; return CUBLAS_STATUS_SUCCESS; }
 static inline cublasStatus_t cublasDestroy(cublasHandle_t h) { delete h; return CUBLAS_STATUS_SUCCESS; }
-static inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+static inline cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t st) { h->stream = st; return CUBLAS_STATUS_SUCCESS; }
 static inline cublasStatus_t cublasSetWorkspace(cublasHandle_t, void *, size_t) { return CUBLAS_STATUS_SUCCESS; }
 /* C = alpha op(A) op(B) + beta C, column-major, op(A) = A^T, op(B) = B, A and B f16, C f32
    (compute 32F) or f16 (compute 16F); sums in double. */
-static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t opa, cublasOperation_t opb, int m, int n, int k,
+static inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t opa, cublasOperation_t opb, int m, int n, int k,
                                           const void *alpha, const void *A, cudaDataType at, int lda, const void *B, cudaDataType bt,
                                           int ldb, const void *beta, void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                                           cublasGemmAlgo_t) {
@@ -824,7 +889,7 @@ static inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t opa,
                     *c = __float2half((float)(al * s + (be != 0 ? be * __half2float(*c) : 0.0)));
                 }
             }
-    });
+    }, h->stream);
     return CUBLAS_STATUS_SUCCESS;
 }
 
