@@ -1763,21 +1763,24 @@ static int aqc__attention_maxg(int group, int hd, int page_size) {
     return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
 }
 
-/* Splits of one KV head's page list (n_pages of them) for a group of query heads per KV head:
-   the power of two nearest to four blocks per multiprocessor for the register kernel and two for
-   the tensor-core one, and at least a page per warp of a split.  On an H100 at 32K these are the
-   best of the powers of two for dense attention and for Quest 2048, with 32 and 8 KV heads; a
-   finer sweep put 24 splits 5% ahead of 16 for the register kernel's dense attention
-   (kernels/NOTES.md).  More splits leave the merge more to do; fewer leave multiprocessors
-   idle. */
-static int aqc__attention_splits(int n_sms, int n_kv, int group, int hd, int page_size, int n_pages) {
-    const int per_sm = aqc__attention_maxg(group, hd, page_size) == AQC_ATT_TC ? 2 : 4;
-    const double want = (double)per_sm * n_sms / n_kv;
-    int splits = 1, by_pages = (n_pages + AQC_ATT_WARPS - 1) / AQC_ATT_WARPS;
-    while (splits < AQC_MAX_SPLITS && 2.0 * splits * splits <= want * want) splits *= 2;   /* within sqrt(2) of want */
-    if (splits > by_pages) splits = by_pages;
-    if (splits > AQC_MAX_SPLITS) splits = AQC_MAX_SPLITS;
-    return splits < 1 ? 1 : splits;
+/* Splits of one KV head's page list (n_pages of them) for a group of query heads per KV head,
+   given how many blocks of its attention kernel fit a multiprocessor (blocks_per_sm,
+   aqc__attention_blocks_per_sm).  At most one wave: for the register kernel as many blocks as fit
+   every multiprocessor at once, for the tensor-core kernel three quarters of that.  A split's
+   warps take its pages in turn, so a split lasts as long as the most pages one warp reads; of the
+   counts up to a wave, the fewest that bring that to its least (fewer splits leave the merge less
+   to do).  On an H100 at 32K (6 and 2 blocks a multiprocessor) that gives dense attention 24
+   splits with 32 KV heads and with 8, and Quest 2048 (128 pages) 16: the best of the sweeps for
+   all four (kernels/NOTES.md).  A count just past a wave leaves a second, nearly empty one: 28 and
+   32 splits took 10 to 20% longer than 24 with 32 KV heads; 24 splits of 128 pages leave some
+   warps two pages and others one. */
+static int aqc__attention_splits(int n_sms, int blocks_per_sm, int n_kv, int group, int hd, int page_size, int n_pages) {
+    const double per_sm = (aqc__attention_maxg(group, hd, page_size) == AQC_ATT_TC ? 0.75 : 1.0) * blocks_per_sm;
+    const int wave = std::max(1, std::min(AQC_MAX_SPLITS, (int)(per_sm * n_sms / n_kv)));
+    auto most_per_warp = [&](int splits) { return ((n_pages + splits - 1) / splits + AQC_ATT_WARPS - 1) / AQC_ATT_WARPS; };
+    int splits = wave;
+    while (splits > 1 && most_per_warp(splits - 1) == most_per_warp(wave)) splits--;
+    return splits;
 }
 
 /* f(std::integral_constant<int, maxg>()): a launch of the attention kernel instantiated for maxg. */
@@ -1800,6 +1803,18 @@ static size_t aqc__attention_shared(int maxg, int hd) {
 static int aqc__allow_attention_shared_memory(char *err, size_t err_len) {
     AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)aqc__attention_tc_shared(AQC_TC_MAX_HD)));
+    return 0;
+}
+
+/* How many blocks of the attention kernel for this group fit a multiprocessor of this device. */
+static int aqc__attention_blocks_per_sm(int group, int hd, int page_size, int *blocks, char *err, size_t err_len) {
+    const int maxg = aqc__attention_maxg(group, hd, page_size);
+    if (aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
+        return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks, aqc_attention_kernel<decltype(g)::value>, AQC_ATT_WARPS * 32,
+                                                             aqc__attention_shared(maxg, hd));
+    }));
+    if (*blocks < 1) { aqc__err(err, err_len, "attention: no block of %d query heads per KV head fits a multiprocessor", group); return -1; }
     return 0;
 }
 
@@ -1917,8 +1932,10 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__err(err, err_len, "a context of %d tokens is more than the GPU path's %d pages", s->c.n_ctx, 1 << 24);
         return -1;
     }
-    s->splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size, s->max_pages);
-    s->quest_splits = aqc__attention_splits(s->n_sms, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size,
+    int att_blocks = 0;
+    if (aqc__attention_blocks_per_sm((int)group, c->head_dim, s->c.page_size, &att_blocks, err, err_len)) return -1;
+    s->splits = aqc__attention_splits(s->n_sms, att_blocks, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size, s->max_pages);
+    s->quest_splits = aqc__attention_splits(s->n_sms, att_blocks, c->n_kv_heads, (int)group, c->head_dim, s->c.page_size,
                                             std::min(s->c.quest_budget / s->c.page_size, s->max_pages));
     /* partials: a decode step's splits, or a prompt's tokens times their share of the splits */
     part_tokens = nb > (size_t)s->splits ? nb : (size_t)s->splits;
@@ -2279,7 +2296,7 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
-    int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, quest_splits, n_sms;
+    int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, quest_splits, n_sms, att_blocks;
     bool pdl;
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
@@ -2295,7 +2312,8 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->max_pages = (n_ctx + P - 1) / P;
     r->qkv_dim = (n_heads + 2 * n_kv) * hd;
     r->n_sms = prop.multiProcessorCount;
-    r->splits = aqc__attention_splits(r->n_sms, n_kv, n_heads / n_kv, hd, P, r->max_pages);
+    if (aqc__attention_blocks_per_sm(n_heads / n_kv, hd, P, &r->att_blocks, err, err_len)) return -1;
+    r->splits = aqc__attention_splits(r->n_sms, r->att_blocks, n_kv, n_heads / n_kv, hd, P, r->max_pages);
     r->quest_splits = 0;   /* set per budget by aqc__rig_step */
     if (aqc__device_pdl(&r->pdl, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
@@ -2320,7 +2338,8 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
     const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
     if (budget) {
-        r->quest_splits = aqc__attention_splits(r->n_sms, r->n_kv, r->n_heads / r->n_kv, r->hd, r->P, std::min(budget / r->P, r->max_pages));
+        r->quest_splits =
+            aqc__attention_splits(r->n_sms, r->att_blocks, r->n_kv, r->n_heads / r->n_kv, r->hd, r->P, std::min(budget / r->P, r->max_pages));
         return aqc__quest_attention(st, r->pdl, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
                                     r->n_kv, r->hd, r->P, r->max_pages, budget, r->pos, r->scores, r->lists, r->list_len,
                                     r->quest_splits, r->partial, r->out, r->n_heads * r->hd, o_in, NULL, err, err_len);
@@ -2728,7 +2747,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         }, &t->merge_us, err, err_len))
         return -1;
     /* the dense attention at other split counts (a page per warp of a split at least) */
-    static const int dense_sweep[8] = {16, 24, 32, 40, 48, 56, 64, 128};
+    static const int dense_sweep[8] = {16, 20, 24, 28, 32, 40, 48, 64};
     for (int k = 0; k < 8; k++) {
         const int splits = dense_sweep[k];
         t->dense_sweep_splits[k] = splits;
@@ -2744,8 +2763,9 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     /* the sparse attention alone at other split counts, over the lists the last selection left
        (the same amount of work whichever layer's cache it reads) */
     t->quest_splits = r.quest_splits;
+    static const int quest_sweep[5] = {8, 16, 24, 32, 64};
     for (int k = 0; k < 5; k++) {
-        const int splits = 4 << k;   /* 4, 8, 16, 32, 64 */
+        const int splits = quest_sweep[k];
         t->sweep_splits[k] = splits;
         t->sweep_us[k] = 0.0;
         if (splits > budget / page_size) continue;   /* a page per split at least */

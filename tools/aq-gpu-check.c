@@ -715,6 +715,8 @@ static void check_kernels(void) {
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1, "RMSNorm");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1, "SwiGLU");
     check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1, "copy");
+    check_matmul(AQ_TYPE_AQ4_G128, 5, 11008, 1, "RMSNorm");   /* fewer rows than warps */
+    check_matmul(AQ_TYPE_OVP_G32, 37, 4160, 1, "copy");       /* two stages a row, the second of two chunks */
     check_matmul(AQ_TYPE_Q4_1, 257, 96, 1, "RMSNorm");
     check_matmul(AQ_TYPE_OVP_G128, 1024, 4096, 1, "SwiGLU");
     check_matmul(AQ_TYPE_OVP_G64, 300, 200, 1, "RMSNorm");
