@@ -15,7 +15,7 @@
 # or gqa, and short for timing --short), BUDGET (default 330: seconds from the start after which
 # no part starts, and a part's time limit shrinks to what is left, so that the whole run, its
 # build included, ends inside the 6 minutes the issue gives it and can be run twice in a
-# 15-minute lease), PROFILE=1 (Nsight Compute on one GEMV and one Quest step, below).
+# 15-minute lease), PROFILE=1 (Nsight Compute on two GEMVs and one Quest step, below).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -96,11 +96,12 @@ if [ -n "${fault_part:-}" ] && command -v compute-sanitizer >/dev/null && [ $((B
     timeout 120 compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check $args 2>&1 |
         tail -60 | tee -a "$LOG"
 fi
-# PROFILE=1: Nsight Compute on one int4 GEMV (12288 x 4096) and on the four kernels of one Quest
-# step (32 KV heads) of the timing part
+# PROFILE=1: Nsight Compute on two int4 GEMVs of the timing part, 12288 x 4096 and 4096 x 11008
+# (the shape that reads slower; the timing part launches 1200 4-bit GEMVs for the first shape,
+# int4 then OliVe), and on the four kernels of one Quest step (32 KV heads)
 if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
     echo "== ncu ($(($(date +%s) - start)) s)" | tee -a "$LOG"
-    for k in "gemv_4bit_kernel 20 1" "quest_score|quest_topk|attention_kernel|attention_merge 1600 4"; do
+    for k in "gemv_4bit_kernel 20 1" "gemv_4bit_kernel 1220 1" "quest_score|quest_topk|attention_kernel|attention_merge 1600 4"; do
         set -- $k
         timeout 100 ncu --clock-control none --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
