@@ -809,7 +809,8 @@ static inline cudaError_t cudaEventRecordWithFlags(cudaEvent_t e, cudaStream_t s
     return cudaSuccess;
 }
 static inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = NULL) { return cudaEventRecordWithFlags(e, s, 0); }
-/* waits for every stream: more than CUDA promises, which hides no missing wait but this one's */
+/* waits for every stream, where CUDA waits for the event's stream only: a host that waits for
+   the wrong event would pass here */
 static inline cudaError_t cudaEventSynchronize(cudaEvent_t) { aqe::flush_all(true); return cudaSuccess; }
 static inline cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b) {
     if (!a->recorded || !b->recorded) return cudaErrorInvalidValue;
