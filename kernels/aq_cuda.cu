@@ -1951,7 +1951,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
     s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
-    if (aqc__allow_shared_memory(s->x_ld, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    if (aqc__allow_shared_memory(s->x_ld, err, err_len)) return -1;   /* the attention's: aqc__attention_blocks_per_sm */
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
@@ -2315,7 +2315,7 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     if (aqc__attention_blocks_per_sm(n_heads / n_kv, hd, P, &r->att_blocks, err, err_len)) return -1;
     r->splits = aqc__attention_splits(r->n_sms, r->att_blocks, n_kv, n_heads / n_kv, hd, P, r->max_pages);
     r->quest_splits = 0;   /* set per budget by aqc__rig_step */
-    if (aqc__device_pdl(&r->pdl, err, err_len) || aqc__allow_attention_shared_memory(err, err_len)) return -1;
+    if (aqc__device_pdl(&r->pdl, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
     r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
