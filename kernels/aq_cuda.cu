@@ -994,15 +994,21 @@ __device__ void aqc__attention_block(int kvh, int split, int splits, int t, cons
         step = nstep;
         page = npage;
     }
-    /* lanes holding the same dimensions (same part) add up; lane 0 has the warp's sums */
+    /* lanes holding the same dimensions (same part) add up; lane 0 has the warp's sums.  A warp
+       that had no page (a short context's splits, the same on every lane) only says so: the
+       block's merge skips a warp whose max is -inf, and at head_dim 8 the sums are 45 shuffles
+       a head */
+    const bool had_pages = begin + warp < end;
 #pragma unroll
     for (int h = 0; h < MAXG; h++) {
-        for (int o = cpk; o < 32; o <<= 1)
+        if (had_pages) {
+            for (int o = cpk; o < 32; o <<= 1)
 #pragma unroll
-            for (int e = 0; e < 8; e++) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
-        l[h] = aqc__warp_sum(l[h]);
+                for (int e = 0; e < 8; e++) acc[h][e] += __shfl_xor_sync(0xffffffffu, acc[h][e], o);
+            l[h] = aqc__warp_sum(l[h]);
+        }
         if (h < group) {
-            if (key_in_step == 0)
+            if (had_pages && key_in_step == 0)
 #pragma unroll
                 for (int e = 0; e < 8; e++) sm_acc[((size_t)warp * MAXG + h) * hd + part * 8 + e] = acc[h][e];
             if (lane == 0) { sm_m[warp][h] = m[h]; sm_l[warp][h] = l[h]; }
@@ -1304,7 +1310,17 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
 
 /* ---- sampling side ---- */
 
-/* Index of the largest logit (the lowest index among equals), into state[AQC_NEXT]. */
+/* The argmax's and the sampler's block over n logits: the smallest power of two of threads
+   that gives each at most one logit, 32 to 1024 (the argmax's tree needs a power of two; a
+   512-token vocabulary takes 512 threads, not 1024 that would only wait at its barriers). */
+static int aqc__vocab_threads(int n) {
+    int threads = 32;
+    while (threads < n && threads < 1024) threads *= 2;
+    return threads;
+}
+
+/* Index of the largest logit (the lowest index among equals), into state[AQC_NEXT]; a block of
+   aqc__vocab_threads(n) threads. */
 __global__ void aqc_argmax_kernel(const float *logits, int n, int *state) {
     __shared__ float best_v[1024];
     __shared__ int best_i[1024];
@@ -1697,8 +1713,11 @@ struct aqc__gemv_in {
 static int aqc__prep(cudaStream_t st, bool pdl, const float *in, const float *gate, int64_t ld_in, const float *norm, int n, int kp,
                      float eps, int scaled, int n_tokens, __half *xh, float *xscale, float *xsum, int64_t ld_out, char *err,
                      size_t err_len) {
-    const int chunks_per_block = AQC_PREP_THREADS / 32, blocks = (kp / 32 + chunks_per_block - 1) / chunks_per_block;
-    AQC_TRY(aqc__launch(pdl, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(AQC_PREP_THREADS), 0, st, in, gate, ld_in, norm, n, kp, eps,
+    /* a warp per chunk, up to AQC_PREP_THREADS a block: a narrow model's vector (64 values) takes
+       two warps, not 32 that would only wait at the RMS sum's barriers */
+    const int chunks = kp / 32, chunks_per_block = chunks < AQC_PREP_THREADS / 32 ? chunks : AQC_PREP_THREADS / 32,
+              blocks = (chunks + chunks_per_block - 1) / chunks_per_block;
+    AQC_TRY(aqc__launch(pdl, aqc_prep_kernel, dim3(blocks, n_tokens), dim3(32 * chunks_per_block), 0, st, in, gate, ld_in, norm, n, kp, eps,
                         scaled, xh, xscale, xsum, ld_out));
     return 0;
 }
@@ -2180,7 +2199,7 @@ static int aqc__next_token(aqc_session *s, int32_t *next, char *err, size_t err_
 
 extern "C" int aqc_step_greedy(aqc_session *s, int32_t token, int pos, int32_t *next, char *err, size_t err_len) {
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    AQC_TRY(aqc__launch(s->pdl, aqc_argmax_kernel, dim3(1), dim3(1024), 0, s->stream, (const float *)s->logits,
+    AQC_TRY(aqc__launch(s->pdl, aqc_argmax_kernel, dim3(1), dim3(aqc__vocab_threads(s->m->c.n_vocab)), 0, s->stream, (const float *)s->logits,
                         s->m->c.n_vocab, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
@@ -2192,7 +2211,7 @@ extern "C" int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc
         return -1;
     }
     if (aqc__step(s, token, pos, err, err_len)) return -1;
-    AQC_TRY(aqc__launch(s->pdl, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, s->stream,
+    AQC_TRY(aqc__launch(s->pdl, aqc_sample_kernel, dim3(1), dim3(aqc__vocab_threads(s->m->c.n_vocab)), 0, s->stream,
                         (const float *)s->logits, s->m->c.n_vocab, p->temperature, p->top_k, p->top_p, p->min_p, r, s->state));
     return aqc__next_token(s, next, err, err_len);
 }
@@ -2465,7 +2484,7 @@ extern "C" int aqc_check_top_k(const float *vals, int n, int k, int mode, int *o
     if (!dv || !dout) return -1;
     AQC_TRY(cudaMemcpy(dv, vals, (size_t)n * 4, cudaMemcpyHostToDevice));
     if (mode == 2) {   /* the decode step's argmax, as aqc_step_greedy launches it */
-        AQC_TRY(aqc__launch(false, aqc_argmax_kernel, dim3(1), dim3(1024), 0, 0, (const float *)dv, n, dout));
+        AQC_TRY(aqc__launch(false, aqc_argmax_kernel, dim3(1), dim3(aqc__vocab_threads(n)), 0, 0, (const float *)dv, n, dout));
         AQC_TRY(cudaMemcpy(out, dout + AQC_NEXT, 4, cudaMemcpyDeviceToHost));
         return 0;
     }
@@ -2534,7 +2553,7 @@ extern "C" int aqc_check_sample(const float *logits, int n, const aqc_sampling *
     int *state = (int *)sc.get((size_t)AQC_STATE_INTS * 4, err, err_len);
     if (!dv || !state) return -1;
     AQC_TRY(cudaMemcpy(dv, logits, (size_t)n * 4, cudaMemcpyHostToDevice));
-    AQC_TRY(aqc__launch(false, aqc_sample_kernel, dim3(1), dim3(AQC_TOPK_THREADS), 0, 0, (const float *)dv, n, p->temperature,
+    AQC_TRY(aqc__launch(false, aqc_sample_kernel, dim3(1), dim3(aqc__vocab_threads(n)), 0, 0, (const float *)dv, n, p->temperature,
                         p->top_k, p->top_p, p->min_p, r, state));
     AQC_TRY(cudaMemcpy(out, state + AQC_NEXT, 4, cudaMemcpyDeviceToHost));
     return 0;

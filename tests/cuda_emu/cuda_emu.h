@@ -75,34 +75,46 @@ struct alignas(4) __half2 { __half x, y; };
 typedef __half2 half2;
 
 namespace aqe {
+/* Exact, by bits: every f16 is an f32 (the model checks convert hundreds of millions). */
 static inline float half_to_float(uint16_t h) {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 31u, man = h & 1023u;
-    float f;
-    if (exp == 0) f = ldexpf((float)man, -24);
-    else if (exp == 31) f = man ? NAN : INFINITY;
-    else f = ldexpf((float)(man | 1024u), (int)exp - 25);
     uint32_t u;
-    memcpy(&u, &f, 4);
-    u |= sign;
+    if (exp == 31) u = sign | 0x7f800000u | (man << 13);     /* inf, NaN (payload kept, as the GPU does) */
+    else if (exp) u = sign | ((exp + 112u) << 23) | (man << 13);   /* normal: rebias 15 -> 127 */
+    else {
+        float f = (float)man * 0x1p-24f;   /* subnormal: exact, a power-of-two scale */
+        memcpy(&u, &f, 4);
+        u |= sign;
+    }
+    float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
 /* Nearest f16, ties to even, from a double (which holds a product or a sum of two f16 values
-   exactly, so that an emulated f16 FMA rounds once, as the GPU's does). */
+   exactly, so that an emulated f16 FMA rounds once, as the GPU's does).  By bits: the double's
+   53-bit significand shifted down to the f16 step at its exponent (2^(e - 10), 2^-24 for
+   subnormals), rounded to even on the bits shifted out. */
 static inline uint16_t double_to_half(double d) {
-    const uint16_t sign = signbit(d) ? 0x8000u : 0u;
+    uint64_t u;
+    memcpy(&u, &d, 8);
+    const uint16_t sign = (u >> 63) ? 0x8000u : 0u;
+    const int biased_exp = (int)((u >> 52) & 2047u);
+    if (biased_exp == 2047 && (u & 0xfffffffffffffull)) return 0x7e00u;   /* NaN */
     d = fabs(d);
-    if (isnan(d)) return 0x7e00u;
     if (d >= 65520.0) return sign | 0x7c00u;   /* 65504 is the largest; from halfway to 65536 up: inf */
-    int e;
-    frexp(d, &e);                        /* d in [2^(e-1), 2^e) */
-    int ulp_exp = std::max(e - 11, -24);   /* 11 significant bits; subnormals' step is 2^-24 */
-    double n = nearbyint(ldexp(d, -ulp_exp));   /* the default rounding mode: ties to even */
-    if (n >= 2048.0) { n /= 2; ulp_exp++; }
-    const int biased = ulp_exp + 25;     /* value n * 2^ulp_exp, n in [1024, 2048) when normal */
+    const int e = biased_exp - 1023;           /* d in [2^e, 2^(e+1)) */
+    if (biased_exp == 0 || e < -26) return sign;   /* under half of 2^-24: zero */
+    int step_exp = std::max(e - 10, -24);      /* 11 significant bits; subnormals' step is 2^-24 */
+    const uint64_t significand = (u & 0xfffffffffffffull) | (1ull << 52);
+    const int shift = 52 - e + step_exp;       /* 42 .. 54 */
+    uint64_t n = significand >> shift;
+    const uint64_t rest = significand & ((1ull << shift) - 1), half = 1ull << (shift - 1);
+    if (rest > half || (rest == half && (n & 1))) n++;
+    if (n >= 2048) { n >>= 1; step_exp++; }   /* rounded up to the next power of two (n was 2048: even) */
+    const int biased = step_exp + 25;          /* value n * 2^step_exp, n in [1024, 2048) when normal */
     if (biased >= 31) return sign | 0x7c00u;
-    if (n < 1024.0) return sign | (uint16_t)n;   /* subnormal (ulp_exp == -24) */
+    if (n < 1024) return sign | (uint16_t)n;   /* subnormal (step_exp == -24) */
     return sign | (uint16_t)((biased << 10) | ((unsigned)n - 1024u));
 }
 }  // namespace aqe
@@ -179,8 +191,11 @@ namespace aqe {
 struct AsyncCopy { void *dst; const void *src; };
 
 struct Fiber {
-    ucontext_t ctx;   /* without AQE_FAST_SWITCH */
-    void *sp;         /* with it: the saved stack pointer */
+#if AQE_FAST_SWITCH
+    void *sp;         /* the saved stack pointer */
+#else
+    ucontext_t ctx;
+#endif
     dim3 tid;
     int lane, warp;
     bool done;
@@ -480,23 +495,22 @@ static inline void aqc__mma_16816(float d[4], const uint32_t a[4], const uint32_
     for (int l = 0; l < 32; l++) { a23[l][0] = (uint32_t)all[l]; a23[l][1] = (uint32_t)(all[l] >> 32); }
     all = aqe::warp_exchange((uint64_t)b[0] | (uint64_t)b[1] << 32);
     for (int l = 0; l < 32; l++) { bb[l][0] = (uint32_t)all[l]; bb[l][1] = (uint32_t)(all[l] >> 32); }
-    float A[16][16], B[16][8];
-    for (int l = 0; l < 32; l++) {
-        const int g = l / 4, t = l % 4;
-        for (int e = 0; e < 2; e++) {
-            A[g][2 * t + e] = aqe_half_bits(a01[l][0], e);
-            A[g + 8][2 * t + e] = aqe_half_bits(a01[l][1], e);
-            A[g][2 * t + 8 + e] = aqe_half_bits(a23[l][0], e);
-            A[g + 8][2 * t + 8 + e] = aqe_half_bits(a23[l][1], e);
-            B[2 * t + e][g] = aqe_half_bits(bb[l][0], e);
-            B[2 * t + 8 + e][g] = aqe_half_bits(bb[l][1], e);
-        }
-    }
+    /* this lane's rows of A (g, g + 8) and columns of B (2t, 2t + 1) only: the products and
+       their order are those of the whole matrices' */
     const int g = aqe::current->lane / 4, t = aqe::current->lane % 4;
+    float A[2][16], B[2][16];
+    for (int q = 0; q < 4; q++)
+        for (int e = 0; e < 2; e++)
+            for (int r = 0; r < 2; r++) {
+                A[r][2 * q + e] = aqe_half_bits(a01[4 * g + q][r], e);
+                A[r][2 * q + 8 + e] = aqe_half_bits(a23[4 * g + q][r], e);
+                B[r][2 * q + e] = aqe_half_bits(bb[4 * (2 * t + r) + q][0], e);
+                B[r][2 * q + 8 + e] = aqe_half_bits(bb[4 * (2 * t + r) + q][1], e);
+            }
     for (int r = 0; r < 2; r++)
         for (int c = 0; c < 2; c++) {
             float sum = d[2 * r + c];
-            for (int k = 0; k < 16; k++) sum += A[g + 8 * r][k] * B[k][2 * t + c];
+            for (int k = 0; k < 16; k++) sum += A[r][k] * B[c][k];
             d[2 * r + c] = sum;
         }
 }
