@@ -2609,7 +2609,8 @@ static int aqc__time(int iters, F fn, double *us, char *err, size_t err_len, boo
     return 0;
 }
 
-extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len) {
+extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, int int4_only, aqc_gemv_timing *t, char *err,
+                             size_t err_len) {
     if (aqc__allow_shared_memory(cols, err, err_len)) return -1;
     aqc__scratch sc;
     cublasHandle_t blas;
@@ -2637,13 +2638,14 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
         w16[i].format = AQC_F16; w16[i].rows = rows; w16[i].cols = w16[i].kp = cols; w16[i].group = 0;
         w16[i].scales = w16[i].mins = NULL;
         if (!(w4[i].data = sc.get(n_int4, err, err_len)) || !(w4[i].scales = (__half *)sc.get(n_groups * 2, err, err_len)) ||
-            !(w4[i].mins = (__half *)sc.get(n_groups * 2, err, err_len)) || !(w16[i].data = sc.get(n_f16 * 2, err, err_len)))
+            !(w4[i].mins = (__half *)sc.get(n_groups * 2, err, err_len)) ||
+            (!int4_only && !(w16[i].data = sc.get(n_f16 * 2, err, err_len))))
             return -1;
         /* random codes and f16 values in [-1, 1): the scales and offsets too, scaled down */
         AQC_TRY(aqc__fill_random((__half *)w4[i].data, (int64_t)(n_int4 / 2), 11 + i, 0));
         AQC_TRY(aqc__fill_random(w4[i].scales, (int64_t)n_groups, 23 + i, 0));
         AQC_TRY(aqc__fill_random(w4[i].mins, (int64_t)n_groups, 37 + i, 0));
-        AQC_TRY(aqc__fill_random((__half *)w16[i].data, (int64_t)n_f16, 41 + i, 0));
+        if (!int4_only) AQC_TRY(aqc__fill_random((__half *)w16[i].data, (int64_t)n_f16, 41 + i, 0));
         wo[i] = w4[i];   /* the same bytes read as OliVe pairs: only the decode differs */
         wo[i].format = AQC_OVP;
         wo[i].lut = lut;
@@ -2668,9 +2670,14 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, a
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
     bool pdl = false;
     int rc = aqc__device_pdl(&pdl, err, err_len);
+    t->ovp_us = t->f16_us = t->cublas_us = 0.0;
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->int4_us, err, err_len);
+    if (int4_only) {
+        cublasDestroy(blas);
+        return rc;
+    }
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &wo[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->ovp_us, err, err_len);

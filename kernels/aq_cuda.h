@@ -142,9 +142,9 @@ typedef struct {
 int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out, int max_entries, char *err, size_t err_len);
 
 typedef struct {
-    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data */
+    double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data (int4_only: 0 but int4_us) */
 } aqc_gemv_timing;
-int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, aqc_gemv_timing *t, char *err, size_t err_len);
+int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, int int4_only, aqc_gemv_timing *t, char *err, size_t err_len);
 
 typedef struct {
     double copy_gbps;                /* device-to-device copy, bytes read + written */
