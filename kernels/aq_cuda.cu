@@ -1311,8 +1311,8 @@ __global__ void __launch_bounds__(AQC_MERGE_THREADS) aqc_attention_merge_kernel(
 /* ---- sampling side ---- */
 
 /* The argmax's and the sampler's block over n logits: the smallest power of two of threads
-   that gives each at most one logit, 32 to 1024 (the argmax's tree needs a power of two; a
-   512-token vocabulary takes 512 threads, not 1024 that would only wait at its barriers). */
+   that covers them, 32 to 1024 (the argmax's tree needs a power of two; a 512-token vocabulary
+   takes 512 threads, not 1024 of which half would only wait at the barriers). */
 static int aqc__vocab_threads(int n) {
     int threads = 32;
     while (threads < n && threads < 1024) threads *= 2;
