@@ -1397,6 +1397,10 @@ aqc_sample_kernel(const float *logits, int n, float temperature, int top_k, floa
     }
 }
 
+/* Benchmarks: a kernel that does nothing but take its turn (the cost of a launch and its
+   boundary with the kernel before). */
+__global__ void aqc_empty_kernel(void) { aqc__enter(); }
+
 /* Benchmarks and checks: uniform values in [-1, 1) from a counter-based hash. */
 __global__ void aqc_fill_random_kernel(__half *dst, int64_t n, uint64_t seed) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -2762,6 +2766,20 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                                                 page_size, r.max_pages, budget, (const int *)r.pos, r.scores),
                                     "score kernel", err, err_len);
         }, &t->score_us, err, err_len))
+        return -1;
+    /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
+       launched as the step launches them: the selection minus the score is the top-k plus the
+       boundary between the two kernels, and the empty kernel is what any boundary costs */
+    if (aqc__time(iters, [&](int, cudaStream_t st) {
+            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_quest_topk_kernel, dim3(n_kv_heads), dim3(aqc__topk_threads(r.max_pages)), 0,
+                                                st, (const float *)r.scores, r.max_pages, page_size, budget, (const int *)r.pos, r.lists,
+                                                r.list_len),
+                                    "top-k kernel", err, err_len);
+        }, &t->topk_us, err, err_len))
+        return -1;
+    if (aqc__time(iters, [&](int, cudaStream_t st) {
+            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_empty_kernel, dim3(1), dim3(32), 0, st), "empty kernel", err, err_len);
+        }, &t->empty_us, err, err_len))
         return -1;
     /* the dense attention's merge alone (over what the last dense step left) */
     t->dense_splits = r.splits;

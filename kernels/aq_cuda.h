@@ -151,6 +151,8 @@ typedef struct {
     double dense_us, dense_gbps;     /* dense paged attention, one layer, one step */
     double quest_us, select_us;      /* score + top-k + sparse attention; score + top-k alone */
     double score_us;                 /* the score kernel alone */
+    double topk_us;                  /* the top-k kernel alone, over the scores in L2 */
+    double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */
