@@ -681,7 +681,9 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     const int tid = threadIdx.x, nt = blockDim.x, lane = tid % 32;
     const int rounds = (n + nt - 1) / nt;   /* read per pass (CACHE = 0): rounds of nt keys */
     auto index = [&](int r) { return CACHE ? tid * CACHE + r : r * nt + tid; };
-    auto key_at = [&](int i) { return i < n ? aqc__order_key(vals[i]) : 0u; };
+    /* from L2 (__ldcg): the values may have been written by other blocks of this same grid
+       (aqc_quest_select_kernel), which no L1 would know of */
+    auto key_at = [&](int i) { return i < n ? aqc__order_key(__ldcg(vals + i)) : 0u; };
     uint32_t cache[CACHE ? CACHE : 1];
     if (CACHE) {
 #pragma unroll
@@ -828,6 +830,43 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
     if (tid == 0) {
         out[keep] = last;
         list_len[kvh] = keep + 1;
+    }
+}
+
+/* Quest's score and top-k in one grid, an experiment timed beside the two kernels (the timing
+   part; kernels/NOTES.md, tenth session): the score kernel's blocks, then the last block of each
+   KV head to finish (a ticket from done[kvh], which it sets back to 0 for the next launch)
+   selects as aqc_quest_topk_kernel does, with the score block's 128 threads, where the two
+   kernels hand over at a kernel boundary.  The same lists as the two kernels' (checked). */
+#define AQC_SELECT_CACHE 16   /* 2048 pages over 128 threads */
+__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
+aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
+                        int budget, const int *pos_ptr, float *scores, unsigned *done, int *lists, int *list_len) {
+    __shared__ int s_last;
+    aqc__enter();
+    const int kvh = blockIdx.y, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
+    int *out = lists + (size_t)kvh * max_pages;
+    if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
+        if (blockIdx.x == 0) {
+            for (int i = tid; i <= last; i += blockDim.x) out[i] = i;
+            if (tid == 0) list_len[kvh] = last + 1;
+        }
+        return;
+    }
+    aqc__score_pages(blockIdx.x, gridDim.x, kvh, q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
+    __threadfence();   /* this block's scores reach L2 before its ticket is taken */
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(done + kvh, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();   /* the other blocks' scores, seen through their tickets */
+    const int keep = budget / page_size - 1;
+    if (last <= AQC_SELECT_CACHE * (int)blockDim.x) aqc__block_top_k<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
+    else aqc__block_top_k<0>(scores + (size_t)kvh * max_pages, last, keep, out);
+    if (tid == 0) {
+        out[keep] = last;
+        list_len[kvh] = keep + 1;
+        done[kvh] = 0;
     }
 }
 
@@ -1891,6 +1930,15 @@ static int aqc__quest_select(cudaStream_t st, bool pdl, const float *q, const __
     return 0;
 }
 
+/* The same selection in one kernel (aqc_quest_select_kernel); done: n_kv zeros, left zeros. */
+static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
+                                   int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, unsigned *done,
+                                   int *lists, int *list_len, char *err, size_t err_len) {
+    AQC_TRY(aqc__launch(pdl, aqc_quest_select_kernel, dim3(aqc__select_blocks(max_pages), n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q,
+                        bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, done, lists, list_len));
+    return 0;
+}
+
 /* A decode step's attention over Quest's selection of pages: aqc__quest_select, then
    aqc__attention over the lists (the selection's end marked for aqc_profile_step, prof may be
    NULL). */
@@ -2324,6 +2372,7 @@ struct aqc__attn_rig {
     __half *kv, *bounds;
     float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
     int *lists, *list_len, *pos;
+    unsigned *done;   /* aqc_quest_select_kernel's tickets, zeros */
 };
 
 /* A rig for n_q queries at the last positions of a context of n_ctx (n_q > 1: a prompt, dense). */
@@ -2351,7 +2400,11 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->lists = (int *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
-    return r->kv && r->bounds && r->qkv && r->scores && r->partial && r->out && r->lists && r->list_len && r->pos ? 0 : -1;
+    r->done = (unsigned *)sc->get((size_t)n_kv * 4, err, err_len);
+    if (!r->kv || !r->bounds || !r->qkv || !r->scores || !r->partial || !r->out || !r->lists || !r->list_len || !r->pos || !r->done) return -1;
+    AQC_TRY(cudaMemset(r->done, 0, (size_t)n_kv * 4));
+    AQC_TRY(cudaDeviceSynchronize());   /* before any non-blocking stream uses it */
+    return 0;
 }
 
 /* Attention for the queries in r->qkv at positions *r->pos .. + n_q - 1 over layer `layer` of the
@@ -2461,6 +2514,35 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
             aqc__err(err, err_len, "attention check: %d splits give another output than %d (max difference %.2e of %.2e)", many,
                      r.splits, diff, mag);
             return -1;
+        }
+    }
+    if (budget && n_ctx > budget && n_queries == 1) {   /* the one-kernel selection lists the same pages, twice (its tickets reset) */
+        const size_t list_ints = (size_t)n_kv_heads * r.max_pages;
+        int *lists2 = (int *)sc.get(list_ints * 4, err, err_len), *len2 = (int *)sc.get((size_t)n_kv_heads * 4, err, err_len);
+        if (!lists2 || !len2) return -1;
+        std::vector<int> a(list_ints), b(list_ints), la(n_kv_heads), lb(n_kv_heads);
+        AQC_TRY(cudaStreamSynchronize(st.s));
+        AQC_TRY(cudaMemcpy(a.data(), r.lists, list_ints * 4, cudaMemcpyDeviceToHost));
+        AQC_TRY(cudaMemcpy(la.data(), r.list_len, (size_t)n_kv_heads * 4, cudaMemcpyDeviceToHost));
+        for (int run = 0; run < 2; run++) {
+            AQC_TRY(cudaMemset(lists2, 0xff, list_ints * 4));
+            AQC_TRY(cudaMemset(len2, 0xff, (size_t)n_kv_heads * 4));
+            /* and the scores: the two kernels' are the same numbers, so a block that selected
+               before the others had scored would not show otherwise */
+            AQC_TRY(cudaMemset(r.scores, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
+            AQC_TRY(cudaDeviceSynchronize());
+            if (aqc__quest_select_fused(st.s, r.pdl, r.qkv, r.bounds, n_heads, n_kv_heads, head_dim, page_size, r.max_pages, budget, r.pos,
+                                        r.scores, r.done, lists2, len2, err, err_len))
+                return -1;
+            AQC_TRY(cudaStreamSynchronize(st.s));
+            AQC_TRY(cudaMemcpy(b.data(), lists2, list_ints * 4, cudaMemcpyDeviceToHost));
+            AQC_TRY(cudaMemcpy(lb.data(), len2, (size_t)n_kv_heads * 4, cudaMemcpyDeviceToHost));
+            for (int h = 0; h < n_kv_heads; h++)
+                if (la[h] != lb[h] || memcmp(&a[(size_t)h * r.max_pages], &b[(size_t)h * r.max_pages], (size_t)la[h] * 4)) {
+                    aqc__err(err, err_len, "attention check: the one-kernel Quest selection lists other pages for KV head %d (run %d)", h,
+                             run + 1);
+                    return -1;
+                }
         }
     }
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
@@ -2766,6 +2848,12 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                                                 page_size, r.max_pages, budget, (const int *)r.pos, r.scores),
                                     "score kernel", err, err_len);
         }, &t->score_us, err, err_len))
+        return -1;
+    /* the selection in one kernel (aqc_quest_select_kernel), to weigh against the two */
+    if (aqc__time(iters, [&](int i, cudaStream_t st) {
+            return aqc__quest_select_fused(st, r.pdl, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
+                                           r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
+        }, &t->select_fused_us, err, err_len))
         return -1;
     /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
        launched as the step launches them: the selection minus the score is the top-k plus the

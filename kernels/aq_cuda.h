@@ -152,6 +152,7 @@ typedef struct {
     double quest_us, select_us;      /* score + top-k + sparse attention; score + top-k alone */
     double score_us;                 /* the score kernel alone */
     double topk_us;                  /* the top-k kernel alone, over the scores in L2 */
+    double select_fused_us;          /* score + top-k in one kernel (an experiment, aqc_quest_select_kernel) */
     double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */

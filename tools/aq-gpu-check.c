@@ -814,8 +814,9 @@ static void timing_table(int short_set) {
                "(selection %5.1f us, of which score %5.1f): %.2fx\n",
                kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us, at.score_us,
                at.dense_us / at.quest_us);
-        printf("    top-k alone %.1f us (the selection minus the score: %.1f); an empty kernel launched the same way %.1f us\n", at.topk_us,
-               at.select_us - at.score_us, at.empty_us);
+        printf("    top-k alone %.1f us (the selection minus the score: %.1f); an empty kernel launched the same way %.1f us;"
+               " score and top-k in one kernel %.1f us (two: %.1f)\n", at.topk_us, at.select_us - at.score_us, at.empty_us,
+               at.select_fused_us, at.select_us);
         printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
         for (i = 0; i < 8; i++)
             if (at.dense_sweep_us[i] > 0) printf("  %d: %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);

@@ -152,6 +152,8 @@ template <class T> static inline T __ldg(const T *p) {
     return *p;
 }
 template <class T> static inline T __ldcg(const T *p) { return *p; }
+/* blocks run one after another: every write is seen by the blocks after it */
+static inline void __threadfence(void) {}
 /* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
 
