@@ -811,26 +811,36 @@ __device__ void aqc__block_top_k(const float *vals, int n, int k, int *out) {
     for_each_key(place);
 }
 
-/* Per KV head: the budget / page_size - 1 complete pages with the highest bounds, in ascending
-   page order, then the current page.  The block is as small as holds max_pages in registers
-   (aqc__topk_threads): the selection is a chain of barriers, each cheaper with fewer warps. */
+/* Every page up to the last, in order (a context within the budget), by the calling block. */
+__device__ void aqc__list_every_page(int last, int *out, int *len) {
+    for (int i = threadIdx.x; i <= last; i += blockDim.x) out[i] = i;
+    if (threadIdx.x == 0) *len = last + 1;
+}
+
+/* The budget / page_size - 1 complete pages of a KV head with the highest scores, in ascending
+   page order, then the current page, by the calling block (CACHE scores a thread in registers
+   where they fit, else read per pass). */
+template <int CACHE>
+__device__ void aqc__pick_pages(const float *head_scores, int last, int page_size, int budget, int *out, int *len) {
+    const int keep = budget / page_size - 1;
+    if (last <= CACHE * (int)blockDim.x) aqc__block_top_k<CACHE>(head_scores, last, keep, out);
+    else aqc__block_top_k<0>(head_scores, last, keep, out);
+    if (threadIdx.x == 0) {
+        out[keep] = last;
+        *len = keep + 1;
+    }
+}
+
+/* Per KV head, aqc__pick_pages (or every page, within the budget).  The block is as small as
+   holds max_pages in registers (aqc__topk_threads): the selection is a chain of barriers, each
+   cheaper with fewer warps. */
 __global__ void __launch_bounds__(AQC_TOPK_THREADS, 1)
 aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int budget, const int *pos_ptr, int *lists, int *list_len) {
     aqc__enter();
-    const int kvh = blockIdx.x, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
+    const int kvh = blockIdx.x, pos = *pos_ptr, last = pos / page_size;
     int *out = lists + (size_t)kvh * max_pages;
-    if (pos + 1 <= budget) {
-        for (int i = tid; i <= last; i += blockDim.x) out[i] = i;
-        if (tid == 0) list_len[kvh] = last + 1;
-        return;
-    }
-    const int keep = budget / page_size - 1;
-    if (last <= AQC_TOPK_CACHE * (int)blockDim.x) aqc__block_top_k<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
-    else aqc__block_top_k<0>(scores + (size_t)kvh * max_pages, last, keep, out);
-    if (tid == 0) {
-        out[keep] = last;
-        list_len[kvh] = keep + 1;
-    }
+    if (pos + 1 <= budget) aqc__list_every_page(last, out, list_len + kvh);
+    else aqc__pick_pages<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
 }
 
 /* Quest's score and top-k in one grid, an experiment timed beside the two kernels (the timing
@@ -844,30 +854,21 @@ aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads,
                         int budget, const int *pos_ptr, float *scores, unsigned *done, int *lists, int *list_len) {
     __shared__ int s_last;
     aqc__enter();
-    const int kvh = blockIdx.y, tid = threadIdx.x, pos = *pos_ptr, last = pos / page_size;
+    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size;
     int *out = lists + (size_t)kvh * max_pages;
     if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
-        if (blockIdx.x == 0) {
-            for (int i = tid; i <= last; i += blockDim.x) out[i] = i;
-            if (tid == 0) list_len[kvh] = last + 1;
-        }
+        if (blockIdx.x == 0) aqc__list_every_page(last, out, list_len + kvh);
         return;
     }
     aqc__score_pages(blockIdx.x, gridDim.x, kvh, q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
     __threadfence();   /* this block's scores reach L2 before its ticket is taken */
     __syncthreads();
-    if (tid == 0) s_last = atomicAdd(done + kvh, 1u) == gridDim.x - 1;
+    if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == gridDim.x - 1;
     __syncthreads();
     if (!s_last) return;
     __threadfence();   /* the other blocks' scores, seen through their tickets */
-    const int keep = budget / page_size - 1;
-    if (last <= AQC_SELECT_CACHE * (int)blockDim.x) aqc__block_top_k<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, keep, out);
-    else aqc__block_top_k<0>(scores + (size_t)kvh * max_pages, last, keep, out);
-    if (tid == 0) {
-        out[keep] = last;
-        list_len[kvh] = keep + 1;
-        done[kvh] = 0;
-    }
+    aqc__pick_pages<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
+    if (threadIdx.x == 0) done[kvh] = 0;
 }
 
 /* ---- attention ----
