@@ -311,6 +311,10 @@ typedef struct {
     int quest_dense_layers; /* default 2 */
     int quest_per_head;     /* 1: every query head selects its own pages (reads more); 0: one
                                selection per KV head, bounds summed over its query heads */
+    int quest_bounds;       /* bits per stored key bound: 16 (f16, default; 0 means 16) or 8
+                               (int8 with an f16 scale per 16, still rounded outwards, so still
+                               bounds: a selection reads 0.56x the bytes, the pages' bounds are
+                               looser by at most 1/127 of their 16-value block's largest value) */
     int window;             /* baseline instead of Quest: attend only the last `window` positions,
                                in the same layers Quest would select in; 0 = off */
     /* AQ_BACKEND_CUDA runs the session on the GPU (build with AQ_CUDA and link
@@ -3707,7 +3711,11 @@ static aqc_model *aq__cuda_model(const aq_model *model, char *err, size_t err_le
    AQ__META_PAGES pages laid out [KV head][page][min, max][head_dim]: the selection scans one KV
    head's bounds of consecutive pages as one stream instead of touching every page.  They are
    f16 rounded outwards (min down, max up), so they stay bounds and cost 1/P of the page's K+V
-   bytes, as in Quest's cost model.
+   bytes, as in Quest's cost model.  With quest_bounds = 8 they are int8 codes with an f16 scale
+   per 16 values (value = code * scale), also rounded outwards, at 0.56x the bytes: the
+   selection reads every page's bounds at every step, and at 32K context that is half of what
+   Quest reads.  Only complete pages are ever scored, so those are quantized once, from the
+   page's keys, when the page's last slot is written.
 
    Attention.  Every query reads a list of spans (page, first slot, end slot).  Dense attention
    lists all pages up to the query's position.  With Quest (decode only, from layer
@@ -3723,6 +3731,70 @@ typedef struct { int32_t page, begin, end; } aq__span;   /* slots [begin, end) o
 
 #define AQ__META_PAGES 64
 
+/* x as f16, rounded towards -inf (down) or +inf (up): the neighbour of the nearest half when
+   that one lies on the wrong side of x. */
+static uint16_t aq__f16_directed(float x, int up) {
+    uint16_t h = aq_f32_to_f16(x);
+    float back = aq_f16_to_f32(h);
+    if (up ? back >= x : back <= x) return h;
+    if (up) return h == 0x8000 ? 0x0001 : (h & 0x8000) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
+    return h == 0x0000 ? 0x8001 : (h & 0x8000) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
+}
+
+/* Bytes of one page's bounds for one KV head: 2 * head_dim f16, or (8 bits) 2 * head_dim int8
+   codes then an f16 scale per block of 16 codes. */
+static size_t aq__bounds_record_bytes(int bits, int hd) {
+    return bits == 8 ? 2 * (size_t)hd + 2 * (size_t)((2 * hd + 15) / 16) : 4 * (size_t)hd;
+}
+
+/* A page's box [kmin | kmax] (head_dim each) as 8-bit bounds: block b of 16 values gets the
+   smallest f16 scale d with 127 d >= its largest magnitude, and each value the code c with
+   c d <= kmin (rounded down) or c d >= kmax (up).  c d is exact in f32 (8 bits times 11), so
+   the dequantized box holds the keys' box whatever computes with it.  kernels/aq_cuda.cu's
+   aqc__bounds8_block does the same arithmetic in the same order: the GPU's records are these,
+   byte for byte (checked). */
+static void aq__bounds8_quantize(const float *kmin, const float *kmax, int hd, uint8_t *record) {
+    int8_t *codes = (int8_t *)record;
+    uint8_t *scales = record + 2 * (size_t)hd;
+    int n = 2 * hd, b, i;
+    for (b = 0; b * 16 < n; b++) {
+        const int end = b * 16 + 16 < n ? b * 16 + 16 : n;
+        float amax = 0.0f, d;
+        uint16_t dh;
+        for (i = b * 16; i < end; i++) {
+            float x = fabsf(i < hd ? kmin[i] : kmax[i - hd]);
+            amax = x > amax ? x : amax;
+        }
+        dh = aq__f16_directed(amax / 127.0f, 1);
+        if (aq_f16_to_f32(dh) * 127.0f < amax) dh++;   /* the quotient rounded down onto an f16 */
+        d = aq_f16_to_f32(dh);
+        memcpy(scales + 2 * b, &dh, 2);
+        for (i = b * 16; i < end; i++) {
+            const int up = i >= hd;
+            const float x = up ? kmax[i - hd] : kmin[i];
+            float c = 0.0f;
+            if (d > 65504.0f) c = up ? 127.0f : -127.0f;   /* keys past 8.3e6 (f32 cache): +-inf, still bounds */
+            else if (d > 0.0f) {
+                c = up ? ceilf(x / d) : floorf(x / d);
+                if (up ? c * d < x : c * d > x) c += up ? 1.0f : -1.0f;
+                c = c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c;   /* 127 d >= |x|: still a bound */
+            }
+            codes[i] = (int8_t)c;
+        }
+    }
+}
+
+/* The page box a stored record stands for, in f32 (tests and references). */
+AQ__MAYBE_UNUSED static void aq__bounds_decode(const uint8_t *record, int bits, int hd, float *kmin, float *kmax) {
+    int i;
+    for (i = 0; i < 2 * hd; i++) {
+        float x = bits == 8 ? (float)((const int8_t *)record)[i] * aq_f16_to_f32(aq__rd16(record + 2 * (size_t)hd + 2 * (i / 16)))
+                            : aq_f16_to_f32(aq__rd16(record + 2 * (size_t)i));
+        if (i < hd) kmin[i] = x;
+        else kmax[i - hd] = x;
+    }
+}
+
 struct aq_session {
     const aq_model *m;
     aq__pool *pool;
@@ -3731,8 +3803,10 @@ struct aq_session {
     char **pages;              /* [n_layers * max_pages], NULL until used */
     size_t kv_elem;            /* 4 (f32) or 2 (f16) */
     size_t page_bytes, v_offset;   /* per page, then per KV head inside */
-    uint16_t **meta;           /* [n_layers * meta_chunks] bounds chunks (f16), NULL until used */
+    uint8_t **meta;            /* [n_layers * meta_chunks] bounds chunks, NULL until used */
     int meta_chunks;
+    size_t bounds_bytes;       /* one page's bounds for one KV head (aq__bounds) */
+    float *box;                /* [kmin | kmax] of a page being quantized (quest_bounds 8) */
     /* scratch for up to n_batch tokens */
     float *x, *xb, *q, *k, *v, *att_out, *hb, *hb2;
     float *rope;               /* [n_batch][n_rot / 2] (cos, sin) pairs */
@@ -3781,7 +3855,7 @@ void aq_session_free(aq_session *s) {
         for (i = 0; i < s->m->cfg.n_layers * s->meta_chunks; i++) AQ_FREE(s->meta[i]);
     AQ_FREE(s->pages);
     AQ_FREE(s->meta);
-    AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
+    AQ_FREE(s->box); AQ_FREE(s->x); AQ_FREE(s->xb); AQ_FREE(s->q); AQ_FREE(s->k); AQ_FREE(s->v); AQ_FREE(s->att_out);
     AQ_FREE(s->hb); AQ_FREE(s->hb2); AQ_FREE(s->rope); AQ_FREE(s->att); AQ_FREE(s->part); AQ_FREE(s->spans);
     AQ_FREE(s->cands); AQ_FREE(s->tile); AQ_FREE(s->x8_mem); AQ_FREE(s->xq); AQ_FREE(s->xs); AQ_FREE(s->xsum);
     AQ_FREE(s);
@@ -3815,6 +3889,7 @@ static void aq__session_pick_backend(aq_session *s) {
         gc.n_batch = s->n_batch < 512 ? s->n_batch : 512;   /* aqc_eval splits longer inputs */
         gc.quest_budget = p->quest_budget;
         gc.quest_dense_layers = p->quest_dense_layers;
+        gc.quest_bounds = p->quest_bounds;
         gc.use_graph = !p->no_cuda_graph;
         if (!(s->cuda = aqc_session_new(g, &gc, why, sizeof why))) {
             snprintf(s->backend_note, sizeof s->backend_note, "CPU: %s: %s", name, why);
@@ -3844,6 +3919,11 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
         return NULL;
     }
     if (p.quest_budget && p.window) { aq__err(err, err_len, "quest_budget and window are alternatives: set one"); return NULL; }
+    if (p.quest_bounds != 0 && p.quest_bounds != 8 && p.quest_bounds != 16) {
+        aq__err(err, err_len, "quest_bounds %d is neither 8 nor 16 (bits per stored key bound)", p.quest_bounds);
+        return NULL;
+    }
+    if (p.quest_bounds == 0) p.quest_bounds = 16;
     if (p.n_threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         p.n_threads = n > 0 ? (int)(n < 512 ? n : 512) : 1;
@@ -3869,6 +3949,7 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->v_offset = (size_t)c->n_kv_heads * kvh_bytes;
     s->page_bytes = 2 * s->v_offset;
     s->meta_chunks = (s->max_pages + AQ__META_PAGES - 1) / AQ__META_PAGES;
+    s->bounds_bytes = aq__bounds_record_bytes(p.quest_bounds, c->head_dim);
     s->tile_cols = c->n_ff > c->n_embd ? c->n_ff : c->n_embd;
     if ((int64_t)q_dim > s->tile_cols) s->tile_cols = (int64_t)q_dim;
     s->max_splits = 2 * p.n_threads < 64 ? 2 * p.n_threads : 64;
@@ -3877,7 +3958,8 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->att_floats = (size_t)group * ((size_t)p.page_size + (size_t)c->head_dim + 2) + 3 * (size_t)s->max_pages + 64;
     nb = (size_t)p.n_batch;
     s->pages = (char **)aq__calloc((size_t)c->n_layers * (size_t)s->max_pages, sizeof(char *));
-    s->meta = (uint16_t **)aq__calloc((size_t)c->n_layers * (size_t)s->meta_chunks, sizeof(uint16_t *));
+    s->meta = (uint8_t **)aq__calloc((size_t)c->n_layers * (size_t)s->meta_chunks, sizeof(uint8_t *));
+    s->box = (float *)aq__calloc(2 * (size_t)c->head_dim, sizeof(float));
     s->x = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
     s->xb = (float *)aq__calloc(nb * (size_t)c->n_embd, sizeof(float));
     s->q = (float *)aq__calloc(nb * q_dim, sizeof(float));
@@ -3899,7 +3981,7 @@ aq_session *aq_session_new(const aq_model *m, const aq_session_params *params, c
     s->xq = (int8_t *)aq__calloc(nb, (size_t)s->tile_cols + 128);
     s->xs = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
     s->xsum = (float *)aq__calloc(nb * (size_t)(s->tile_cols / 32 + 2), sizeof(float));
-    if (!s->pages || !s->meta || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
+    if (!s->pages || !s->meta || !s->box || !s->x || !s->xb || !s->q || !s->att_out || !s->k || !s->v || !s->hb || !s->hb2 || !s->rope ||
         !s->att || !s->part || !s->spans || !s->cands || !s->tile || !s->x8_mem || !s->xq || !s->xs || !s->xsum)
         goto oom;
     for (i = 0; i < 3; i++) aq__x8_init(&s->x8[i], s->x8_mem + (size_t)i * aq__x8_bytes(s->tile_cols), s->tile_cols);
@@ -3930,7 +4012,7 @@ uint64_t aq_session_kv_bytes(const aq_session *s) {
     int64_t i;
     for (i = 0; i < (int64_t)s->m->cfg.n_layers * s->max_pages; i++) n += s->pages[i] ? s->page_bytes : 0;
     for (i = 0; i < (int64_t)s->m->cfg.n_layers * s->meta_chunks; i++)
-        n += s->meta[i] ? sizeof(uint16_t) * 2 * AQ__META_PAGES * (uint64_t)s->m->cfg.n_kv_heads * s->m->cfg.head_dim : 0;
+        n += s->meta[i] ? AQ__META_PAGES * (uint64_t)s->m->cfg.n_kv_heads * s->bounds_bytes : 0;
     return n;
 }
 
@@ -3951,30 +4033,21 @@ static void aq__rope(float *x, int n_heads, int head_dim, int n_rot, const float
 
 static char *aq__page(const aq_session *s, int layer, int page) { return s->pages[(size_t)layer * s->max_pages + page]; }
 
-/* The bounds of a page for a KV head: kmin[head_dim], then kmax[head_dim], f16. */
-static uint16_t *aq__bounds(const aq_session *s, int layer, int page, int kvh) {
-    const uint16_t *chunk = s->meta[(size_t)layer * s->meta_chunks + page / AQ__META_PAGES];
-    return (uint16_t *)chunk + ((size_t)kvh * AQ__META_PAGES + page % AQ__META_PAGES) * 2 * (size_t)s->m->cfg.head_dim;
-}
-
-/* x as f16, rounded towards -inf (down) or +inf (up): the neighbour of the nearest half when
-   that one lies on the wrong side of x. */
-static uint16_t aq__f16_directed(float x, int up) {
-    uint16_t h = aq_f32_to_f16(x);
-    float back = aq_f16_to_f32(h);
-    if (up ? back >= x : back <= x) return h;
-    if (up) return h == 0x8000 ? 0x0001 : (h & 0x8000) ? (uint16_t)(h - 1) : (uint16_t)(h + 1);
-    return h == 0x0000 ? 0x8001 : (h & 0x8000) ? (uint16_t)(h + 1) : (uint16_t)(h - 1);
+/* The bounds of a page for a KV head: kmin[head_dim], then kmax[head_dim], as f16 (quest_bounds
+   16) or as aq__bounds8_quantize's record (8). */
+static uint8_t *aq__bounds(const aq_session *s, int layer, int page, int kvh) {
+    uint8_t *chunk = s->meta[(size_t)layer * s->meta_chunks + page / AQ__META_PAGES];
+    return chunk + ((size_t)kvh * AQ__META_PAGES + page % AQ__META_PAGES) * s->bounds_bytes;
 }
 
 static int aq__page_alloc(aq_session *s, int pos, char *err, size_t err_len) {
-    const size_t meta_floats = 2 * AQ__META_PAGES * (size_t)s->m->cfg.n_kv_heads * (size_t)s->m->cfg.head_dim;
+    const size_t chunk_bytes = AQ__META_PAGES * (size_t)s->m->cfg.n_kv_heads * s->bounds_bytes;
     int l, page = pos / s->page_size;
     for (l = 0; l < s->m->cfg.n_layers; l++) {
         char **data = &s->pages[(size_t)l * s->max_pages + page];
-        uint16_t **meta = &s->meta[(size_t)l * s->meta_chunks + page / AQ__META_PAGES];
+        uint8_t **meta = &s->meta[(size_t)l * s->meta_chunks + page / AQ__META_PAGES];
         if ((!*data && !(*data = (char *)aq__calloc(1, s->page_bytes))) ||
-            (!*meta && !(*meta = (uint16_t *)aq__calloc(meta_floats, sizeof(uint16_t))))) {
+            (!*meta && !(*meta = (uint8_t *)aq__calloc(1, chunk_bytes)))) {
             aq__err(err, err_len, "out of memory growing the KV cache to %d tokens", pos + 1);
             return -1;
         }
@@ -3982,14 +4055,15 @@ static int aq__page_alloc(aq_session *s, int pos, char *err, size_t err_len) {
     return 0;
 }
 
-/* Stores one position's keys and values (all KV heads) and updates the page's bounds. */
+/* Stores one position's keys and values (all KV heads) and updates the page's bounds: f16 ones
+   on every append, int8 ones once the page is complete. */
 static void aq__kv_append(aq_session *s, int layer, int pos, const float *k, const float *v) {
     const aq_config *c = &s->m->cfg;
     int P = s->page_size, slot = pos % P, hd = c->head_dim, kvh, i;
     char *page = aq__page(s, layer, pos / P);
     for (kvh = 0; kvh < c->n_kv_heads; kvh++) {
         const float *kk = k + (size_t)kvh * hd, *vv = v + (size_t)kvh * hd;
-        uint16_t *kmin = aq__bounds(s, layer, pos / P, kvh), *kmax = kmin + hd;
+        uint16_t *kmin = (uint16_t *)aq__bounds(s, layer, pos / P, kvh), *kmax = kmin + hd;
         size_t kbase = (size_t)kvh * hd * P, vbase = ((size_t)kvh * P + slot) * hd;
         for (i = 0; i < hd; i++) {
             float key = kk[i];
@@ -4002,8 +4076,24 @@ static void aq__kv_append(aq_session *s, int layer, int pos, const float *k, con
                 ((float *)page)[kbase + (size_t)i * P + slot] = kk[i];
                 ((float *)(page + s->v_offset))[vbase + i] = vv[i];
             }
+            if (s->p.quest_bounds == 8) continue;
             if (slot == 0 || key < aq_f16_to_f32(kmin[i])) kmin[i] = aq__f16_directed(key, 0);
             if (slot == 0 || key > aq_f16_to_f32(kmax[i])) kmax[i] = aq__f16_directed(key, 1);
+        }
+        if (s->p.quest_bounds == 8 && slot == P - 1) {   /* the page is complete: its keys' box, quantized */
+            float *box = s->box;
+            int j;
+            for (i = 0; i < hd; i++) {
+                box[i] = FLT_MAX;
+                box[hd + i] = -FLT_MAX;
+                for (j = 0; j < P; j++) {
+                    size_t at = kbase + (size_t)i * P + j;
+                    float key = s->kv_elem == 2 ? aq_f16_to_f32(aq__rd16(page + 2 * at)) : ((const float *)page)[at];
+                    box[i] = key < box[i] ? key : box[i];
+                    box[hd + i] = key > box[hd + i] ? key : box[hd + i];
+                }
+            }
+            aq__bounds8_quantize(box, box + hd, hd, (uint8_t *)kmin);
         }
     }
 }
@@ -4060,6 +4150,16 @@ static void aq__bound_coeffs(const float *q, int nh, int hd, float *A, float *B)
         A[i] = 0.5f * (sum + abs_sum);
         B[i] = 0.5f * (sum - abs_sum);
     }
+}
+
+/* The bound of a page from its 8-bit record (aq__bounds8_quantize) and the coefficients
+   coef = [B | A] of aq__bound_coeffs: sum_i coef[i] (code[i] scale[i / 16]), each value exact. */
+static float aq__bound8_ref(const uint8_t *record, const float *coef, int hd) {
+    const int8_t *codes = (const int8_t *)record;
+    float sum = 0.0f;
+    int i;
+    for (i = 0; i < 2 * hd; i++) sum += coef[i] * ((float)codes[i] * aq_f16_to_f32(aq__rd16(record + 2 * (size_t)hd + 2 * (i / 16))));
+    return sum;
 }
 
 /* x[i] = exp(x[i] - max), returns the sum */
@@ -4244,6 +4344,55 @@ AQ__AVX2 static float aq__exp_sum_avx2(float *x, int n, float max) {
     sum = aq__hsum_avx2(acc);
     return sum + aq__exp_sum_ref(x + i, n - i, max);
 }
+
+/* The scales of a record (hd / 8 of them, hd a multiple of 8 and at most 256) as f32. */
+AQ__AVX2 static void aq__bound8_scales_avx2(const uint8_t *record, int hd, float *scales) {
+    int b;
+    for (b = 0; b < hd / 8; b += 8) {
+        __m128i h = _mm_setzero_si128();
+        memcpy(&h, record + 2 * (size_t)hd + 2 * b, 2 * (size_t)(hd / 8 - b < 8 ? hd / 8 - b : 8));
+        _mm256_storeu_ps(scales + b, _mm256_cvtph_ps(h));
+    }
+}
+
+/* head_dim a multiple of 8 (whole blocks of 16 codes): a block's codes widened to f32 and scaled. */
+AQ__AVX2 static float aq__bound8_avx2(const uint8_t *record, const float *coef, int hd) {
+    float scales[32];
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int b;
+    aq__bound8_scales_avx2(record, hd, scales);
+    for (b = 0; b < hd / 8; b++) {
+        const __m128i c16 = _mm_loadu_si128((const __m128i *)(record + 16 * b));
+        const __m256 d = _mm256_set1_ps(scales[b]);
+        const __m256 v0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c16)), d);
+        const __m256 v1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c16, 8))), d);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(coef + 16 * b), v0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(coef + 16 * b + 8), v1, a1);
+    }
+    return aq__hsum_avx2(_mm256_add_ps(a0, a1));
+}
+
+/* The same, a block of 16 codes a vector. */
+AQ__AVX512 static float aq__bound8_avx512(const uint8_t *record, const float *coef, int hd) {
+    float scales[32];
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int b;
+    aq__bound8_scales_avx2(record, hd, scales);
+    for (b = 0; b + 2 <= hd / 8; b += 2) {
+        const __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(record + 16 * b)))),
+                                        _mm512_set1_ps(scales[b]));
+        const __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(record + 16 * b + 16)))),
+                                        _mm512_set1_ps(scales[b + 1]));
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(coef + 16 * b), v0, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(coef + 16 * b + 16), v1, a1);
+    }
+    if (b < hd / 8) {   /* head_dim 8: one block */
+        const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(record + 16 * b)))),
+                                       _mm512_set1_ps(scales[b]));
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(coef + 16 * b), v, a0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
 #endif
 
 /* ---- attention over spans ---- */
@@ -4252,20 +4401,22 @@ typedef struct {
     void (*scores)(const void *kt, size_t elem, const float *q, int nh, int hd, int P, float scale, float *scores);
     void (*values)(const void *v, size_t elem, const float *w, int nh, int hd, int P, int begin, int end, float *out);
     float (*exp_sum)(float *x, int n, float max);
+    float (*bound8)(const uint8_t *record, const float *coef, int hd);
 } aq__attn_kernels;
 
 static aq__attn_kernels aq__attn_kernels_for(int simd, int P, int hd) {
     aq__attn_kernels k;
-    k.scores = aq__page_scores_ref; k.values = aq__page_values_ref; k.exp_sum = aq__exp_sum_ref;
+    k.scores = aq__page_scores_ref; k.values = aq__page_values_ref; k.exp_sum = aq__exp_sum_ref; k.bound8 = aq__bound8_ref;
 #if AQ__X86
     if (simd >= AQ__SIMD_AVX2) {
         if (P % 8 == 0) k.scores = aq__page_scores_avx2;
-        if (hd % 8 == 0) k.values = aq__page_values_avx2;
+        if (hd % 8 == 0) { k.values = aq__page_values_avx2; k.bound8 = aq__bound8_avx2; }
         k.exp_sum = aq__exp_sum_avx2;
     }
     if (simd >= AQ__SIMD_AVX512) {
         if (P == 16) k.scores = aq__page_scores_avx512;
         if (hd % 16 == 0) k.values = aq__page_values_avx512;
+        if (hd % 8 == 0) k.bound8 = aq__bound8_avx512;
     }
 #endif
     (void)simd; (void)P; (void)hd;
@@ -4373,8 +4524,9 @@ static void aq__select_task(void *ctx, int64_t begin, int64_t end, int thread) {
         aq__row_dot_fn dot = aq__row_dot_for(AQ_TYPE_F16, s->m->simd);
         aq__bound_coeffs(q, nh, hd, BA + hd, BA);
         for (p = 0; p < last; p++) {   /* every complete page; the current one is always read */
+            const uint8_t *record = aq__bounds(s, j->layer, p, kvh);
             cand[p].id = p;
-            cand[p].logit = dot(aq__bounds(s, j->layer, p, kvh), BA, 2 * hd);
+            cand[p].logit = s->p.quest_bounds == 8 ? j->kn.bound8(record, BA, hd) : dot(record, BA, 2 * hd);
         }
         aq__select_top(cand, last, keep);
         for (p = 0; p < keep; p++) sp[p].page = cand[p].id;

@@ -490,18 +490,75 @@ __global__ void aqc_embed_kernel(const __half *table, int64_t ld, int dim, const
     for (int i = threadIdx.x; i < dim; i += blockDim.x) x[(size_t)blockIdx.x * dim + i] = __half2float(row[i]);
 }
 
+#define AQC_MAX_HD 256   /* head_dim: a power of two from 8 (checked at model load) */
+
 /* ---- KV cache ----
    Layout per layer: [page][kv head][K: page_size x head_dim | V: page_size x head_dim] f16, so a
-   page of one head is two contiguous blocks.  Bounds per layer: [kv head][page][min | max] f16
-   over head_dim; keys are stored as f16, so their bounds are exact. */
+   page of one head is two contiguous blocks.  Bounds per layer (aqc__bounds): [kv head][page]
+   [min | max] f16 over head_dim (keys are stored as f16, so their bounds are exact); or, with
+   8-bit bounds, the same as int8 codes, then apart from them an f16 scale per 16 codes, written
+   once per page when its last slot is, from its keys, by awq_quest.h's aq__bounds8_quantize
+   arithmetic (so that the GPU and the CPU select alike). */
+struct aqc__bounds {
+    unsigned char *base;   /* the layer's; NULL: none to update */
+    int bits, n_kv, hd, max_pages;
+    __host__ __device__ size_t record(int kvh, int page) const { return (size_t)kvh * max_pages + page; }
+    __host__ __device__ __half *f16(int kvh, int page) const { return (__half *)base + record(kvh, page) * 2 * hd; }
+    __host__ __device__ int8_t *codes(int kvh, int page) const { return (int8_t *)base + record(kvh, page) * 2 * hd; }
+    __host__ __device__ __half *scales(int kvh, int page) const {
+        return (__half *)(base + (size_t)n_kv * max_pages * 2 * hd) + record(kvh, page) * (hd / 8);
+    }
+};
+static size_t aqc__bounds_layer_bytes(int bits, int n_kv, int hd, int max_pages) {
+    return (size_t)n_kv * max_pages * (bits == 8 ? 2 * hd + hd / 4 : 4 * hd);
+}
+static aqc__bounds aqc__bounds_of(void *all, int layer, int bits, int n_kv, int hd, int max_pages) {
+    aqc__bounds b = {(unsigned char *)all + aqc__bounds_layer_bytes(bits, n_kv, hd, max_pages) * layer, bits, n_kv, hd, max_pages};
+    return b;
+}
+
+/* The 8-bit record of one page (kvh, page) from its box in shared memory, box[2 * hd] = [kmin |
+   kmax], by the calling block, a thread per 16 values: as aq__bounds8_quantize, operation for
+   operation (the smallest f16 scale d with 127 d >= the block's largest magnitude, then each
+   code rounded outwards and corrected by one where the quotient's rounding crossed over). */
+__device__ __noinline__ void aqc__bounds8_page(const float *box, const aqc__bounds &b, int kvh, int page) {
+    const int hd = b.hd;
+    for (int blk = threadIdx.x; blk < hd / 8; blk += blockDim.x) {
+        float amax = 0.0f;
+        for (int e = 0; e < 16; e++) amax = fmaxf(amax, fabsf(box[16 * blk + e]));
+        const float want = amax / 127.0f;
+        unsigned short dh = __half_as_ushort(__float2half(want));
+        if (__half2float(__ushort_as_half(dh)) < want) dh++;   /* rounded up: the f16 above */
+        if (__half2float(__ushort_as_half(dh)) * 127.0f < amax) dh++;
+        const float d = __half2float(__ushort_as_half(dh));
+        union { int8_t c[16]; uint4 u; } out;
+        for (int e = 0; e < 16; e++) {
+            const int i = 16 * blk + e;
+            const bool up = i >= hd;
+            const float x = box[i];
+            float c = 0.0f;
+            if (d > 65504.0f) c = up ? 127.0f : -127.0f;
+            else if (d > 0.0f) {
+                c = up ? ceilf(x / d) : floorf(x / d);
+                if (up ? c * d < x : c * d > x) c += up ? 1.0f : -1.0f;
+                c = c > 127.0f ? 127.0f : c < -127.0f ? -127.0f : c;
+            }
+            out.c[e] = (int8_t)c;
+        }
+        *((uint4 *)b.codes(kvh, page) + blk) = out.u;
+        b.scales(kvh, page)[blk] = __ushort_as_half(dh);
+    }
+}
 
 /* RoPE on q and k, then k and v into the cache: block (head, token), the query heads first, then
    the KV heads (which also append), a thread per pair of dimensions (one block per token, its
    threads each working out ~10 accurate sines and cosines in turn, took four times as long on an
-   H100).  A decode step (one token, bounds_layer given) also updates its page's key bounds in
-   place, which for one new key is a min and a max: the bounds kernel then has nothing left to do. */
+   H100).  A decode step (one token, bounds.base given) also updates its page's key bounds in
+   place, which for one new key is a min and a max (f16), or, with 8-bit bounds, quantizes the
+   page's box once its last slot is written: the bounds kernel then has nothing left to do. */
 __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot, float rope_base,
-                                       const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer, int max_pages) {
+                                       const int *pos_ptr, __half *kv_layer, int page_size, aqc__bounds bounds) {
+    __shared__ float box[2 * AQC_MAX_HD];   /* 8-bit bounds: the completed page's [kmin | kmax] */
     aqc__enter();
     const int h = blockIdx.x, t = blockIdx.y, pos = *pos_ptr + t, half_rot = n_rot / 2;
     const int page = pos / page_size, slot = pos % page_size, kvh = h - n_heads;
@@ -525,25 +582,41 @@ __global__ void aqc_rope_append_kernel(float *qkv, int qkv_dim, int n_heads, int
             const __half key = __float2half(xs[e]);
             base[(size_t)slot * hd + d] = key;
             base[(size_t)(page_size + slot) * hd + d] = __float2half(v[d]);
-            if (bounds_layer) {
-                __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
+            if (bounds.base && bounds.bits == 16) {
+                __half *b = bounds.f16(kvh, page);
                 b[d] = slot == 0 || __hlt(key, b[d]) ? key : b[d];
                 b[hd + d] = slot == 0 || __hgt(key, b[hd + d]) ? key : b[hd + d];
             }
+            if (bounds.base && bounds.bits == 8 && slot == page_size - 1) {   /* the page's box, from every key (its own included) */
+                float lo = INFINITY, hi = -INFINITY;
+                for (int j = 0; j < page_size; j++) {
+                    const float x = __half2float(base[(size_t)j * hd + d]);
+                    lo = fminf(lo, x);
+                    hi = fmaxf(hi, x);
+                }
+                box[d] = lo;
+                box[hd + d] = hi;
+            }
         }
+    }
+    if (bounds.base && bounds.bits == 8 && kvh >= 0 && slot == page_size - 1) {   /* the same for the whole block */
+        __syncthreads();
+        aqc__bounds8_page(box, bounds, kvh, page);
     }
 }
 
-/* Bounds of the pages holding positions *pos .. *pos + n_tokens - 1: block (kv head, page). */
-__global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_layer, int n_kv, int hd, int page_size,
-                                       int max_pages, const int *pos_ptr, int n_tokens) {
+/* Bounds of the pages holding positions *pos .. *pos + n_tokens - 1: block (kv head, page).
+   8-bit bounds are written for complete pages only (an incomplete one is never scored, and the
+   append that completes it writes them). */
+__global__ void aqc_page_bounds_kernel(const __half *kv_layer, aqc__bounds bounds, int page_size, const int *pos_ptr, int n_tokens) {
+    __shared__ float box[2 * AQC_MAX_HD];
     aqc__enter();
-    const int kvh = blockIdx.x, first = *pos_ptr, last = first + n_tokens - 1;
+    const int kvh = blockIdx.x, first = *pos_ptr, last = first + n_tokens - 1, n_kv = bounds.n_kv, hd = bounds.hd;
     const int page = first / page_size + blockIdx.y;
     if (page > last / page_size) return;
     const int filled = min(page_size, last + 1 - page * page_size);
+    if (bounds.bits == 8 && filled < page_size) return;
     const __half *K = kv_layer + ((size_t)page * n_kv + kvh) * 2 * page_size * hd;
-    __half *b = bounds_layer + ((size_t)kvh * max_pages + page) * 2 * hd;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         __half lo = K[d], hi = K[d];
         for (int j = 1; j < filled; j++) {
@@ -551,8 +624,18 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
             lo = __hlt(v, lo) ? v : lo;
             hi = __hgt(v, hi) ? v : hi;
         }
-        b[d] = lo;
-        b[hd + d] = hi;
+        if (bounds.bits == 16) {
+            __half *b = bounds.f16(kvh, page);
+            b[d] = lo;
+            b[hd + d] = hi;
+        } else {
+            box[d] = __half2float(lo);
+            box[hd + d] = __half2float(hi);
+        }
+    }
+    if (bounds.bits == 8) {
+        __syncthreads();
+        aqc__bounds8_page(box, bounds, kvh, page);
     }
 }
 
@@ -564,64 +647,111 @@ __global__ void aqc_page_bounds_kernel(const __half *kv_layer, __half *bounds_la
    kernel lists every page. */
 #define AQC_SCORE_WARPS 4
 #define AQC_SCORE_PAGES 8
+#define AQC_SCORE_BLOCKS_PER_SM 6   /* 80 registers, as the f16 score kernel measured on the H100 had */
+
+/* The coefficient of channel d's kmin (B_d) or kmax (A_d) in a page's bound, for the query heads
+   of one KV head (qk: their queries). */
+__device__ __forceinline__ float aqc__bound_coef(const float *qk, int group, int hd, int d, bool is_max) {
+    float total = 0.0f, magnitude = 0.0f;
+    for (int h = 0; h < group; h++) {
+        const float x = qk[(size_t)h * hd + d];
+        total += x;
+        magnitude += fabsf(x);
+    }
+    return 0.5f * (is_max ? total + magnitude : total - magnitude);
+}
 
 /* Block bx of n_bx's share of KV head kvh's n_complete page scores (the blocks stride over the
-   pages). */
-__device__ __forceinline__ void aqc__score_pages(int bx, int n_bx, int kvh, const float *q, const __half *bounds_layer, int n_heads,
-                                                 int n_kv, int hd, int max_pages, int n_complete, float *scores) {
-    /* a page's bounds are 2 * hd f16 [min | max], hd / 4 16-byte loads; a warp loads
-       AQC_SCORE_PAGES pages at once, and only then works out the coefficients of its lanes' 8
-       dimensions from the queries (no shared memory, no barrier in front of the loads) */
-    const int group = n_heads / n_kv;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_vec = hd / 4;
+   pages), from f16 bounds (BITS 16) or 8-bit ones (8). */
+template <int BITS>
+__device__ __forceinline__ void aqc__score_pages(int bx, int n_bx, int kvh, const float *q, const aqc__bounds &bounds, int n_heads,
+                                                 int n_complete, float *scores) {
+    const int n_kv = bounds.n_kv, hd = bounds.hd, max_pages = bounds.max_pages, group = n_heads / n_kv;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const float *qk = q + (size_t)kvh * group * hd;
-    for (int p0 = (bx * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete; p0 += n_bx * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
-        float sum[AQC_SCORE_PAGES];
+    if (BITS == 16) {
+        /* a page's bounds are 2 * hd f16 [min | max], hd / 4 16-byte loads; a warp loads
+           AQC_SCORE_PAGES pages at once, and only then works out the coefficients of its lanes' 8
+           values from the queries (no shared memory, no barrier in front of the loads) */
+        const int n_vec = hd / 4;
+        const __half *head = bounds.f16(kvh, 0);
+        for (int p0 = (bx * AQC_SCORE_WARPS + warp) * AQC_SCORE_PAGES; p0 < n_complete; p0 += n_bx * AQC_SCORE_WARPS * AQC_SCORE_PAGES) {
+            float sum[AQC_SCORE_PAGES];
 #pragma unroll
-        for (int u = 0; u < AQC_SCORE_PAGES; u++) sum[u] = 0.0f;
-        for (int v = lane; v < n_vec; v += 32) {
-            uint4 raw[AQC_SCORE_PAGES];
+            for (int u = 0; u < AQC_SCORE_PAGES; u++) sum[u] = 0.0f;
+            for (int v = lane; v < n_vec; v += 32) {
+                uint4 raw[AQC_SCORE_PAGES];
 #pragma unroll
-            for (int u = 0; u < AQC_SCORE_PAGES; u++)
-                raw[u] = p0 + u < n_complete ? __ldg((const uint4 *)(bounds_layer + ((size_t)kvh * max_pages + p0 + u) * 2 * hd) + v)
-                                             : make_uint4(0, 0, 0, 0);
-            const int d0 = (8 * v) % hd;
-            const bool is_max = 8 * v >= hd;
-            float coef[8];
+                for (int u = 0; u < AQC_SCORE_PAGES; u++)
+                    raw[u] = p0 + u < n_complete ? __ldg((const uint4 *)(head + (size_t)(p0 + u) * 2 * hd) + v) : make_uint4(0, 0, 0, 0);
+                const int d0 = (8 * v) % hd;   /* the 8 values are all kmin's or all kmax's */
+                const bool is_max = 8 * v >= hd;
+                float coef[8];
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                float total = 0.0f, magnitude = 0.0f;
-                for (int h = 0; h < group; h++) {
-                    const float x = qk[(size_t)h * hd + d0 + e];
-                    total += x;
-                    magnitude += fabsf(x);
+                for (int e = 0; e < 8; e++) coef[e] = aqc__bound_coef(qk, group, hd, d0 + e, is_max);
+#pragma unroll
+                for (int u = 0; u < AQC_SCORE_PAGES; u++) {
+                    const half2 *h2 = (const half2 *)&raw[u];
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float2 f = __half22float2(h2[e]);
+                        sum[u] += f.x * coef[2 * e] + f.y * coef[2 * e + 1];
+                    }
                 }
-                coef[e] = 0.5f * (is_max ? total + magnitude : total - magnitude);
             }
 #pragma unroll
             for (int u = 0; u < AQC_SCORE_PAGES; u++) {
-                const half2 *h2 = (const half2 *)&raw[u];
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float2 f = __half22float2(h2[e]);
-                    sum[u] += f.x * coef[2 * e] + f.y * coef[2 * e + 1];
-                }
+                const float t = aqc__warp_sum(sum[u]);
+                if (lane == 0 && p0 + u < n_complete) scores[(size_t)kvh * max_pages + p0 + u] = t;
             }
         }
+    } else {
+        /* a page's codes are hd / 8 16-byte pieces (head_dim a power of two: they divide a warp),
+           each with its scale; lane l takes piece l % pieces of the pages it loads, loads of
+           AQC_SCORE_PAGES pages a round (32 at head_dim 8), so its 16 coefficients are worked out
+           once; the lanes of a page then add up their pieces */
+        const int pieces = hd / 8, loads = max(1, AQC_SCORE_PAGES * pieces / 32), round = loads * 32 / pieces, v = lane % pieces;
+        float coef[16];
 #pragma unroll
-        for (int u = 0; u < AQC_SCORE_PAGES; u++) {
-            const float t = aqc__warp_sum(sum[u]);
-            if (lane == 0 && p0 + u < n_complete) scores[(size_t)kvh * max_pages + p0 + u] = t;
+        for (int e = 0; e < 16; e++) coef[e] = aqc__bound_coef(qk, group, hd, (16 * v + e) % hd, 16 * v + e >= hd);
+        constexpr int MAX_LOADS = AQC_SCORE_PAGES * (AQC_MAX_HD / 8) / 32;
+        for (int p0 = (bx * AQC_SCORE_WARPS + warp) * round; p0 < n_complete; p0 += n_bx * AQC_SCORE_WARPS * round) {
+            uint4 raw[MAX_LOADS];
+            float scale[MAX_LOADS];
+#pragma unroll
+            for (int u = 0; u < MAX_LOADS; u++) {
+                const int page = p0 + (u * 32 + lane) / pieces;
+                raw[u] = make_uint4(0, 0, 0, 0);
+                scale[u] = 0.0f;
+                if (u < loads && page < n_complete) {
+                    raw[u] = __ldg((const uint4 *)bounds.codes(kvh, page) + v);
+                    scale[u] = __half2float(bounds.scales(kvh, page)[v]);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < MAX_LOADS; u++) {
+                if (u >= loads) break;   /* the same on every lane */
+                const int8_t *c = (const int8_t *)&raw[u];
+                float t = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 16; e++) t += coef[e] * (float)c[e];
+                t *= scale[u];
+                for (int o = pieces / 2; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+                const int page = p0 + (u * 32 + lane) / pieces;
+                if (v == 0 && page < n_complete) scores[(size_t)kvh * max_pages + page] = t;
+            }
         }
     }
 }
 
-__global__ void aqc_quest_score_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                                       int page_size, int max_pages, int budget, const int *pos_ptr, float *scores) {
+template <int BITS>
+__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32, AQC_SCORE_BLOCKS_PER_SM)
+aqc_quest_score_kernel(const float *q, aqc__bounds bounds, int n_heads, int page_size, int budget, const int *pos_ptr,
+                                       float *scores) {
     aqc__enter();
     const int pos = *pos_ptr;
     if (pos + 1 <= budget) return;
-    aqc__score_pages(blockIdx.x, gridDim.x, blockIdx.y, q, bounds_layer, n_heads, n_kv, hd, max_pages, pos / page_size, scores);
+    aqc__score_pages<BITS>(blockIdx.x, gridDim.x, blockIdx.y, q, bounds, n_heads, pos / page_size, scores);
 }
 
 __device__ __forceinline__ uint32_t aqc__order_key(float f) {   /* larger float, larger key */
@@ -849,18 +979,19 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
    selects as aqc_quest_topk_kernel does, with the score block's 128 threads, where the two
    kernels hand over at a kernel boundary.  The same lists as the two kernels' (checked). */
 #define AQC_SELECT_CACHE 16   /* 2048 pages over 128 threads */
-__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32)
-aqc_quest_select_kernel(const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages,
-                        int budget, const int *pos_ptr, float *scores, unsigned *done, int *lists, int *list_len) {
+template <int BITS>
+__global__ void __launch_bounds__(AQC_SCORE_WARPS * 32, AQC_SCORE_BLOCKS_PER_SM)
+aqc_quest_select_kernel(const float *q, aqc__bounds bounds, int n_heads, int page_size, int budget, const int *pos_ptr, float *scores,
+                        unsigned *done, int *lists, int *list_len) {
     __shared__ int s_last;
     aqc__enter();
-    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size;
+    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size, max_pages = bounds.max_pages;
     int *out = lists + (size_t)kvh * max_pages;
     if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
         if (blockIdx.x == 0) aqc__list_every_page(last, out, list_len + kvh);
         return;
     }
-    aqc__score_pages(blockIdx.x, gridDim.x, kvh, q, bounds_layer, n_heads, n_kv, hd, max_pages, last, scores);
+    aqc__score_pages<BITS>(blockIdx.x, gridDim.x, kvh, q, bounds, n_heads, last, scores);
     __threadfence();   /* this block's scores reach L2 before its ticket is taken */
     __syncthreads();
     if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == gridDim.x - 1;
@@ -1486,8 +1617,9 @@ struct aqc_session {
     cublasHandle_t blas;
     int max_pages, splits, quest_splits, n_sms, qkv_dim;   /* splits: dense attention's; quest_splits: over a selection */
     int64_t x_ld;                /* row stride of the prepped activations (widest padded input) */
-    __half *kv, *bounds;         /* all layers */
-    size_t kv_layer_elems, bounds_layer_elems;
+    __half *kv;                  /* all layers */
+    unsigned char *bounds;       /* all layers (aqc__bounds_of) */
+    size_t kv_layer_elems, bounds_layer_bytes;
     float *scores;               /* [n_kv][max_pages] */
     int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
     bool pdl;                    /* programmatic dependent launches (sm_90 and newer) */
@@ -1618,7 +1750,7 @@ extern "C" int aqc_device_name(char *name, size_t name_len, char *err, size_t er
 
 extern "C" aqc_model *aqc_model_new(const aqc_config *c, char *err, size_t err_len) {
     aqc_model *m;
-    if (c->head_dim <= 0 || c->head_dim % 8 || (32 % (c->head_dim / 8)) || c->head_dim > 256) {
+    if (c->head_dim <= 0 || c->head_dim % 8 || (32 % (c->head_dim / 8)) || c->head_dim > AQC_MAX_HD) {
         aqc__err(err, err_len, "the GPU path needs head_dim 8, 16, 32, 64, 128 or 256 (this model has %d)", c->head_dim);
         return NULL;
     }
@@ -1921,55 +2053,55 @@ static int aqc__select_blocks(int max_pages) {
 }
 
 /* Quest's pages per KV head: the score kernel, then the top-k kernel (lists, list_len). */
-static int aqc__quest_select(cudaStream_t st, bool pdl, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                             int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, int *lists, int *list_len,
-                             char *err, size_t err_len) {
-    AQC_TRY(aqc__launch(pdl, aqc_quest_score_kernel, dim3(aqc__select_blocks(max_pages), n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q,
-                        bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores));
-    AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(n_kv), dim3(aqc__topk_threads(max_pages)), 0, st, scores, max_pages, page_size, budget,
-                        pos_ptr, lists, list_len));
+static int aqc__quest_select(cudaStream_t st, bool pdl, const float *q, const aqc__bounds &b, int n_heads, int page_size, int budget,
+                             const int *pos_ptr, float *scores, int *lists, int *list_len, char *err, size_t err_len) {
+    AQC_TRY(aqc__launch(pdl, b.bits == 8 ? aqc_quest_score_kernel<8> : aqc_quest_score_kernel<16>,
+                        dim3(aqc__select_blocks(b.max_pages), b.n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q, b, n_heads, page_size, budget,
+                        pos_ptr, scores));
+    AQC_TRY(aqc__launch(pdl, aqc_quest_topk_kernel, dim3(b.n_kv), dim3(aqc__topk_threads(b.max_pages)), 0, st, (const float *)scores,
+                        b.max_pages, page_size, budget, pos_ptr, lists, list_len));
     return 0;
 }
 
 /* The same selection in one kernel (aqc_quest_select_kernel); done: n_kv zeros, left zeros. */
-static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, const __half *bounds_layer, int n_heads, int n_kv, int hd,
-                                   int page_size, int max_pages, int budget, const int *pos_ptr, float *scores, unsigned *done,
-                                   int *lists, int *list_len, char *err, size_t err_len) {
-    AQC_TRY(aqc__launch(pdl, aqc_quest_select_kernel, dim3(aqc__select_blocks(max_pages), n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q,
-                        bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, done, lists, list_len));
+static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, const aqc__bounds &b, int n_heads, int page_size,
+                                   int budget, const int *pos_ptr, float *scores, unsigned *done, int *lists, int *list_len, char *err,
+                                   size_t err_len) {
+    AQC_TRY(aqc__launch(pdl, b.bits == 8 ? aqc_quest_select_kernel<8> : aqc_quest_select_kernel<16>,
+                        dim3(aqc__select_blocks(b.max_pages), b.n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q, b, n_heads, page_size, budget,
+                        pos_ptr, scores, done, lists, list_len));
     return 0;
 }
 
 /* A decode step's attention over Quest's selection of pages: aqc__quest_select, then
    aqc__attention over the lists (the selection's end marked for aqc_profile_step, prof may be
    NULL). */
-static int aqc__quest_attention(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const __half *bounds_layer,
-                                const __half *kv_layer, int n_heads, int n_kv, int hd, int page_size, int max_pages, int budget,
-                                const int *pos_ptr, float *scores, int *lists, int *list_len, int splits, float *partial, float *out,
-                                int64_t out_stride, const aqc__prepped *o_in, aqc__profile *prof, char *err, size_t err_len) {
-    return aqc__quest_select(st, pdl, qkv, bounds_layer, n_heads, n_kv, hd, page_size, max_pages, budget, pos_ptr, scores, lists,
-                             list_len, err, err_len) ||
+static int aqc__quest_attention(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const aqc__bounds &b, const __half *kv_layer,
+                                int n_heads, int page_size, int budget, const int *pos_ptr, float *scores, int *lists, int *list_len,
+                                int splits, float *partial, float *out, int64_t out_stride, const aqc__prepped *o_in, aqc__profile *prof,
+                                char *err, size_t err_len) {
+    return aqc__quest_select(st, pdl, qkv, b, n_heads, page_size, budget, pos_ptr, scores, lists, list_len, err, err_len) ||
                    aqc__mark(prof, st, "Quest selection", err, err_len) ||
-                   aqc__attention(st, pdl, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_heads, n_kv, hd, page_size, pos_ptr, 1,
-                                  splits, partial, out, out_stride, o_in, err, err_len)
+                   aqc__attention(st, pdl, kv_layer, lists, list_len, b.max_pages, qkv, qkv_dim, n_heads, b.n_kv, b.hd, page_size,
+                                  pos_ptr, 1, splits, partial, out, out_stride, o_in, err, err_len)
                ? -1 : 0;
 }
 
 /* Page bounds from scratch for the pages holding positions *pos_ptr .. + n_tokens - 1, n_pages of
    them at most (the kernel skips the rest). */
-static int aqc__page_bounds(cudaStream_t st, const __half *kv_layer, __half *bounds_layer, int n_kv, int hd, int page_size,
-                            int max_pages, const int *pos_ptr, int n_tokens, int n_pages, char *err, size_t err_len) {
-    AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(n_kv, n_pages), dim3(hd < 32 ? 32 : hd), 0, st, kv_layer, bounds_layer,
-                        n_kv, hd, page_size, max_pages, pos_ptr, n_tokens));
+static int aqc__page_bounds(cudaStream_t st, const __half *kv_layer, const aqc__bounds &b, int page_size, const int *pos_ptr,
+                            int n_tokens, int n_pages, char *err, size_t err_len) {
+    AQC_TRY(aqc__launch(false, aqc_page_bounds_kernel, dim3(b.n_kv, n_pages), dim3(b.hd < 32 ? 32 : b.hd), 0, st, kv_layer, b,
+                        page_size, pos_ptr, n_tokens));
     return 0;
 }
 
-/* RoPE and the cache append for n_tokens tokens (bounds_layer: a decode step's page bounds). */
+/* RoPE and the cache append for n_tokens tokens (b.base: a decode step's page bounds, else NULL). */
 static int aqc__rope_append(cudaStream_t st, bool pdl, float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int n_rot,
-                            float rope_base, const int *pos_ptr, __half *kv_layer, int page_size, __half *bounds_layer,
-                            int max_pages, int n_tokens, char *err, size_t err_len) {
+                            float rope_base, const int *pos_ptr, __half *kv_layer, int page_size, const aqc__bounds &b, int n_tokens,
+                            char *err, size_t err_len) {
     AQC_TRY(aqc__launch(pdl, aqc_rope_append_kernel, dim3(n_heads + n_kv, n_tokens), dim3((hd / 2 + 31) / 32 * 32), 0, st, qkv, qkv_dim,
-                        n_heads, n_kv, hd, n_rot, rope_base, pos_ptr, kv_layer, page_size, bounds_layer, max_pages));
+                        n_heads, n_kv, hd, n_rot, rope_base, pos_ptr, kv_layer, page_size, b));
     return 0;
 }
 
@@ -2022,12 +2154,12 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
     if (m->output.kp > s->x_ld) s->x_ld = m->output.kp;
     if (m->output.format != AQC_F16 && (size_t)(m->output.rows * m->output.kp) > wtmp) wtmp = (size_t)(m->output.rows * m->output.kp);
     s->kv_layer_elems = (size_t)s->max_pages * c->n_kv_heads * 2 * s->c.page_size * c->head_dim;
-    s->bounds_layer_elems = (size_t)c->n_kv_heads * s->max_pages * 2 * c->head_dim;
+    s->bounds_layer_bytes = aqc__bounds_layer_bytes(s->c.quest_bounds, c->n_kv_heads, c->head_dim, s->max_pages);
     if (aqc__allow_shared_memory(s->x_ld, err, err_len)) return -1;   /* the attention's: aqc__attention_blocks_per_sm */
     AQC_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     AQC_TRY_BLAS(cublasCreate(&s->blas));
     if (aqc__malloc((void **)&s->kv, s->kv_layer_elems * c->n_layers * 2, "the KV cache", err, err_len) ||
-        aqc__malloc((void **)&s->bounds, s->bounds_layer_elems * c->n_layers * 2, "the Quest page bounds", err, err_len) ||
+        aqc__malloc((void **)&s->bounds, s->bounds_layer_bytes * c->n_layers, "the Quest page bounds", err, err_len) ||
         aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
@@ -2056,6 +2188,7 @@ extern "C" aqc_session *aqc_session_new(const aqc_model *m, const aqc_session_co
     if (aqc__model_complete(m, err, err_len)) return NULL;
     if (c->n_ctx <= 0 || c->page_size <= 0 || c->n_batch <= 0) { aqc__err(err, err_len, "GPU session: bad n_ctx, page_size or n_batch"); return NULL; }
     if (c->quest_budget && (c->quest_budget < 2 * c->page_size)) { aqc__err(err, err_len, "GPU session: quest_budget under two pages"); return NULL; }
+    if (c->quest_bounds != 8 && c->quest_bounds != 16) { aqc__err(err, err_len, "GPU session: quest_bounds %d is neither 8 nor 16", c->quest_bounds); return NULL; }
     s = new aqc_session();
     memset((void *)s, 0, sizeof *s);
     s->m = m;
@@ -2065,7 +2198,7 @@ extern "C" aqc_session *aqc_session_new(const aqc_model *m, const aqc_session_co
 }
 
 extern "C" uint64_t aqc_session_kv_bytes(const aqc_session *s) {
-    return (uint64_t)(s->kv_layer_elems + s->bounds_layer_elems) * s->m->c.n_layers * 2;
+    return ((uint64_t)s->kv_layer_elems * 2 + s->bounds_layer_bytes) * s->m->c.n_layers;
 }
 
 /* The end of a stage of the step, when a profile is being taken. */
@@ -2104,24 +2237,26 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
     AQC_DO(aqc__cuda_failed(aqc__launch(pdl, aqc_embed_kernel, dim3(n), dim3(256), 0, st, embd, m->tok_embd.kp, dim, ids,
                                         s->x), "embedding", err, err_len), "embedding");
     for (int l = 0; l < c->n_layers; l++) {
-        __half *kv_layer = s->kv + s->kv_layer_elems * l, *bounds_layer = s->bounds + s->bounds_layer_elems * l;
+        __half *kv_layer = s->kv + s->kv_layer_elems * l;
+        const aqc__bounds bounds = aqc__bounds_of(s->bounds, l, s->c.quest_bounds, c->n_kv_heads, hd, s->max_pages);
+        aqc__bounds no_bounds = bounds;
+        no_bounds.base = NULL;
         const aqc__gemv_in attn_in = {s->x, NULL, m->attn_norm[l], dim, c->rms_eps}, o_in = {s->att, NULL, NULL, q_dim, 0.0f},
                            ffn_in = {s->x, NULL, m->ffn_norm[l], dim, c->rms_eps}, down_in = {s->hb + c->n_ff, s->hb, NULL, c->n_ff, 0.0f};
         /* attention block */
         if (linear(&m->qkv[l], attn_in, dim, n, s->qkv, s->qkv_dim, 0, "RMSNorm", "q, k, v")) return -1;
         AQC_DO(aqc__rope_append(st, pdl, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd, c->n_rot, c->rope_base, pos_ptr, kv_layer,
-                                P, n == 1 ? bounds_layer : NULL, s->max_pages, n, err, err_len), "RoPE, append");
-        if (n > 1 && aqc__page_bounds(st, kv_layer, bounds_layer, c->n_kv_heads, hd, P, s->max_pages, pos_ptr, n, pages_touched, err,
-                                      err_len))   /* a prompt's pages: their bounds from scratch */
-            return -1;
+                                P, n == 1 ? bounds : no_bounds, n, err, err_len), "RoPE, append");
+        if (n > 1 && aqc__page_bounds(st, kv_layer, bounds, P, pos_ptr, n, pages_touched, err, err_len))
+            return -1;   /* a prompt's pages: their bounds from scratch */
         /* a decode step's merge preps o's input itself where its chunks are whole heads' (and no
            padding past them, which another prep could have left in xh) */
         const aqc__prepped prepped = {s->xh, s->xscale, s->xsum};
         const aqc__prepped *o_prepped = n == 1 && hd % 32 == 0 && m->wo[l].kp == q_dim ? &prepped : NULL;
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
-            AQC_DO(aqc__quest_attention(st, pdl, s->qkv, s->qkv_dim, bounds_layer, kv_layer, c->n_heads, c->n_kv_heads, hd, P,
-                                        s->max_pages, s->c.quest_budget, pos_ptr, s->scores, s->lists, s->list_len, s->quest_splits,
-                                        s->partial, s->att, q_dim, o_prepped, s->prof, err, err_len),
+            AQC_DO(aqc__quest_attention(st, pdl, s->qkv, s->qkv_dim, bounds, kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr,
+                                        s->scores, s->lists, s->list_len, s->quest_splits, s->partial, s->att, q_dim, o_prepped, s->prof,
+                                        err, err_len),
                    "attention, Quest");
         else
             AQC_DO(aqc__attention(st, pdl, kv_layer, NULL, s->list_len, s->max_pages, s->qkv, s->qkv_dim, c->n_heads, c->n_kv_heads, hd,
@@ -2275,9 +2410,9 @@ extern "C" int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, cha
     AQC_TRY(aqc__fill_random(s->kv, (int64_t)(s->kv_layer_elems * c->n_layers), seed, s->stream));
     if (aqc__set_state(s, 0, 0, err, err_len)) return -1;
     for (int l = 0; l < c->n_layers; l++) {
-        if (aqc__page_bounds(s->stream, s->kv + s->kv_layer_elems * l, s->bounds + s->bounds_layer_elems * l, c->n_kv_heads,
-                             c->head_dim, s->c.page_size, s->max_pages, s->state + AQC_POS, n, (n + s->c.page_size - 1) / s->c.page_size,
-                             err, err_len))
+        if (aqc__page_bounds(s->stream, s->kv + s->kv_layer_elems * l,
+                             aqc__bounds_of(s->bounds, l, s->c.quest_bounds, c->n_kv_heads, c->head_dim, s->max_pages), s->c.page_size,
+                             s->state + AQC_POS, n, (n + s->c.page_size - 1) / s->c.page_size, err, err_len))
             return -1;
     }
     AQC_TRY(cudaStreamSynchronize(s->stream));
@@ -2369,11 +2504,14 @@ extern "C" int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float 
 /* One layer's cache for the attention check and timing: k/v appended through the real kernels. */
 struct aqc__attn_rig {
     int n_ctx, n_q, n_heads, n_kv, hd, P, max_pages, qkv_dim, splits, quest_splits, n_sms, att_blocks;
+    int bounds_bits;   /* what bounds holds: 16 or 8 */
     bool pdl;
-    __half *kv, *bounds;
+    __half *kv;
+    unsigned char *bounds;   /* room for f16 bounds of every layer */
     float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
     int *lists, *list_len, *pos;
     unsigned *done;   /* aqc_quest_select_kernel's tickets, zeros */
+    aqc__bounds layer_bounds(int layer) const { return aqc__bounds_of(bounds, layer, bounds_bits, n_kv, hd, max_pages); }
 };
 
 /* A rig for n_q queries at the last positions of a context of n_ctx (n_q > 1: a prompt, dense). */
@@ -2391,7 +2529,8 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     if (aqc__device_pdl(&r->pdl, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r->max_pages * n_kv * 2 * P * hd;
     r->kv = (__half *)sc->get(kv_elems * 2 * layers, err, err_len);
-    r->bounds = (__half *)sc->get((size_t)n_kv * r->max_pages * 2 * hd * 2 * layers, err, err_len);
+    r->bounds_bits = 16;
+    r->bounds = (unsigned char *)sc->get(aqc__bounds_layer_bytes(16, n_kv, hd, r->max_pages) * layers, err, err_len);
     r->qkv = (float *)sc->get((size_t)n_q * r->qkv_dim * 4, err, err_len);
     r->scores = (float *)sc->get((size_t)n_kv * r->max_pages * 4, err, err_len);
     /* one query (timing): room for any split count, to time the others too */
@@ -2413,13 +2552,12 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
 static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t st, char *err, size_t err_len,
                          const aqc__prepped *o_in = NULL) {
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
-    const size_t b_elems = (size_t)r->n_kv * r->max_pages * 2 * r->hd;
     if (budget) {
         r->quest_splits =
             aqc__attention_splits(r->n_sms, r->att_blocks, r->n_kv, r->n_heads / r->n_kv, r->hd, r->P, std::min(budget / r->P, r->max_pages));
-        return aqc__quest_attention(st, r->pdl, r->qkv, r->qkv_dim, r->bounds + b_elems * layer, r->kv + kv_elems * layer, r->n_heads,
-                                    r->n_kv, r->hd, r->P, r->max_pages, budget, r->pos, r->scores, r->lists, r->list_len,
-                                    r->quest_splits, r->partial, r->out, r->n_heads * r->hd, o_in, NULL, err, err_len);
+        return aqc__quest_attention(st, r->pdl, r->qkv, r->qkv_dim, r->layer_bounds(layer), r->kv + kv_elems * layer, r->n_heads, r->P,
+                                    budget, r->pos, r->scores, r->lists, r->list_len, r->quest_splits, r->partial, r->out,
+                                    r->n_heads * r->hd, o_in, NULL, err, err_len);
     }
     return aqc__attention(st, r->pdl, r->kv + kv_elems * layer, NULL, r->list_len, r->max_pages, r->qkv, r->qkv_dim, r->n_heads, r->n_kv,
                           r->hd, r->P, r->pos, r->n_q, r->splits / r->n_q > 1 ? r->splits / r->n_q : 1, r->partial, r->out,
@@ -2427,20 +2565,29 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
-                                   const float *k, const float *v, const float *q, float *out, int *pages,
-                                   char *err, size_t err_len) {
+                                   int bounds_bits, const float *k, const float *v, const float *q, float *out, int *pages,
+                                   uint8_t *bounds_out, char *err, size_t err_len) {
     aqc__scratch sc;
     aqc__attn_rig r;
     const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
-    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > 256 || n_heads % n_kv_heads || n_heads / n_kv_heads > AQC_MAX_GROUP || n_queries < 1 ||
-        n_queries > n_ctx || (budget && n_queries > 1)) {
+    if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > AQC_MAX_HD || n_heads % n_kv_heads || n_heads / n_kv_heads > AQC_MAX_GROUP || n_queries < 1 ||
+        n_queries > n_ctx || (budget && n_queries > 1) || (bounds_bits != 8 && bounds_bits != 16)) {
         aqc__err(err, err_len, "attention check: unsupported shape");
         return -1;
     }
     if (aqc__rig_new(&r, &sc, n_ctx, n_queries, n_heads, n_kv_heads, head_dim, page_size, 1, err, err_len)) return -1;
-    /* append every position through the real kernels (no rotation: n_rot 0), one batch */
+    r.bounds_bits = bounds_bits;
+    const aqc__bounds bounds = r.layer_bounds(0);
+    aqc__bounds no_bounds = bounds;
+    no_bounds.base = NULL;
     float *tokens = (float *)sc.get((size_t)n_ctx * r.qkv_dim * 4, err, err_len);
-    if (!tokens) return -1;
+    int *positions = (int *)sc.get((size_t)n_ctx * 4, err, err_len);
+    if (!tokens || !positions) return -1;
+    {
+        std::vector<int> p(n_ctx);
+        for (int t = 0; t < n_ctx; t++) p[t] = t;
+        AQC_TRY(cudaMemcpy(positions, p.data(), (size_t)n_ctx * 4, cudaMemcpyHostToDevice));
+    }
     std::vector<float> host((size_t)n_ctx * r.qkv_dim, 0.0f);
     for (int t = 0; t < n_ctx; t++) {
         memcpy(&host[(size_t)t * r.qkv_dim + q_dim], k + (size_t)t * kv_dim, (size_t)kv_dim * 4);
@@ -2451,12 +2598,36 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
     aqc__check_stream st;
     AQC_TRY(cudaStreamCreateWithFlags(&st.s, cudaStreamNonBlocking));
     AQC_TRY(cudaDeviceSynchronize());   /* the memsets above ran on the default stream, which st does not wait for */
-    if (aqc__rope_append(st.s, r.pdl, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, r.pos, r.kv, page_size, NULL,
-                         r.max_pages, n_ctx, err, err_len))
+    /* every position appended through the real kernels (no rotation: n_rot 0): all but the last
+       page_size + 1 as a prompt's batch, their bounds from scratch, then those one at a time as
+       decode steps append them, a page's bounds completed on the way */
+    const int batch = std::max(0, n_ctx - (page_size + 1));
+    if (batch && (aqc__rope_append(st.s, r.pdl, tokens, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f, positions, r.kv, page_size,
+                                   no_bounds, batch, err, err_len) ||
+                  aqc__page_bounds(st.s, r.kv, bounds, page_size, positions, batch, r.max_pages, err, err_len)))
         return -1;
-    if (aqc__page_bounds(st.s, r.kv, r.bounds, n_kv_heads, head_dim, page_size, r.max_pages, r.pos, n_ctx, r.max_pages, err, err_len))
-        return -1;
+    for (int t = batch; t < n_ctx; t++)
+        if (aqc__rope_append(st.s, r.pdl, tokens + (size_t)t * r.qkv_dim, r.qkv_dim, n_heads, n_kv_heads, head_dim, 0, 10000.0f,
+                             positions + t, r.kv, page_size, bounds, 1, err, err_len))
+            return -1;
     AQC_TRY(cudaStreamSynchronize(st.s));
+    if (bounds_out) {   /* the complete pages' records, as awq_quest.h lays them out */
+        const size_t layer_bytes = aqc__bounds_layer_bytes(bounds_bits, n_kv_heads, head_dim, r.max_pages);
+        std::vector<unsigned char> all(layer_bytes);
+        AQC_TRY(cudaMemcpy(all.data(), r.bounds, layer_bytes, cudaMemcpyDeviceToHost));
+        aqc__bounds hb = bounds;
+        hb.base = all.data();
+        const size_t record = bounds_bits == 8 ? 2 * head_dim + head_dim / 4 : 4 * head_dim;
+        for (int h = 0; h < n_kv_heads; h++)
+            for (int p = 0; p < n_ctx / page_size; p++) {
+                uint8_t *to = bounds_out + ((size_t)h * (n_ctx / page_size) + p) * record;
+                if (bounds_bits == 16) memcpy(to, hb.f16(h, p), 4 * head_dim);
+                else {
+                    memcpy(to, hb.codes(h, p), 2 * head_dim);
+                    memcpy(to + 2 * head_dim, hb.scales(h, p), head_dim / 4);
+                }
+            }
+    }
     const int first = n_ctx - n_queries;
     for (int t = 0; t < n_queries; t++) memcpy(&host[(size_t)t * r.qkv_dim], q + (size_t)t * q_dim, (size_t)q_dim * 4);
     AQC_TRY(cudaMemcpy(r.pos, &first, 4, cudaMemcpyHostToDevice));
@@ -2532,7 +2703,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                before the others had scored would not show otherwise */
             AQC_TRY(cudaMemset(r.scores, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
             AQC_TRY(cudaDeviceSynchronize());
-            if (aqc__quest_select_fused(st.s, r.pdl, r.qkv, r.bounds, n_heads, n_kv_heads, head_dim, page_size, r.max_pages, budget, r.pos,
+            if (aqc__quest_select_fused(st.s, r.pdl, r.qkv, bounds, n_heads, page_size, budget, r.pos,
                                         r.scores, r.done, lists2, len2, err, err_len))
                 return -1;
             AQC_TRY(cudaStreamSynchronize(st.s));
@@ -2601,7 +2772,7 @@ static int aqc__occupancy_of(void (*kernel)(KArgs...), const char *name, int thr
 
 extern "C" int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out, int max_entries, char *err,
                                     size_t err_len) {
-    aqc_occupancy all[12];
+    aqc_occupancy all[13];
     int n = 0;
     if (head_dim < 8 || head_dim > AQC_TC_MAX_HD || max_pages < 1 || kp < 32 || kp % 32) {
         aqc__err(err, err_len, "occupancy: bad head_dim %d, max_pages %d or kp %d", head_dim, max_pages, kp);
@@ -2614,7 +2785,8 @@ extern "C" int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occ
         aqc__occupancy_of(aqc_gemv_4bit_kernel<AQC_OVP>, "GEMV OliVe", AQC_GEMV_WARPS * 32, gemv_shared, &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_gemv_f16_kernel, "GEMV f16", AQC_GEMV_WARPS * 32, 0, &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_rope_append_kernel, "RoPE, append", (head_dim / 2 + 31) / 32 * 32, 0, &all[n++], err, err_len) ||
-        aqc__occupancy_of(aqc_quest_score_kernel, "Quest score", AQC_SCORE_WARPS * 32, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_score_kernel<16>, "Quest score", AQC_SCORE_WARPS * 32, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_score_kernel<8>, "Quest score, 8-bit bounds", AQC_SCORE_WARPS * 32, 0, &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_quest_topk_kernel, "Quest top-k", aqc__topk_threads(max_pages), 0, &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_attention_kernel<1>, "attention, registers (1 head per KV)", AQC_ATT_WARPS * 32,
                           aqc__attention_shared(1, head_dim), &all[n++], err, err_len) ||
@@ -2800,16 +2972,18 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     if (layers < 1) layers = 1;
     if (aqc__rig_new(&r, &sc, n_ctx, 1, n_heads, n_kv_heads, head_dim, page_size, layers, err, err_len)) return -1;
     const size_t kv_elems = (size_t)r.max_pages * n_kv_heads * 2 * page_size * head_dim;
-    const size_t b_elems = (size_t)n_kv_heads * r.max_pages * 2 * head_dim;
     AQC_TRY(aqc__fill_random(r.kv, (int64_t)(kv_elems * layers), 99, 0));
-    AQC_TRY(cudaMemset(r.pos, 0, 4));
-    for (int l = 0; l < layers; l++) {
-        if (aqc__page_bounds(0, r.kv + kv_elems * l, r.bounds + b_elems * l, n_kv_heads, head_dim, page_size, r.max_pages, r.pos,
-                             n_ctx, r.max_pages, err, err_len))
-            return -1;
-    }
-    int last = n_ctx - 1;
-    AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
+    /* every layer's bounds from scratch, as a prompt leaves them */
+    auto make_bounds = [&](int bits) {
+        r.bounds_bits = bits;
+        AQC_TRY(cudaMemset(r.pos, 0, 4));
+        for (int l = 0; l < layers; l++)
+            if (aqc__page_bounds(0, r.kv + kv_elems * l, r.layer_bounds(l), page_size, r.pos, n_ctx, r.max_pages, err, err_len)) return -1;
+        int last = n_ctx - 1;
+        AQC_TRY(cudaMemcpy(r.pos, &last, 4, cudaMemcpyHostToDevice));
+        return 0;
+    };
+    if (make_bounds(16)) return -1;
     {
         std::vector<float> q((size_t)r.qkv_dim);
         uint64_t z = 12345;
@@ -2834,27 +3008,31 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, 0, st, err, err_len); }, &t->dense_us, err, err_len))
         return -1;
     t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
-    if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, &t->quest_us, err,
-                  err_len))
-        return -1;
-    if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__quest_select(st, r.pdl, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
-                                     r.max_pages, budget, r.pos, r.scores, r.lists, r.list_len, err, err_len);
-        }, &t->select_us, err, err_len))
-        return -1;
-    if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_quest_score_kernel, dim3(aqc__select_blocks(r.max_pages), n_kv_heads),
-                                                dim3(AQC_SCORE_WARPS * 32), 0, st, (const float *)r.qkv,
-                                                (const __half *)(r.bounds + b_elems * (i % layers)), n_heads, n_kv_heads, head_dim,
-                                                page_size, r.max_pages, budget, (const int *)r.pos, r.scores),
-                                    "score kernel", err, err_len);
-        }, &t->score_us, err, err_len))
-        return -1;
-    /* the selection in one kernel (aqc_quest_select_kernel), to weigh against the two */
-    if (aqc__time(iters, [&](int i, cudaStream_t st) {
-            return aqc__quest_select_fused(st, r.pdl, r.qkv, r.bounds + b_elems * (i % layers), n_heads, n_kv_heads, head_dim, page_size,
-                                           r.max_pages, budget, r.pos, r.scores, r.done, r.lists, r.list_len, err, err_len);
-        }, &t->select_fused_us, err, err_len))
+    /* Quest whole, its selection, its score kernel alone, and the selection in one kernel
+       (aqc_quest_select_kernel, to weigh against the two), with the bounds of either width */
+    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us) {
+        if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, quest_us, err,
+                      err_len) ||
+            aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__quest_select(st, r.pdl, r.qkv, r.layer_bounds(i % layers), n_heads, page_size, budget, r.pos, r.scores,
+                                         r.lists, r.list_len, err, err_len);
+            }, select_us, err, err_len) ||
+            aqc__time(iters, [&](int i, cudaStream_t st) {
+                const aqc__bounds b = r.layer_bounds(i % layers);
+                return aqc__cuda_failed(aqc__launch(r.pdl, b.bits == 8 ? aqc_quest_score_kernel<8> : aqc_quest_score_kernel<16>,
+                                                    dim3(aqc__select_blocks(r.max_pages), n_kv_heads), dim3(AQC_SCORE_WARPS * 32), 0, st,
+                                                    (const float *)r.qkv, b, n_heads, page_size, budget, (const int *)r.pos, r.scores),
+                                        "score kernel", err, err_len);
+            }, score_us, err, err_len) ||
+            aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__quest_select_fused(st, r.pdl, r.qkv, r.layer_bounds(i % layers), n_heads, page_size, budget, r.pos, r.scores,
+                                               r.done, r.lists, r.list_len, err, err_len);
+            }, select_fused_us, err, err_len))
+            return -1;
+        return 0;
+    };
+    if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us) || make_bounds(16) ||
+        time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us))
         return -1;
     /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
        launched as the step launches them: the selection minus the score is the top-k plus the

@@ -69,6 +69,7 @@ typedef struct {
     int n_ctx, page_size, n_batch;
     int quest_budget;        /* tokens; 0 = dense */
     int quest_dense_layers;
+    int quest_bounds;        /* bits per stored key bound: 16 or 8 (awq_quest.h's quest_bounds) */
     int use_graph;           /* capture the decode step in a CUDA graph */
 } aqc_session_config;
 
@@ -116,11 +117,15 @@ int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *e
 /* One layer's attention for the queries at the last n_queries positions of the context (one: a
    decode step; more: a prompt, each query seeing the positions up to its own).  k, v:
    [n_ctx][n_kv_heads][head_dim] floats (stored to the paged f16 cache by the append kernel,
-   bounds by the bounds kernel), q: [n_queries][n_heads][head_dim].  budget 0 = dense (Quest
-   takes one query).  out: [n_queries][n_heads][head_dim]; pages (may be NULL):
-   [n_kv_heads][budget / page_size] the selected pages, ascending, current page last. */
+   bounds by the bounds kernel for all but the last page_size + 1 positions, which the decode
+   step's append adds one at a time), q: [n_queries][n_heads][head_dim].  budget 0 = dense (Quest
+   takes one query).  bounds_bits: 16 or 8, as a session's quest_bounds.  out:
+   [n_queries][n_heads][head_dim]; pages (may be NULL): [n_kv_heads][budget / page_size] the
+   selected pages, ascending, current page last; bounds (may be NULL): the complete pages' bounds
+   as awq_quest.h stores them, [n_kv_heads][n_ctx / page_size] records of 4 * head_dim bytes
+   (f16 kmin then kmax) or, 8 bits, 2 * head_dim int8 codes then head_dim / 8 f16 scales. */
 int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
-                        const float *k, const float *v, const float *q, float *out, int *pages,
+                        int bounds_bits, const float *k, const float *v, const float *q, float *out, int *pages, uint8_t *bounds,
                         char *err, size_t err_len);
 /* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the
    lower index) in ascending index order, into out[k], through the path that reads vals in every
@@ -154,6 +159,7 @@ typedef struct {
     double topk_us;                  /* the top-k kernel alone, over the scores in L2 */
     double select_fused_us;          /* score + top-k in one kernel (an experiment, aqc_quest_select_kernel) */
     double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
+    double quest8_us, select8_us, score8_us, select_fused8_us;   /* the same four with 8-bit bounds */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */

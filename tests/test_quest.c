@@ -27,35 +27,89 @@ static void test_quest_bound_holds(void) {
     CHECKF(bad == 0, "%d violations", bad);
 }
 
-/* The stored f16 bounds enclose every key of their page, whatever the rounding. */
+/* The stored bounds (f16, and 8-bit for complete pages) enclose every key of their page,
+   whatever the rounding. */
 static void test_stored_bounds_enclose_keys(void) {
     char err[256];
     aq_model *m = load_model(stories());
     aq_session_params p = aq_session_default_params();
     aq_session *s;
-    int kv, bad = 0, l, pos, kvh, i;
+    int kv, bits, bad = 0, l, pos, kvh, i;
     if (!m) return;
-    for (kv = 0; kv < 2; kv++) {
-        p.kv_type = kv; p.n_ctx = 100;
-        s = aq_session_new(m, &p, err, sizeof err);
-        aq__session_fill_random(s, 100, 3, err, sizeof err);
-        for (l = 0; l < 5; l++)
-            for (pos = 0; pos < 100; pos++)
-                for (kvh = 0; kvh < 4; kvh++) {
-                    const uint16_t *b = aq__bounds(s, l, pos / 16, kvh);
-                    const char *page = aq__page(s, l, pos / 16);
-                    for (i = 0; i < 8; i++) {
-                        size_t at = ((size_t)kvh * 8 + i) * 16 + pos % 16;
-                        float key = kv ? aq_f16_to_f32(aq__rd16(page + 2 * at)) : ((const float *)page)[at];
-                        bad += key < aq_f16_to_f32(b[i]) || key > aq_f16_to_f32(b[8 + i]);
+    for (bits = 8; bits <= 16; bits += 8)
+        for (kv = 0; kv < 2; kv++) {
+            p.kv_type = kv; p.n_ctx = 100; p.quest_bounds = bits;
+            s = aq_session_new(m, &p, err, sizeof err);
+            aq__session_fill_random(s, 100, 3, err, sizeof err);
+            for (l = 0; l < 5; l++)
+                for (pos = 0; pos < (bits == 8 ? 96 : 100); pos++)   /* 8 bits: complete pages only */
+                    for (kvh = 0; kvh < 4; kvh++) {
+                        const char *page = aq__page(s, l, pos / 16);
+                        float kmin[8], kmax[8];
+                        aq__bounds_decode(aq__bounds(s, l, pos / 16, kvh), bits, 8, kmin, kmax);
+                        for (i = 0; i < 8; i++) {
+                            size_t at = ((size_t)kvh * 8 + i) * 16 + pos % 16;
+                            float key = kv ? aq_f16_to_f32(aq__rd16(page + 2 * at)) : ((const float *)page)[at];
+                            bad += key < kmin[i] || key > kmax[i];
+                        }
                     }
-                }
-        aq_session_free(s);
-    }
+            aq_session_free(s);
+        }
     CHECKF(bad == 0, "%d keys outside their page's bounds", bad);
     CHECK(aq_f16_to_f32(aq__f16_directed(0.1f, 0)) <= 0.1f && aq_f16_to_f32(aq__f16_directed(0.1f, 1)) >= 0.1f);
     CHECK(aq_f16_to_f32(aq__f16_directed(-1e-9f, 0)) < 0 && aq_f16_to_f32(aq__f16_directed(1e-9f, 1)) > 0);
     aq_model_free(m);
+}
+
+/* 8-bit bounds: outward, within one step of the box, the smallest scale that holds the block,
+   also for zeros, tiny, huge and ragged (head_dim 12: a block of 8) boxes; the page bound from
+   the record, scalar and SIMD, against the dequantized box in double. */
+static void test_bounds8(void) {
+    static const int dims[] = {8, 12, 64, 128};
+    float kmin[128], kmax[128], lo[128], hi[128], coef[256];
+    uint8_t record[2 * 128 + 2 * 16];
+    int trial, bad = 0, bad_dot = 0, simd = aq__detect_simd();
+    for (trial = 0; trial < 400; trial++) {
+        const int hd = dims[trial % 4], kind = trial / 4 % 5;
+        aq__attn_kernels ref = aq__attn_kernels_for(0, 16, hd);
+        int i, b;
+        double want = 0;
+        for (i = 0; i < hd; i++) {
+            float a = rnd_uniform(-2, 2) * (i % 13 == 0 ? 8.0f : 1.0f), c = rnd_uniform(-2, 2);
+            if (kind == 1) a = c = 0.0f;                           /* a block of zeros */
+            if (kind == 2) { a *= 1e-6f; c *= 1e-6f; }             /* scales below f16's normal range */
+            if (kind == 3 && i == 0) { a = -3e7f; c = 2e7f; }      /* past what int8 x f16 can hold */
+            if (kind == 4) c = a;                                  /* one key: min = max */
+            kmin[i] = a < c ? a : c;
+            kmax[i] = a < c ? c : a;
+        }
+        aq__bounds8_quantize(kmin, kmax, hd, record);
+        aq__bounds_decode(record, 8, hd, lo, hi);
+        for (i = 0; i < hd; i++) bad += !(lo[i] <= kmin[i]) || !(hi[i] >= kmax[i]);
+        for (b = 0; b * 16 < 2 * hd; b++) {   /* the scale: 127 d holds the block, the f16 below it does not */
+            uint16_t dh = aq__rd16(record + 2 * hd + 2 * b);
+            float d = aq_f16_to_f32(dh), amax = 0;
+            for (i = b * 16; i < 2 * hd && i < b * 16 + 16; i++) {
+                float x = i < hd ? kmin[i] : kmax[i - hd], got = i < hd ? lo[i] : hi[i - hd];
+                amax = fabsf(x) > amax ? fabsf(x) : amax;
+                if (d <= 65504.0f) bad += fabsf(got - x) > d;   /* within one step */
+            }
+            bad += amax <= 127.0f * 65504.0f && (127.0f * d < amax || (dh > 0 && 127.0f * aq_f16_to_f32((uint16_t)(dh - 1)) >= amax));
+        }
+        if (kind == 3) continue;   /* infinite bounds: no finite score to compare */
+        for (i = 0; i < 2 * hd; i++) coef[i] = rnd_uniform(-1, 1);
+        for (i = 0; i < hd; i++) want += (double)coef[i] * lo[i] + (double)coef[hd + i] * hi[i];
+        {   /* every SIMD level this CPU has (AVX2 and AVX-512 twins), and the scalar reference */
+            int level;
+            for (level = 0; level <= simd; level++) {
+                float got = aq__attn_kernels_for(level, 16, hd).bound8(record, coef, hd);
+                bad_dot += fabs(got - want) > 1e-4 * (1 + fabs(want));
+                if (hd % 8) bad_dot += got != ref.bound8(record, coef, hd);   /* ragged: the scalar reference */
+            }
+        }
+    }
+    CHECKF(bad == 0, "%d bound or scale violations", bad);
+    CHECKF(bad_dot == 0, "%d page bounds off", bad_dot);
 }
 
 static void test_page_kernels_match_reference(void) {
@@ -100,13 +154,14 @@ static void reference_attention(const aq_session *s, int layer, int pos, int mod
                 int best = -1;
                 double best_u = 0;
                 for (p = 0; p < last; p++) {
-                    const uint16_t *mn = aq__bounds(s, layer, p, kvh), *mx = mn + hd;
+                    float mn[256], mx[256];
                     double u = 0;
                     if (use[p]) continue;
+                    aq__bounds_decode(aq__bounds(s, layer, p, kvh), s->p.quest_bounds, hd, mn, mx);
                     for (r = 0; r < list_n; r++)
                         for (i = 0; i < hd; i++) {
-                            double a = (double)s->q[(size_t)(list_first + r) * hd + i] * aq_f16_to_f32(mn[i]);
-                            double b = (double)s->q[(size_t)(list_first + r) * hd + i] * aq_f16_to_f32(mx[i]);
+                            double a = (double)s->q[(size_t)(list_first + r) * hd + i] * mn[i];
+                            double b = (double)s->q[(size_t)(list_first + r) * hd + i] * mx[i];
                             u += a > b ? a : b;
                         }
                     if (best < 0 || u > best_u + 1e-6 * fabs(best_u)) { best = p; best_u = u; }
@@ -152,7 +207,7 @@ static void reference_attention(const aq_session *s, int layer, int pos, int mod
 
 /* Random cache of L positions, a random query at position L-1, one layer's attention. */
 static void check_attention_against_reference(const aq_model *m, const char *what, int L, int threads, int kv_type, int budget,
-                                              int per_head, int window) {
+                                              int per_head, int window, int bounds) {
     char err[256];
     aq_session_params p = aq_session_default_params();
     aq_session *s;
@@ -160,6 +215,7 @@ static void check_attention_against_reference(const aq_model *m, const char *wha
     float *want;
     int mode, i;
     p.n_threads = threads; p.n_ctx = L + 8; p.kv_type = kv_type; p.quest_budget = budget; p.quest_per_head = per_head; p.window = window;
+    p.quest_bounds = bounds;
     s = aq_session_new(m, &p, err, sizeof err);
     if (!s) { CHECKF(0, "%s", err); return; }
     CHECK(aq__session_fill_random(s, L, 7 + (uint64_t)L, err, sizeof err) == 0);
@@ -170,8 +226,8 @@ static void check_attention_against_reference(const aq_model *m, const char *wha
     reference_attention(s, 2, L - 1, mode, want);
     {
         float d = max_abs_diff(want, s->att_out, (size_t)c->n_heads * c->head_dim);
-        CHECKF(d < 2e-4f, "%s L=%d threads=%d kv=%s budget=%d per_head=%d window=%d: differs by %g", what, L, threads,
-               kv_type ? "f16" : "f32", budget, per_head, window, d);
+        CHECKF(d < 2e-4f, "%s L=%d threads=%d kv=%s budget=%d per_head=%d window=%d bounds=%d: differs by %g", what, L, threads,
+               kv_type ? "f16" : "f32", budget, per_head, window, bounds, d);
     }
     free(want);
     aq_session_free(s);
@@ -192,14 +248,17 @@ static void test_quest_attention_matches_brute_force(void) {
     for (i = 0; i < sizeof lengths / sizeof *lengths; i++)
         for (kv = 0; kv < 2; kv++) {
             int L = lengths[i], threads = L == 600 ? 4 : 2;   /* 600: lists split across threads */
-            check_attention_against_reference(gqa, "GQA dense", L, threads, kv, 0, 0, 0);
-            check_attention_against_reference(gqa, "GQA quest", L, threads, kv, 32, 0, 0);
-            check_attention_against_reference(gqa, "GQA quest", L, threads, kv, 48, 0, 0);
-            check_attention_against_reference(gqa, "GQA quest per head", L, threads, kv, 64, 1, 0);
-            check_attention_against_reference(gqa, "GQA window", L, threads, kv, 0, 0, 20);
-            check_attention_against_reference(mha, "MHA quest", L, threads, kv, 32, 0, 0);
-            check_attention_against_reference(mha, "MHA quest", L, threads, kv, 256, 0, 0);
-            check_attention_against_reference(mha, "MHA window", L, threads, kv, 0, 0, 33);
+            check_attention_against_reference(gqa, "GQA dense", L, threads, kv, 0, 0, 0, 0);
+            check_attention_against_reference(gqa, "GQA quest", L, threads, kv, 32, 0, 0, 0);
+            check_attention_against_reference(gqa, "GQA quest", L, threads, kv, 48, 0, 0, 0);
+            check_attention_against_reference(gqa, "GQA quest, 8-bit bounds", L, threads, kv, 48, 0, 0, 8);
+            check_attention_against_reference(gqa, "GQA quest per head", L, threads, kv, 64, 1, 0, 0);
+            check_attention_against_reference(gqa, "GQA quest per head, 8-bit bounds", L, threads, kv, 64, 1, 0, 8);
+            check_attention_against_reference(gqa, "GQA window", L, threads, kv, 0, 0, 20, 0);
+            check_attention_against_reference(mha, "MHA quest", L, threads, kv, 32, 0, 0, 0);
+            check_attention_against_reference(mha, "MHA quest, 8-bit bounds", L, threads, kv, 32, 0, 0, 8);
+            check_attention_against_reference(mha, "MHA quest", L, threads, kv, 256, 0, 0, 0);
+            check_attention_against_reference(mha, "MHA window", L, threads, kv, 0, 0, 33, 0);
         }
     aq_model_free(gqa);
     aq_model_free(mha);
@@ -260,6 +319,9 @@ static void test_quest_with_full_budget_is_dense(void) {
         aq_session_free(s);
         p.quest_budget = 8;   /* less than two pages */
         CHECK(aq_session_new(m, &p, err, sizeof err) == NULL && strstr(err, "quest_budget"));
+        p.quest_budget = 64;
+        p.quest_bounds = 4;
+        CHECK(aq_session_new(m, &p, err, sizeof err) == NULL && strstr(err, "quest_bounds 4"));
     }
     aq_model_free(m);
 }
@@ -299,6 +361,7 @@ static void test_quest_beats_window(void) {
 static void quest_tests(void) {
     RUN(test_quest_bound_holds);
     RUN(test_stored_bounds_enclose_keys);
+    RUN(test_bounds8);
     RUN(test_page_kernels_match_reference);
     RUN(test_quest_attention_matches_brute_force);
     RUN(test_quest_with_full_budget_is_dense);

@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "  --contexts LIST  with --quest: context lengths (default 4096,8192,16384,32768)\n"
             "  --budgets LIST   with --quest: token budgets (default 512,1024,2048,4096)\n"
             "  --kv f32|f16|both  with --quest: KV cache types (default both)\n"
+            "  --quest-bounds 16|8|both  with --quest: bits per stored key bound (default 16)\n"
             "  --csv FILE       with --quest: also write the table as CSV\n"
             "  --dense-layers N with --quest: first N layers stay dense (default 2, as in sessions)\n"
             "  -h, --help      this text\n");
@@ -143,57 +144,61 @@ static int int_list(const char *opt, const char *s, int *out) {
 
 /* Per context and KV type: one random-filled session; per mode, the best of 3 runs of n steps. */
 static void quest_bench(const aq_model *m, int threads, int n_steps, const int *ctxs, int n_ctx, const int *budgets, int n_budgets,
-                        int kv_mask, int dense_layers, const char *csv_path) {
+                        int kv_mask, int bounds_mask, int dense_layers, const char *csv_path) {
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
-    int kv, ci, bi, i, rep;
+    int kv, ci, bi, bits, i, rep;
     if (csv_path && !csv) { fprintf(stderr, "aq-bench: cannot write %s\n", csv_path); exit(1); }
-    if (csv) fprintf(csv, "kv,context,budget,step_ms,attention_ms,selection_ms,tok_per_s,attention_speedup,step_speedup\n");
-    printf("%-4s %8s %8s %10s %13s %13s %9s %13s %12s\n", "kv", "context", "budget", "step ms", "attention ms", "selection ms",
-           "tok/s", "attn speedup", "step speedup");
+    if (csv) fprintf(csv, "kv,context,budget,bounds,step_ms,attention_ms,selection_ms,tok_per_s,attention_speedup,step_speedup\n");
+    printf("%-4s %8s %8s %6s %10s %13s %13s %9s %13s %12s\n", "kv", "context", "budget", "bounds", "step ms", "attention ms",
+           "selection ms", "tok/s", "attn speedup", "step speedup");
     for (kv = 0; kv < 2; kv++) {
         if (!(kv_mask & (1 << kv))) continue;
         for (ci = 0; ci < n_ctx; ci++) {
             char err[512];
             double dense_step = 0, dense_attn = 0;
-            for (bi = -1; bi < n_budgets; bi++) {
-                aq_session_params sp = aq_session_default_params();
-                aq_session *s;
-                aq_session_stats st;
-                float *logits = (float *)malloc(sizeof(float) * (size_t)aq_model_config(m)->n_vocab);
-                double best_step = 1e30, best_attn = 0, best_sel = 0;
-                int32_t tok = 3;
-                sp.n_threads = threads; sp.n_ctx = ctxs[ci] + n_steps + 8; sp.kv_type = kv ? AQ_KV_F16 : AQ_KV_F32;
-                sp.quest_budget = bi < 0 ? 0 : budgets[bi];
-                sp.quest_dense_layers = dense_layers;
-                s = aq_session_new(m, &sp, err, sizeof err);
-                if (!s) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
-                fprintf(stderr, "kv %s, context %d, %s: filling the cache\n", kv ? "f16" : "f32", ctxs[ci], bi < 0 ? "dense" : "quest");
-                if (aq__session_fill_random(s, ctxs[ci], 1, err, sizeof err)) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
-                for (rep = 0; rep < 3; rep++) {
-                    double t0;
-                    s->pos = ctxs[ci];   /* the same context for every run */
-                    aq_session_reset_stats(s);
-                    t0 = aq_time_seconds();
-                    for (i = 0; i < n_steps; i++)
-                        if (aq_eval(s, &tok, 1, logits, err, sizeof err)) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
-                    aq_session_get_stats(s, &st);
-                    if ((aq_time_seconds() - t0) / n_steps < best_step) {
-                        best_step = (aq_time_seconds() - t0) / n_steps;
-                        best_attn = st.attention_seconds / n_steps;
-                        best_sel = st.selection_seconds / n_steps;
+            for (bi = -1; bi < n_budgets; bi++)
+                for (bits = 16; bits >= 8; bits -= 8) {
+                    aq_session_params sp = aq_session_default_params();
+                    aq_session *s;
+                    aq_session_stats st;
+                    float *logits = (float *)malloc(sizeof(float) * (size_t)aq_model_config(m)->n_vocab);
+                    double best_step = 1e30, best_attn = 0, best_sel = 0;
+                    int32_t tok = 3;
+                    if (bi < 0 ? bits == 8 : !(bounds_mask & (bits == 16 ? 1 : 2))) { free(logits); continue; }   /* dense: once */
+                    sp.quest_bounds = bits;
+                    sp.n_threads = threads; sp.n_ctx = ctxs[ci] + n_steps + 8; sp.kv_type = kv ? AQ_KV_F16 : AQ_KV_F32;
+                    sp.quest_budget = bi < 0 ? 0 : budgets[bi];
+                    sp.quest_dense_layers = dense_layers;
+                    s = aq_session_new(m, &sp, err, sizeof err);
+                    if (!s) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
+                    fprintf(stderr, "kv %s, context %d, %s: filling the cache\n", kv ? "f16" : "f32", ctxs[ci], bi < 0 ? "dense" : "quest");
+                    if (aq__session_fill_random(s, ctxs[ci], 1, err, sizeof err)) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
+                    for (rep = 0; rep < 3; rep++) {
+                        double t0;
+                        s->pos = ctxs[ci];   /* the same context for every run */
+                        aq_session_reset_stats(s);
+                        t0 = aq_time_seconds();
+                        for (i = 0; i < n_steps; i++)
+                            if (aq_eval(s, &tok, 1, logits, err, sizeof err)) { fprintf(stderr, "aq-bench: %s\n", err); exit(1); }
+                        aq_session_get_stats(s, &st);
+                        if ((aq_time_seconds() - t0) / n_steps < best_step) {
+                            best_step = (aq_time_seconds() - t0) / n_steps;
+                            best_attn = st.attention_seconds / n_steps;
+                            best_sel = st.selection_seconds / n_steps;
+                        }
                     }
+                    if (bi < 0) { dense_step = best_step; dense_attn = best_attn; }
+                    printf("%-4s %8d %8s %6s %10.2f %13.2f %13.3f %9.2f %12.2fx %11.2fx\n", kv ? "f16" : "f32", ctxs[ci],
+                           bi < 0 ? "dense" : (snprintf(err, sizeof err, "%d", budgets[bi]), err), bi < 0 ? "" : bits == 8 ? "8" : "16",
+                           best_step * 1e3, best_attn * 1e3, best_sel * 1e3, 1.0 / best_step, dense_attn / best_attn, dense_step / best_step);
+                    fflush(stdout);
+                    if (csv)
+                        fprintf(csv, "%s,%d,%d,%d,%.4f,%.4f,%.4f,%.3f,%.3f,%.3f\n", kv ? "f16" : "f32", ctxs[ci], bi < 0 ? 0 : budgets[bi],
+                                bi < 0 ? 0 : bits, best_step * 1e3, best_attn * 1e3, best_sel * 1e3, 1.0 / best_step, dense_attn / best_attn,
+                                dense_step / best_step);
+                    free(logits);
+                    aq_session_free(s);
                 }
-                if (bi < 0) { dense_step = best_step; dense_attn = best_attn; }
-                printf("%-4s %8d %8s %10.2f %13.2f %13.3f %9.2f %12.2fx %11.2fx\n", kv ? "f16" : "f32", ctxs[ci],
-                       bi < 0 ? "dense" : (snprintf(err, sizeof err, "%d", budgets[bi]), err), best_step * 1e3, best_attn * 1e3,
-                       best_sel * 1e3, 1.0 / best_step, dense_attn / best_attn, dense_step / best_step);
-                fflush(stdout);
-                if (csv)
-                    fprintf(csv, "%s,%d,%d,%.4f,%.4f,%.4f,%.3f,%.3f,%.3f\n", kv ? "f16" : "f32", ctxs[ci], bi < 0 ? 0 : budgets[bi],
-                            best_step * 1e3, best_attn * 1e3, best_sel * 1e3, 1.0 / best_step, dense_attn / best_attn, dense_step / best_step);
-                free(logits);
-                aq_session_free(s);
-            }
         }
     }
     if (csv) fclose(csv);
@@ -201,7 +206,7 @@ static void quest_bench(const aq_model *m, int threads, int n_steps, const int *
 
 int main(int argc, char **argv) {
     const char *models[8];
-    int n_models = 0, threads = 2, n_prompt = 256, n_decode = 32, contention = 0, quest = 0, i, k, kv_mask = 3;
+    int n_models = 0, threads = 2, n_prompt = 256, n_decode = 32, contention = 0, quest = 0, i, k, kv_mask = 3, bounds_mask = 1;
     int ctxs[16] = {4096, 8192, 16384, 32768}, budgets[16] = {512, 1024, 2048, 4096}, n_ctxs = 4, n_budgets = 4;
     const char *csv = NULL;
     int dense_layers = 2;
@@ -228,6 +233,11 @@ int main(int argc, char **argv) {
             kv_mask = !strcmp(v, "f32") ? 1 : !strcmp(v, "f16") ? 2 : !strcmp(v, "both") ? 3 : 0;
             if (!kv_mask) { fprintf(stderr, "aq-bench: --kv must be f32, f16 or both, got '%s'\n", v); return 2; }
         }
+        else if (!strcmp(a, "--quest-bounds")) {
+            const char *v = tool_arg("aq-bench", argc, argv, &i);
+            bounds_mask = !strcmp(v, "16") ? 1 : !strcmp(v, "8") ? 2 : !strcmp(v, "both") ? 3 : 0;
+            if (!bounds_mask) { fprintf(stderr, "aq-bench: --quest-bounds must be 16, 8 or both, got '%s'\n", v); return 2; }
+        }
         else if (!strcmp(a, "--bandwidth-mib")) bw_mib = (size_t)tool_number("aq-bench", a, tool_arg("aq-bench", argc, argv, &i), 64, 1 << 16);
         else { fprintf(stderr, "aq-bench: unknown argument '%s'\n", a); usage(stderr); return 2; }
     }
@@ -238,7 +248,7 @@ int main(int argc, char **argv) {
         if (!m) { fprintf(stderr, "aq-bench: %s\n", err); return 1; }
         printf("model: %s, %d threads, %d decode steps per run (best of 3), KV caches filled with random keys, first %d layers dense\n",
                models[0], threads, n_decode, dense_layers);
-        quest_bench(m, threads, n_decode, ctxs, n_ctxs, budgets, n_budgets, kv_mask, dense_layers, csv);
+        quest_bench(m, threads, n_decode, ctxs, n_ctxs, budgets, n_budgets, kv_mask, bounds_mask, dense_layers, csv);
         aq_model_free(m);
         return 0;
     }

@@ -162,8 +162,9 @@ static int by_score_desc(const void *a, const void *b) {
 
 /* The attention of the queries at the last n_q positions of a context of n_ctx (one: a decode
    step, which budget > 0 puts on Quest; more: a prompt's, each query seeing the keys up to its
-   own position). */
-static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, int P, int budget) {
+   own position), with Quest's bounds of `bits` (16 or 8): the complete pages' bounds byte for
+   byte as the CPU stores them, the pages picked as the CPU picks them. */
+static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, int P, int budget, int bits) {
     char err[512], what[160], pages_of[24];
     const int kv_dim = n_kv * hd, q_dim = n_heads * hd, group = n_heads / n_kv, n_pages = (n_ctx + P - 1) / P, keep = budget / P,
               last = (n_ctx - 1) / P;
@@ -173,15 +174,18 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
     int *pages = (int *)calloc((size_t)(n_kv * (keep ? keep : 1)), sizeof(int));
     page_score *ps = (page_score *)malloc(sizeof(page_score) * (size_t)n_pages);
     double *sc = (double *)malloc(sizeof(double) * (size_t)n_ctx);
+    const size_t record = aq__bounds_record_bytes(bits, hd);
+    uint8_t *bounds = (uint8_t *)malloc(record * (size_t)n_kv * (size_t)(n_ctx / P) + 1), *want = (uint8_t *)malloc(record);
+    float *box = (float *)malloc(sizeof(float) * 4 * (size_t)hd);   /* kmin | kmax, then as the bounds give them back */
     int64_t i;
-    int h, kvh, p, d, j, t, wrong_pages = 0;
+    int h, kvh, p, d, j, t, wrong_pages = 0, wrong_bounds = 0;
     /* keys with a per-channel bias, so that pages differ and the selection matters */
     for (i = 0; i < (int64_t)n_ctx * kv_dim; i++) {
         k[i] = f16_round(uniform() + 0.5f * sinf((float)(i % kv_dim) + (float)(i / kv_dim) * 0.01f));
         v[i] = f16_round(uniform());
     }
     for (i = 0; i < (int64_t)n_q * q_dim; i++) q[i] = 2.0f * uniform();
-    if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, k, v, q, out, pages, err, sizeof err)) {
+    if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, k, v, q, out, pages, bounds, err, sizeof err)) {
         printf("  attention: %s  FAIL\n", err);
         failures++;
         goto done;
@@ -190,7 +194,7 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
         float *out2 = (float *)malloc(sizeof(float) * (size_t)n_q * q_dim);
         int *pages2 = (int *)calloc((size_t)n_kv * (keep ? keep : 1), sizeof(int));
         err[0] = '\0';
-        if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, k, v, q, out2, pages2, err, sizeof err) ||
+        if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, k, v, q, out2, pages2, NULL, err, sizeof err) ||
             memcmp(out, out2, sizeof(float) * (size_t)n_q * q_dim) ||
             (budget && n_ctx > budget && memcmp(pages, pages2, sizeof(int) * (size_t)n_kv * keep))) {
             printf("  attention ctx %d, %d heads / %d KV, the same inputs again: %s  FAIL\n", n_ctx, n_heads, n_kv,
@@ -200,6 +204,22 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
         free(out2);
         free(pages2);
     }
+    for (kvh = 0; kvh < n_kv; kvh++)   /* each complete page's bounds, as the CPU makes them from its keys */
+        for (p = 0; p < n_ctx / P; p++) {
+            for (d = 0; d < hd; d++) {
+                box[d] = INFINITY;
+                box[hd + d] = -INFINITY;
+                for (j = p * P; j < (p + 1) * P; j++) {
+                    float x = k[(size_t)j * kv_dim + kvh * hd + d];
+                    box[d] = x < box[d] ? x : box[d];
+                    box[hd + d] = x > box[hd + d] ? x : box[hd + d];
+                }
+            }
+            if (bits == 8) aq__bounds8_quantize(box, box + hd, hd, want);
+            else
+                for (d = 0; d < 2 * hd; d++) { uint16_t x = aq_f32_to_f16(box[d]); memcpy(want + 2 * d, &x, 2); }   /* f16 keys: exact */
+            wrong_bounds += memcmp(want, bounds + ((size_t)kvh * (n_ctx / P) + p) * record, record) != 0;
+        }
     for (kvh = 0; kvh < n_kv; kvh++) {
         int *list = pages + (size_t)kvh * keep, n_list = keep;
         int list_dense[1] = {0};
@@ -215,14 +235,19 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
             for (p = 0; p < last; p++) {
                 double s = 0;
                 for (d = 0; d < hd; d++) {
-                    float lo = INFINITY, hi = -INFINITY;
+                    box[d] = INFINITY;
+                    box[hd + d] = -INFINITY;
                     for (j = p * P; j < (p + 1) * P; j++) {
                         float x = k[(size_t)j * kv_dim + kvh * hd + d];
-                        lo = x < lo ? x : lo;
-                        hi = x > hi ? x : hi;
+                        box[d] = x < box[d] ? x : box[d];
+                        box[hd + d] = x > box[hd + d] ? x : box[hd + d];
                     }
-                    s += A[d] * hi + B[d] * lo;
                 }
+                if (bits == 8) {   /* the box the 8-bit bounds stand for */
+                    aq__bounds8_quantize(box, box + hd, hd, want);
+                    aq__bounds_decode(want, 8, hd, box, box + hd);
+                }
+                for (d = 0; d < hd; d++) s += A[d] * box[hd + d] + B[d] * box[d];
                 ps[p].score = s;
                 ps[p].page = p;
             }
@@ -270,15 +295,20 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
             }
     }
     snprintf(pages_of, sizeof pages_of, P != 16 ? ", pages of %d" : "", P);
-    snprintf(what, sizeof what, "attention %s ctx %d, %d heads / %d KV, hd %d%s%s", budget && n_ctx > budget ? "Quest" : "dense", n_ctx,
-             n_heads, n_kv, hd, pages_of, budget && n_ctx > budget ? ", pages as the CPU picks" : n_q > 1 ? ", a prompt's queries" : "");
+    snprintf(what, sizeof what, "attention %s ctx %d, %d heads / %d KV, hd %d%s%s%s", budget && n_ctx > budget ? "Quest" : "dense", n_ctx,
+             n_heads, n_kv, hd, pages_of, bits == 8 ? ", 8-bit bounds" : "",
+             budget && n_ctx > budget ? ", pages as the CPU picks" : n_q > 1 ? ", a prompt's queries" : "");
     if (wrong_pages) {
         printf("  %-58s %d pages differ from the CPU's selection  FAIL\n", what, wrong_pages);
         failures++;
     }
+    if (wrong_bounds) {
+        printf("  %-58s %d pages' bounds differ from the CPU's  FAIL\n", what, wrong_bounds);
+        failures++;
+    }
     verdict(what, rel_err(out, ref, (int64_t)n_q * q_dim), 1e-3);
 done:
-    free(k); free(v); free(q); free(out); free(ref); free(pages); free(ps); free(sc);
+    free(k); free(v); free(q); free(out); free(ref); free(pages); free(ps); free(sc); free(bounds); free(want); free(box);
 }
 
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
@@ -497,7 +527,7 @@ static int greedy_near_tie(aq_session *ref, const int32_t *ids, const int32_t *t
     return *gap <= tol;
 }
 
-static void check_model(const char *path, const char *text, int n_tokens, int budget) {
+static void check_model(const char *path, const char *text, int n_tokens, int budget, int bounds) {
     char err[512];
     aq_model *m = aq_model_load(path, err, sizeof err), *exact_model = NULL;
     aq_session_params p = aq_session_default_params();
@@ -510,7 +540,7 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
     if (!m) { printf("  %s: %s  FAIL\n", path, err); failures++; return; }
     V = aq_model_config(m)->n_vocab;
     ids = tool_tokenize_documents("aq-gpu-check", aq_model_vocab(m), text, n_tokens, &n);
-    p.n_ctx = window; p.n_batch = window; p.quest_budget = budget;
+    p.n_ctx = window; p.n_batch = window; p.quest_budget = budget; p.quest_bounds = bounds;
     p.kv_type = AQ_KV_F16;   /* the GPU's cache is f16 whatever kv_type says: the CPU's the same, like for like */
     cpu = aq_session_new(m, &p, err, sizeof err);
     if (!budget && (exact_model = aq_model_load(path, err, sizeof err)) && (owned = dequantize_to_f32(exact_model)))
@@ -538,7 +568,7 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
     gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
     tie_tol = 2 * max_diff;   /* each of the two logits off by up to the largest difference seen */
     printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
-           budget ? "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
+           budget ? bounds == 8 ? "Quest 64, 8-bit bounds, " : "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
            exact ? "" : gpu_cpu >= 0.99 ? "  ok" : "  FAIL");
     if (exact) {
         double md2, mx2;
@@ -628,7 +658,8 @@ done:
 
 /* ms per decode step after a random KV cache of ctx positions: greedy (argmax on the device) or
    sampled (the default sampler, its draw on the device). */
-static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int sample) {
+/* bounds: Quest's bits per stored key bound (16 or 8) */
+static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int sample, int bounds) {
     char err[512];
     aq_session_params p = aq_session_default_params();
     aq_sampler_params spp = aq_sampler_default_params();
@@ -643,6 +674,7 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
     p.n_ctx = ctx + 64;
     p.n_batch = 8;
     p.quest_budget = budget;
+    p.quest_bounds = bounds;
     p.no_cuda_graph = no_graph;
     s = aq_session_new(m, &p, err, sizeof err);
     if (!smp || !s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
@@ -664,8 +696,9 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
     for (i = 0; i < steps; i++)
         if (aq_eval_sample(s, smp, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
     ms = (aq_time_seconds() - t0) * 1e3 / steps;
-    printf("  decode step, %5d context, %-10s %-8s %-7s %8.2f ms/token  %6.1f tok/s\n", ctx, budget ? "Quest 2048" : "dense",
-           no_graph ? "no graph" : "graph", sample ? "sampled" : "greedy", ms, 1e3 / ms);
+    printf("  decode step, %5d context, %-16s %-8s %-7s %8.2f ms/token  %6.1f tok/s\n", ctx,
+           budget ? bounds == 8 ? "Quest 2048, 8-bit" : "Quest 2048" : "dense", no_graph ? "no graph" : "graph", sample ? "sampled" : "greedy",
+           ms, 1e3 / ms);
     aq_session_free(s);
     aq_sampler_free(smp);
 }
@@ -726,19 +759,24 @@ static void check_kernels(void) {
     check_matmul(AQ_TYPE_OVP_G32, 512, 1000, 7, "copy");
     check_matmul(AQ_TYPE_F16, 1000, 300, 7, "copy");
     check_bad_group();
-    check_attention(3000, 1, 32, 32, 128, 16, 0);
-    check_attention(3000, 1, 32, 32, 128, 16, 512);
-    check_attention(4001, 1, 32, 8, 128, 16, 1024);
-    check_attention(1000, 1, 8, 4, 8, 16, 256);
-    check_attention(777, 1, 16, 2, 64, 16, 128);
-    check_attention(500, 1, 4, 4, 256, 32, 128);
-    check_attention(100, 1, 32, 8, 128, 16, 512);   /* fits the budget: dense */
-    check_attention(20000, 1, 8, 2, 64, 16, 1024);  /* 1250 pages: the top-k's second round */
-    check_attention(2500, 1, 64, 8, 128, 32, 1024);  /* 8 heads per KV head, two 16-key tiles a page, the last page 4 keys */
-    check_attention(1000, 1, 16, 8, 128, 32, 0);
-    check_attention(700, 9, 32, 8, 128, 16, 0);     /* a prompt's queries: GQA, each query's last page partial */
-    check_attention(300, 5, 16, 2, 64, 32, 0);
-    check_attention(500, 6, 32, 32, 128, 16, 0);
+    check_attention(3000, 1, 32, 32, 128, 16, 0, 16);
+    check_attention(3000, 1, 32, 32, 128, 16, 512, 16);
+    check_attention(3000, 1, 32, 32, 128, 16, 512, 8);
+    check_attention(4001, 1, 32, 8, 128, 16, 1024, 16);
+    check_attention(4001, 1, 32, 8, 128, 16, 1024, 8);
+    check_attention(1000, 1, 8, 4, 8, 16, 256, 16);
+    check_attention(1000, 1, 8, 4, 8, 16, 256, 8);
+    check_attention(777, 1, 16, 2, 64, 16, 128, 16);
+    check_attention(777, 1, 16, 2, 64, 16, 128, 8);
+    check_attention(500, 1, 4, 4, 256, 32, 128, 16);
+    check_attention(500, 1, 4, 4, 256, 32, 128, 8);
+    check_attention(100, 1, 32, 8, 128, 16, 512, 16);   /* fits the budget: dense */
+    check_attention(20000, 1, 8, 2, 64, 16, 1024, 8);  /* 1250 pages: the top-k's second round */
+    check_attention(2500, 1, 64, 8, 128, 32, 1024, 16);  /* 8 heads per KV head, two 16-key tiles a page, the last page 4 keys */
+    check_attention(1000, 1, 16, 8, 128, 32, 0, 16);
+    check_attention(700, 9, 32, 8, 128, 16, 0, 16);     /* a prompt's queries: GQA, each query's last page partial */
+    check_attention(300, 5, 16, 2, 64, 32, 0, 16);
+    check_attention(500, 6, 32, 32, 128, 16, 0, 16);
     check_top_k(2047, 127, 1, 0);
     check_top_k(8192, 1000, 1, 0);
     check_top_k(8192, 1000, 1, 1);
@@ -770,9 +808,10 @@ static void check_models(const char *shared, const char **models, int n_models, 
     printf("\n2. models teacher-forced on GPU and CPU\n");
     snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
     snprintf(text, sizeof text, "%s/text/tinystories-valid.txt", shared);
-    check_model(path, text, n_tokens, 0);
-    check_model(path, text, n_tokens, 64);
-    for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0);
+    check_model(path, text, n_tokens, 0, 16);
+    check_model(path, text, n_tokens, 64, 16);
+    check_model(path, text, n_tokens, 64, 8);
+    for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0, 16);
 }
 
 /* Bytes an int4 g128 GEMV reads: the codes, and a scale and an offset (f16) per group. */
@@ -817,6 +856,8 @@ static void timing_table(int short_set) {
         printf("    top-k alone %.1f us (the selection minus the score: %.1f); an empty kernel launched the same way %.1f us;"
                " score and top-k in one kernel %.1f us (two: %.1f)\n", at.topk_us, at.select_us - at.score_us, at.empty_us,
                at.select_fused_us, at.select_us);
+        printf("    8-bit bounds: Quest 2048 %.1f us (selection %.1f, of which score %.1f; in one kernel %.1f): %.2fx\n", at.quest8_us,
+               at.select8_us, at.score8_us, at.select_fused8_us, at.dense_us / at.quest8_us);
         printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
         for (i = 0; i < 8; i++)
             if (at.dense_sweep_us[i] > 0) printf("  %d: %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
@@ -833,22 +874,24 @@ static void timing_table(int short_set) {
 static void decode_table(aq_model *m, int decode_ctx, int short_set) {
     if (!m) return;
     if (decode_ctx) {
-        time_decode(m, decode_ctx, 0, 1, 0);
-        time_decode(m, decode_ctx, 2048, 1, 0);
+        time_decode(m, decode_ctx, 0, 1, 0, 16);
+        time_decode(m, decode_ctx, 2048, 1, 0, 16);
     } else if (short_set) {
-        time_decode(m, 4096, 0, 0, 0);
-        time_decode(m, 32768, 0, 0, 0);
-        time_decode(m, 32768, 2048, 0, 0);
+        time_decode(m, 4096, 0, 0, 0, 16);
+        time_decode(m, 32768, 0, 0, 0, 16);
+        time_decode(m, 32768, 2048, 0, 0, 16);
+        time_decode(m, 32768, 2048, 0, 0, 8);
         profile_decode(m, 32768, 2048);
     } else {
-        time_decode(m, 4096, 0, 1, 0);
-        time_decode(m, 4096, 0, 0, 0);
-        time_decode(m, 4096, 0, 0, 1);
-        time_decode(m, 4096, 2048, 0, 0);
-        time_decode(m, 32768, 0, 0, 0);
-        time_decode(m, 32768, 2048, 1, 0);
-        time_decode(m, 32768, 2048, 0, 0);
-        time_decode(m, 32768, 2048, 0, 1);
+        time_decode(m, 4096, 0, 1, 0, 16);
+        time_decode(m, 4096, 0, 0, 0, 16);
+        time_decode(m, 4096, 0, 0, 1, 16);
+        time_decode(m, 4096, 2048, 0, 0, 16);
+        time_decode(m, 32768, 0, 0, 0, 16);
+        time_decode(m, 32768, 2048, 1, 0, 16);
+        time_decode(m, 32768, 2048, 0, 0, 16);
+        time_decode(m, 32768, 2048, 0, 1, 16);
+        time_decode(m, 32768, 2048, 0, 0, 8);
         profile_decode(m, 4096, 0);
         profile_decode(m, 32768, 2048);
     }
@@ -861,8 +904,9 @@ static void gqa_table(aq_model *m) {
     c = aq_model_config(m);
     printf("\n  %d layers, %d query heads on %d KV heads of %d, feed-forward %d, vocabulary %d:\n", c->n_layers, c->n_heads,
            c->n_kv_heads, c->head_dim, c->n_ff, c->n_vocab);
-    time_decode(m, 32768, 0, 0, 0);
-    time_decode(m, 32768, 2048, 0, 0);
+    time_decode(m, 32768, 0, 0, 0, 16);
+    time_decode(m, 32768, 2048, 0, 0, 16);
+    time_decode(m, 32768, 2048, 0, 0, 8);
     profile_decode(m, 32768, 2048);
 }
 

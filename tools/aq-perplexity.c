@@ -20,6 +20,7 @@ static void usage(FILE *f) {
             "  --quest-budget N Quest attention with a budget of N tokens (decode mode, compared with dense)\n"
             "  --window N       attend only the last N tokens instead: the baseline (decode mode)\n"
             "  --quest-per-head one selection per query head instead of per KV head\n"
+            "  --quest-bounds N bits per stored key bound, 16 (f16, default) or 8\n"
             "  --dense-layers N first N layers stay dense with --quest-budget / --window (default 2)\n"
             "  --page N         KV page size in tokens (default 16)\n"
             "  --kv f32|f16     KV cache type (default f32)\n"
@@ -50,6 +51,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--quest-budget")) sp.quest_budget = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--window")) sp.window = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 1 << 24);
         else if (!strcmp(a, "--quest-per-head")) sp.quest_per_head = 1;
+        else if (!strcmp(a, "--quest-bounds")) sp.quest_bounds = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 8, 16);
         else if (!strcmp(a, "--gpu")) sp.backend = AQ_BACKEND_CUDA;
         else if (!strcmp(a, "--dense-layers")) sp.quest_dense_layers = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 0, 1024);
         else if (!strcmp(a, "--page")) sp.page_size = (int)tool_number("aq-perplexity", a, tool_arg("aq-perplexity", argc, argv, &i), 1, 4096);
@@ -124,8 +126,10 @@ int main(int argc, char **argv) {
     printf("model: %s\ntext: %s (%lld tokens)\nwindows: %d of up to %d tokens; tokens scored: %lld\n", model_path, text_path,
            (long long)n_tokens, n_windows, ctx, (long long)scored);
     if (dense) {
-        printf("mode: decode, %s %d, first %d layers dense, KV %s, page %d\n", sp.quest_budget ? "quest budget" : "window",
+        printf("mode: decode, %s %d, first %d layers dense, KV %s, page %d", sp.quest_budget ? "quest budget" : "window",
                sp.quest_budget ? sp.quest_budget : sp.window, sp.quest_dense_layers, sp.kv_type == AQ_KV_F16 ? "f16" : "f32", sp.page_size);
+        if (sp.quest_budget) printf(", %d-bit bounds", sp.quest_bounds ? sp.quest_bounds : 16);
+        printf("\n");
         printf("dense decode perplexity: %.4f\n", exp(nll_dense / scored));
         printf("top-1 agreement with dense: %.2f%%\n", 100.0 * agree / scored);
         printf("mean KL(dense || this): %.5f\n", kl / scored);

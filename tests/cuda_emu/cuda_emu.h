@@ -122,6 +122,7 @@ static inline uint16_t double_to_half(double d) {
 static inline __half __float2half(float f) { __half h = {aqe::double_to_half(f)}; return h; }
 static inline float __half2float(__half h) { return aqe::half_to_float(h.bits); }
 static inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+static inline __half __ushort_as_half(unsigned short u) { __half h = {u}; return h; }
 static inline __half2 __floats2half2_rn(float a, float b) { __half2 v = {__float2half(a), __float2half(b)}; return v; }
 static inline __half2 __float2half2_rn(float a) { return __floats2half2_rn(a, a); }
 static inline float2 __half22float2(__half2 h) { return make_float2(__half2float(h.x), __half2float(h.y)); }

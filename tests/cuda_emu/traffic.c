@@ -5,7 +5,8 @@
        token embedding's aside (one row, read by the embedding kernel);
      - dense attention: each KV head's keys and values once for all the query heads that share
        them (GQA), and no more;
-     - Quest: per KV head, the page bounds of the complete pages once (the score), and the keys
+     - Quest: per KV head, the page bounds of the complete pages once (the score; f16, or 8-bit
+       codes), and the keys
        and values of budget / page_size - 1 complete pages and the current page once; the
        first quest_dense_layers layers dense;
    all in 16-byte loads; and the only copies between host and device are the weights, once,
@@ -47,8 +48,9 @@ static void expect(const char *what, const char *name, unsigned long long want) 
 }
 
 /* One greedy decode step at position ctx after a random cache of ctx positions, then one sampled
-   on the device (its copies only); budget 0 = dense. */
-static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
+   on the device (its copies only); budget 0 = dense; bits: Quest's bounds, 16 or 8 (whose f16
+   scales, an eighth of the codes' bytes, are plain loads and not counted). */
+static void check_step(aq_model *m, int ctx, int budget, int dense_layers, int bits) {
     const aq_config *c = aq_model_config(m);
     aq_session_params p = aq_session_default_params();
     aq_session *s;
@@ -64,6 +66,7 @@ static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
     p.page_size = P;
     p.quest_budget = budget;
     p.quest_dense_layers = dense_layers;
+    p.quest_bounds = bits;
     s = aq_session_new(m, &p, err, sizeof err);
     if (!s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
         printf("  step at %d: %s  FAIL\n", ctx, s ? aq_session_backend_note(s) : err);
@@ -83,12 +86,13 @@ static void check_step(aq_model *m, int ctx, int budget, int dense_layers) {
             kv += (unsigned long long)c->n_kv_heads * keys * key_bytes;
         } else {
             kv += (unsigned long long)c->n_kv_heads * ((budget / P - 1) * P + ctx % P + 1) * key_bytes;
-            bounds += (unsigned long long)c->n_kv_heads * (ctx / P) * c->head_dim * 2 * 2;   /* min and max, f16 */
+            bounds += (unsigned long long)c->n_kv_heads * (ctx / P) * c->head_dim * 2 * (bits / 8);   /* min and max */
         }
     }
     printf(" one decode step at %d positions, %s (%d layers, %d query heads on %d KV heads of %d):\n", ctx,
            budget ? "Quest" : "dense", c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim);
-    if (budget) printf("   budget %d, the first %d layer%s dense\n", budget, dense_layers, dense_layers == 1 ? "" : "s");
+    if (budget)
+        printf("   budget %d, the first %d layer%s dense, %d-bit bounds\n", budget, dense_layers, dense_layers == 1 ? "" : "s", bits);
     aqe_traffic_get("a weight matrix", &weights);   /* the embedding table is the output's when tied */
     expect("weights (all but the token embedding)", "a weight matrix",
            weights.allocated - (c->tied_output ? 0ull : (unsigned long long)c->n_vocab * c->n_embd * 2));
@@ -188,9 +192,10 @@ int main(int argc, char **argv) {
     }
     printf("decode-step loads against the design\n");
     check_upload(m);
-    check_step(m, 3000, 0, 0);
-    check_step(m, 3000, 512, 1);
-    check_step(m, 300, 512, 1);   /* the context fits the budget: dense */
+    check_step(m, 3000, 0, 0, 16);
+    check_step(m, 3000, 512, 1, 16);
+    check_step(m, 3000, 512, 1, 8);
+    check_step(m, 300, 512, 1, 16);   /* the context fits the budget: dense */
     check_profile(m, 3000, 512, 1);
     aq_model_free(m);
     printf("%d passed, %d failed\n", passed, failed);
