@@ -1029,13 +1029,14 @@ struct aqc__split_pages {
     int begin, end;
     __device__ aqc__split_pages(const int *lists, const int *list_len, int kvh, int max_pages, int last, int split, int splits) {
         list = lists ? lists + (size_t)kvh * max_pages : NULL;
-        const int n = !lists ? last + 1 : list_len[kvh];
+        /* from L2 (__ldcg): in aqc_quest_onepass_kernel another block of the same grid wrote it */
+        const int n = !lists ? last + 1 : __ldcg(list_len + kvh);
         /* in 32 bits (pages times at most AQC_MAX_SPLITS stay far below 2^32): a 64-bit division
            is a call of ~100 instructions at the head of every block */
         begin = (int)((unsigned)n * (unsigned)split / (unsigned)splits);
         end = (int)((unsigned)n * (unsigned)(split + 1) / (unsigned)splits);
     }
-    __device__ int page(int i) const { return !list ? i : list[i]; }
+    __device__ int page(int i) const { return !list ? i : __ldcg(list + i); }
 };
 
 /* The end of an attention block: the warps' partial softmaxes (m, l and the unnormalized output
@@ -1372,6 +1373,77 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
     else
         aqc__attention_block<MAXG>(blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z, kv_layer, lists, list_len, max_pages, qkv, qkv_dim,
                                    n_kv, hd, page_size, group, scale, pos_ptr, partial);
+}
+
+/* Quest's selection and sparse attention in one grid, an experiment timed beside the kernels a
+   step launches (kernels/NOTES.md, eleventh session; the seventh session's variant 64 did the
+   same with the kernels of its day, 10% faster at 32 KV heads and 12% slower at 8).  Blocks
+   take tickets as they start: the first select_blocks per KV head score pages
+   (aqc__score_pages), the last of a head's to finish selects (aqc__pick_pages, or lists every
+   page within the budget) and raises the head's flag; the others are the attention's (KV head,
+   split) blocks, which wait for their head's flag and then run aqc__attention_block.  A block
+   waits only for blocks that started before it, so the grid cannot deadlock however few of its
+   blocks are resident; a wait of seconds traps (a fault, not a hang).  The merge follows as its
+   own kernel.  sync: AQC_ONEPASS_SYNC(n_kv) zeros, left zeros (the last attention block of a head
+   lowers its flag, the grid's last block resets the tickets).  The register attention only
+   (MAXG 1 to 8), so that the scoring blocks keep the occupancy of the score kernel. */
+#define AQC_ONEPASS_SYNC(n_kv) (2 + 3 * (n_kv))   /* tickets, blocks finished, then per KV head: scorers done, flag, readers done */
+template <int BITS, int MAXG>
+__global__ void __launch_bounds__(AQC_ATT_WARPS * 32, MAXG == 1 ? AQC_SCORE_BLOCKS_PER_SM : 1)   /* one head: the two kernels' 6 a multiprocessor */
+aqc_quest_onepass_kernel(const float *qkv, int qkv_dim, aqc__bounds bounds, const __half *kv_layer, int n_heads, int page_size,
+                         int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists, int *list_len, int select_blocks,
+                         int splits, float scale, float *partial) {
+    static_assert(AQC_ATT_WARPS == AQC_SCORE_WARPS, "one block size for both roles");
+    __shared__ unsigned s_ticket;
+    __shared__ int s_last;
+    aqc__enter();
+    const int n_kv = bounds.n_kv, max_pages = bounds.max_pages, pos = *pos_ptr, last = pos / page_size;
+    unsigned *tickets = sync, *finished = sync + 1, *done = sync + 2, *ready = done + n_kv, *readers = ready + n_kv;
+    if (threadIdx.x == 0) s_ticket = atomicAdd(tickets, 1u);
+    __syncthreads();
+    const int t = (int)s_ticket;
+    if (t < n_kv * select_blocks) {
+        const int kvh = t / select_blocks;
+        if (pos + 1 > budget) aqc__score_pages<BITS>(t % select_blocks, select_blocks, kvh, qkv, bounds, n_heads, last, scores);
+        __threadfence();   /* this block's scores reach L2 before its ticket is taken */
+        __syncthreads();
+        if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == (unsigned)select_blocks - 1;
+        __syncthreads();
+        if (s_last) {
+            int *out = lists + (size_t)kvh * max_pages;
+            __threadfence();   /* the other blocks' scores, seen through their tickets */
+            if (pos + 1 <= budget) aqc__list_every_page(last, out, list_len + kvh);
+            else aqc__pick_pages<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
+            __threadfence();   /* the list reaches L2 before the flag */
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                done[kvh] = 0;
+                atomicExch(ready + kvh, 1u);
+            }
+        }
+    } else {
+        const int a = t - n_kv * select_blocks, kvh = a / splits, split = a % splits;
+        if (threadIdx.x == 0) {
+            const long long start = clock64();
+            while (atomicAdd(ready + kvh, 0u) == 0u) {
+                __nanosleep(128);
+                if (clock64() - start > (1ll << 32)) __trap();   /* ~2 s: the flag is never coming */
+            }
+            __threadfence();
+        }
+        __syncthreads();
+        aqc__attention_block<MAXG>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, bounds.hd, page_size,
+                                   n_heads / n_kv, scale, pos_ptr, partial);
+        __syncthreads();   /* every thread is past its reads of the list */
+        if (threadIdx.x == 0 && atomicAdd(readers + kvh, 1u) == (unsigned)splits - 1) {
+            readers[kvh] = 0;
+            atomicExch(ready + kvh, 0u);
+        }
+    }
+    if (threadIdx.x == 0 && atomicAdd(finished, 1u) == gridDim.x - 1) {
+        *finished = 0;
+        *tickets = 0;
+    }
 }
 
 /* Block (query head, token): the head's output from its splits' records (partial, [token][KV
@@ -1953,9 +2025,10 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
 /* The attention kernels' MAXG for a group of query heads per KV head: AQC_ATT_TC (tensor cores)
    for 2 to 8 heads of 64 or 128 dims in pages of a multiple of 16, else the smallest register
    path that holds the group. */
+static int aqc__register_maxg(int group) { return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8; }
 static int aqc__attention_maxg(int group, int hd, int page_size) {
     if (group >= 2 && group <= AQC_TC_HEADS && (hd == 64 || hd == 128) && page_size % 16 == 0) return AQC_ATT_TC;
-    return group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+    return aqc__register_maxg(group);
 }
 
 /* Splits of one KV head's page list (n_pages of them) for a group of query heads per KV head,
@@ -2070,6 +2143,26 @@ static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, co
     AQC_TRY(aqc__launch(pdl, b.bits == 8 ? aqc_quest_select_kernel<8> : aqc_quest_select_kernel<16>,
                         dim3(aqc__select_blocks(b.max_pages), b.n_kv), dim3(AQC_SCORE_WARPS * 32), 0, st, q, b, n_heads, page_size, budget,
                         pos_ptr, scores, done, lists, list_len));
+    return 0;
+}
+
+/* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel), then the merge:
+   the experiment beside aqc__quest_attention (no o-projection prep); sync: AQC_ONEPASS_SYNC(n_kv)
+   zeros, left zeros. */
+static int aqc__quest_onepass(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const aqc__bounds &b, const __half *kv_layer,
+                              int n_heads, int page_size, int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists,
+                              int *list_len, int splits, float *partial, float *out, int64_t out_stride, char *err, size_t err_len) {
+    const int group = n_heads / b.n_kv, maxg = aqc__register_maxg(group), select_blocks = aqc__select_blocks(b.max_pages);
+    const float scale = 1.0f / sqrtf((float)b.hd);
+    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
+        constexpr int G = decltype(g)::value == AQC_ATT_TC ? 1 : decltype(g)::value;   /* never TC: maxg is a register one */
+        return aqc__launch(pdl, b.bits == 8 ? aqc_quest_onepass_kernel<8, G> : aqc_quest_onepass_kernel<16, G>,
+                           dim3(b.n_kv * (select_blocks + splits)), dim3(AQC_ATT_WARPS * 32), aqc__attention_shared(G, b.hd), st, qkv,
+                           qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks, splits,
+                           scale, partial);
+    }));
+    AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0, st, (const float *)partial, b.n_kv,
+                        group, b.hd, splits, out, out_stride, (__half *)NULL, (float *)NULL, (float *)NULL));
     return 0;
 }
 
@@ -2511,6 +2604,7 @@ struct aqc__attn_rig {
     float *qkv, *scores, *partial, *out;   /* qkv, out: n_q queries */
     int *lists, *list_len, *pos;
     unsigned *done;   /* aqc_quest_select_kernel's tickets, zeros */
+    unsigned *onepass_sync;   /* aqc_quest_onepass_kernel's, zeros */
     aqc__bounds layer_bounds(int layer) const { return aqc__bounds_of(bounds, layer, bounds_bits, n_kv, hd, max_pages); }
 };
 
@@ -2541,8 +2635,12 @@ static int aqc__rig_new(aqc__attn_rig *r, aqc__scratch *sc, int n_ctx, int n_q, 
     r->list_len = (int *)sc->get((size_t)n_kv * 4, err, err_len);
     r->pos = (int *)sc->get(4, err, err_len);
     r->done = (unsigned *)sc->get((size_t)n_kv * 4, err, err_len);
-    if (!r->kv || !r->bounds || !r->qkv || !r->scores || !r->partial || !r->out || !r->lists || !r->list_len || !r->pos || !r->done) return -1;
+    r->onepass_sync = (unsigned *)sc->get((size_t)AQC_ONEPASS_SYNC(n_kv) * 4, err, err_len);
+    if (!r->kv || !r->bounds || !r->qkv || !r->scores || !r->partial || !r->out || !r->lists || !r->list_len || !r->pos || !r->done ||
+        !r->onepass_sync)
+        return -1;
     AQC_TRY(cudaMemset(r->done, 0, (size_t)n_kv * 4));
+    AQC_TRY(cudaMemset(r->onepass_sync, 0, (size_t)AQC_ONEPASS_SYNC(n_kv) * 4));
     AQC_TRY(cudaDeviceSynchronize());   /* before any non-blocking stream uses it */
     return 0;
 }
@@ -2715,6 +2813,37 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                              run + 1);
                     return -1;
                 }
+        }
+    }
+    if (budget && n_queries == 1) {   /* selection and attention in one grid: the same output, bit for bit, twice (its counters reset) */
+        float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
+        std::vector<float> b((size_t)q_dim);
+        if (!alt) return -1;
+        for (int run = 0; run < 2; run++) {
+            AQC_TRY(cudaStreamSynchronize(st.s));
+            AQC_TRY(cudaMemset(alt, 0xff, (size_t)q_dim * 4));
+            AQC_TRY(cudaMemset(r.lists, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
+            AQC_TRY(cudaMemset(r.scores, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
+            AQC_TRY(cudaDeviceSynchronize());
+            if (aqc__quest_onepass(st.s, r.pdl, r.qkv, r.qkv_dim, bounds, r.kv, n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync,
+                                   r.lists, r.list_len, r.quest_splits, r.partial, alt, q_dim, err, err_len))
+                return -1;
+            AQC_TRY(cudaStreamSynchronize(st.s));
+            AQC_TRY(cudaMemcpy(b.data(), alt, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
+            /* bit for bit where the step's attention is the register kernel too; the tensor-core
+               kernel rounds its own way */
+            const bool same_kernel = aqc__attention_maxg(n_heads / n_kv_heads, head_dim, page_size) != AQC_ATT_TC;
+            double diff = 0.0, mag = 1e-30;
+            for (int i = 0; i < q_dim; i++) {
+                const double d = fabs((double)out[i] - (double)b[i]);
+                diff = d == d ? std::max(diff, d) : INFINITY;
+                mag = std::max(mag, (double)fabsf(out[i]));
+            }
+            if (same_kernel ? memcmp(b.data(), out, (size_t)q_dim * 4) != 0 : !(diff <= 1e-5 * mag)) {
+                aqc__err(err, err_len, "attention check: Quest in one grid gives another output than the step's kernels (run %d, max "
+                         "difference %.2e of %.2e)", run + 1, diff, mag);
+                return -1;
+            }
         }
     }
     if (pages && budget && n_ctx > budget) {   /* a context within the budget stays dense: no list */
@@ -3010,7 +3139,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
     /* Quest whole, its selection, its score kernel alone, and the selection in one kernel
        (aqc_quest_select_kernel, to weigh against the two), with the bounds of either width */
-    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us) {
+    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us, double *onepass_us) {
         if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, quest_us, err,
                       err_len) ||
             aqc__time(iters, [&](int i, cudaStream_t st) {
@@ -3027,12 +3156,17 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
             aqc__time(iters, [&](int i, cudaStream_t st) {
                 return aqc__quest_select_fused(st, r.pdl, r.qkv, r.layer_bounds(i % layers), n_heads, page_size, budget, r.pos, r.scores,
                                                r.done, r.lists, r.list_len, err, err_len);
-            }, select_fused_us, err, err_len))
+            }, select_fused_us, err, err_len) ||
+            aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers), n_heads,
+                                          page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len, r.quest_splits,
+                                          r.partial, r.out, n_heads * head_dim, err, err_len);
+            }, onepass_us, err, err_len))
             return -1;
         return 0;
     };
-    if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us) || make_bounds(16) ||
-        time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us))
+    if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us, &t->onepass8_us) ||
+        make_bounds(16) || time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us, &t->onepass_us))
         return -1;
     /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
        launched as the step launches them: the selection minus the score is the top-k plus the

@@ -145,7 +145,10 @@ static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4);
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 static inline int __ffs(unsigned v) { return __builtin_ffs((int)v); }
 static inline int __clz(int v) { return v ? __builtin_clz((unsigned)v) : 32; }
-namespace aqe { static inline void count_load(const void *p, size_t bytes); }
+namespace aqe {
+static inline void count_load(const void *p, size_t bytes);
+[[noreturn]] static inline void die(const char *what);
+}
 /* __ldg and cp.async are the kernels' streams (weights, KV pages, page bounds): their loads are
    counted per allocation (traffic, below) */
 template <class T> static inline T __ldg(const T *p) {
@@ -157,6 +160,16 @@ template <class T> static inline T __ldcg(const T *p) { return *p; }
 static inline void __threadfence(void) {}
 /* no other thread runs between a fiber's yields: plain read-modify-writes are atomic */
 template <class T> static inline T atomicAdd(T *p, T v) { T old = *p; *p = old + v; return old; }
+template <class T> static inline T atomicExch(T *p, T v) { T old = *p; *p = v; return old; }
+/* a block that spins on a flag: since blocks run one after another, the flag is set by then or
+   never will be; the clock runs fast so that a wait meant to trap after seconds traps after
+   thousands of turns */
+static inline void __nanosleep(unsigned) {}
+static inline long long clock64(void) {
+    static thread_local long long now = 0;
+    return now += 1ll << 20;
+}
+[[noreturn]] static inline void __trap(void) { aqe::die("__trap: a kernel trapped"); }
 
 /* ---- threads, blocks, barriers, warps ---- */
 /* The built-in variables: one fiber runs at a time, and the scheduler sets threadIdx to its
