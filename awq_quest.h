@@ -3751,7 +3751,7 @@ static size_t aq__bounds_record_bytes(int bits, int hd) {
    smallest f16 scale d with 127 d >= its largest magnitude, and each value the code c with
    c d <= kmin (rounded down) or c d >= kmax (up).  c d is exact in f32 (8 bits times 11), so
    the dequantized box holds the keys' box whatever computes with it.  kernels/aq_cuda.cu's
-   aqc__bounds8_block does the same arithmetic in the same order: the GPU's records are these,
+   aqc__bounds8_page does the same arithmetic in the same order: the GPU's records are these,
    byte for byte (checked). */
 static void aq__bounds8_quantize(const float *kmin, const float *kmax, int hd, uint8_t *record) {
     int8_t *codes = (int8_t *)record;
@@ -4410,13 +4410,14 @@ static aq__attn_kernels aq__attn_kernels_for(int simd, int P, int hd) {
 #if AQ__X86
     if (simd >= AQ__SIMD_AVX2) {
         if (P % 8 == 0) k.scores = aq__page_scores_avx2;
-        if (hd % 8 == 0) { k.values = aq__page_values_avx2; k.bound8 = aq__bound8_avx2; }
+        if (hd % 8 == 0) k.values = aq__page_values_avx2;
+        if (hd % 8 == 0 && hd <= 256) k.bound8 = aq__bound8_avx2;   /* whole blocks; their scales on the stack */
         k.exp_sum = aq__exp_sum_avx2;
     }
     if (simd >= AQ__SIMD_AVX512) {
         if (P == 16) k.scores = aq__page_scores_avx512;
         if (hd % 16 == 0) k.values = aq__page_values_avx512;
-        if (hd % 8 == 0) k.bound8 = aq__bound8_avx512;
+        if (hd % 8 == 0 && hd <= 256) k.bound8 = aq__bound8_avx512;
     }
 #endif
     (void)simd; (void)P; (void)hd;
