@@ -13,6 +13,7 @@ static void usage(FILE *f) {
             "  --ctx N            context length of the session (default: the model's)\n"
             "  --quest-budget N   Quest: each decode step reads only the KV pages of N tokens that\n"
             "                     can score highest for the query (0 = dense, the default)\n"
+            "  --quest-bounds N   bits per stored key bound, 16 (f16, default) or 8 (0.56x the bytes)\n"
             "  --kv f32|f16       KV cache type (default f32)\n"
             "  --gpu              run on the GPU (a `make cuda` build; falls back to the CPU, saying why)\n"
             "  --temp X           temperature, 0 = greedy (default 0.8)\n"
@@ -64,6 +65,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--ctx")) { sp.n_ctx = (int)number(a, v, 1, 1 << 24); i++; }
         else if (!strcmp(a, "--gpu")) sp.backend = AQ_BACKEND_CUDA;
         else if (!strcmp(a, "--quest-budget")) { sp.quest_budget = (int)number(a, v, 0, 1 << 24); i++; }
+        else if (!strcmp(a, "--quest-bounds")) { sp.quest_bounds = (int)number(a, v, 8, 16); i++; }
         else if (!strcmp(a, "--kv") && v && (!strcmp(v, "f32") || !strcmp(v, "f16"))) { sp.kv_type = strcmp(v, "f16") ? AQ_KV_F32 : AQ_KV_F16; i++; }
         else if (!strcmp(a, "--temp")) { pp.temperature = (float)number(a, v, 0, 100); i++; }
         else if (!strcmp(a, "--top-k")) { pp.top_k = (int)number(a, v, 0, 1e9); i++; }
