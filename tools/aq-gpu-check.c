@@ -761,7 +761,7 @@ static void check_kernels(void) {
     check_bad_group();
     check_attention(3000, 1, 32, 32, 128, 16, 0, 16);
     check_attention(3000, 1, 32, 32, 128, 16, 512, 16);
-    check_attention(3000, 1, 32, 32, 128, 16, 512, 8);
+    check_attention(2000, 1, 32, 32, 128, 16, 512, 8);
     check_attention(4001, 1, 32, 8, 128, 16, 1024, 16);
     check_attention(4001, 1, 32, 8, 128, 16, 1024, 8);
     check_attention(1000, 1, 8, 4, 8, 16, 256, 16);
