@@ -24,7 +24,8 @@ BENCH_DIR   ?= build/models
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= 80 86 87 89 90
-NVCCFLAGS ?= -O3
+# --threads 0: the architectures compiled in parallel, one per core
+NVCCFLAGS ?= -O3 --threads 0
 
 WARN   = -std=c99 -Wall -Wextra -Wshadow -Wstrict-prototypes
 ifeq ($(CUDA),1)

@@ -1386,9 +1386,11 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
    blocks are resident; a wait of seconds traps (a fault, not a hang).  The merge follows as its
    own kernel.  sync: AQC_ONEPASS_SYNC(n_kv) zeros, left zeros (the last attention block of a head
    lowers its flag, the grid's last block resets the tickets).  The register attention only
-   (MAXG 1 to 8), so that the scoring blocks keep the occupancy of the score kernel. */
+   (MAXG 1, 4 or 8), so that the scoring blocks keep the occupancy of the score kernel, and 8-bit
+   bounds only (the combination that could make 6x; each instance is a long compile for every
+   architecture). */
 #define AQC_ONEPASS_SYNC(n_kv) (2 + 3 * (n_kv))   /* tickets, blocks finished, then per KV head: scorers done, flag, readers done */
-template <int BITS, int MAXG>
+template <int MAXG>
 __global__ void __launch_bounds__(AQC_ATT_WARPS * 32, MAXG == 1 ? AQC_SCORE_BLOCKS_PER_SM : 1)   /* one head: the two kernels' 6 a multiprocessor */
 aqc_quest_onepass_kernel(const float *qkv, int qkv_dim, aqc__bounds bounds, const __half *kv_layer, int n_heads, int page_size,
                          int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists, int *list_len, int select_blocks,
@@ -1404,7 +1406,7 @@ aqc_quest_onepass_kernel(const float *qkv, int qkv_dim, aqc__bounds bounds, cons
     const int t = (int)s_ticket;
     if (t < n_kv * select_blocks) {
         const int kvh = t / select_blocks;
-        if (pos + 1 > budget) aqc__score_pages<BITS>(t % select_blocks, select_blocks, kvh, qkv, bounds, n_heads, last, scores);
+        if (pos + 1 > budget) aqc__score_pages<8>(t % select_blocks, select_blocks, kvh, qkv, bounds, n_heads, last, scores);
         __threadfence();   /* this block's scores reach L2 before its ticket is taken */
         __syncthreads();
         if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == (unsigned)select_blocks - 1;
@@ -2147,20 +2149,20 @@ static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, co
 }
 
 /* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel), then the merge:
-   the experiment beside aqc__quest_attention (no o-projection prep); sync: AQC_ONEPASS_SYNC(n_kv)
-   zeros, left zeros. */
+   the experiment beside aqc__quest_attention (no o-projection prep), 8-bit bounds; sync:
+   AQC_ONEPASS_SYNC(n_kv) zeros, left zeros. */
 static int aqc__quest_onepass(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const aqc__bounds &b, const __half *kv_layer,
                               int n_heads, int page_size, int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists,
                               int *list_len, int splits, float *partial, float *out, int64_t out_stride, char *err, size_t err_len) {
-    const int group = n_heads / b.n_kv, maxg = aqc__register_maxg(group), select_blocks = aqc__select_blocks(b.max_pages);
+    const int group = n_heads / b.n_kv, maxg = group == 1 ? 1 : group <= 4 ? 4 : 8, select_blocks = aqc__select_blocks(b.max_pages);
     const float scale = 1.0f / sqrtf((float)b.hd);
-    AQC_TRY(aqc__with_maxg(maxg, [&](auto g) {
-        constexpr int G = decltype(g)::value == AQC_ATT_TC ? 1 : decltype(g)::value;   /* never TC: maxg is a register one */
-        return aqc__launch(pdl, b.bits == 8 ? aqc_quest_onepass_kernel<8, G> : aqc_quest_onepass_kernel<16, G>,
-                           dim3(b.n_kv * (select_blocks + splits)), dim3(AQC_ATT_WARPS * 32), aqc__attention_shared(G, b.hd), st, qkv,
-                           qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks, splits,
-                           scale, partial);
-    }));
+    if (b.bits != 8) { aqc__err(err, err_len, "Quest in one grid: 8-bit bounds only"); return -1; }
+    void (*kernel)(const float *, int, aqc__bounds, const __half *, int, int, int, const int *, float *, unsigned *, int *, int *, int,
+                   int, float, float *) = maxg == 1 ? aqc_quest_onepass_kernel<1> : maxg == 4 ? aqc_quest_onepass_kernel<4>
+                                                                                             : aqc_quest_onepass_kernel<8>;
+    AQC_TRY(aqc__launch(pdl, kernel, dim3(b.n_kv * (select_blocks + splits)), dim3(AQC_ATT_WARPS * 32), aqc__attention_shared(maxg, b.hd),
+                        st, qkv, qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks,
+                        splits, scale, partial));
     AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0, st, (const float *)partial, b.n_kv,
                         group, b.hd, splits, out, out_stride, (__half *)NULL, (float *)NULL, (float *)NULL));
     return 0;
@@ -2815,11 +2817,11 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 }
         }
     }
-    if (budget && n_queries == 1) {   /* selection and attention in one grid: the same output, twice with f16 bounds (its counters reset) */
+    if (budget && n_queries == 1 && bounds_bits == 8) {   /* selection and attention in one grid: the same output, twice (its counters reset) */
         float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
         std::vector<float> b((size_t)q_dim);
         if (!alt) return -1;
-        for (int run = 0; run < (bounds_bits == 16 ? 2 : 1); run++) {
+        for (int run = 0; run < 2; run++) {
             AQC_TRY(cudaStreamSynchronize(st.s));
             AQC_TRY(cudaMemset(alt, 0xff, (size_t)q_dim * 4));
             AQC_TRY(cudaMemset(r.lists, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
@@ -3139,7 +3141,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
     /* Quest whole, its selection, its score kernel alone, and the selection in one kernel
        (aqc_quest_select_kernel, to weigh against the two), with the bounds of either width */
-    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us, double *onepass_us) {
+    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us, double *onepass_us) {   /* onepass_us: 8 bits */
         if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, quest_us, err,
                       err_len) ||
             aqc__time(iters, [&](int i, cudaStream_t st) {
@@ -3157,16 +3159,16 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
                 return aqc__quest_select_fused(st, r.pdl, r.qkv, r.layer_bounds(i % layers), n_heads, page_size, budget, r.pos, r.scores,
                                                r.done, r.lists, r.list_len, err, err_len);
             }, select_fused_us, err, err_len) ||
-            aqc__time(iters, [&](int i, cudaStream_t st) {
+            (onepass_us && aqc__time(iters, [&](int i, cudaStream_t st) {
                 return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers), n_heads,
                                           page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len, r.quest_splits,
                                           r.partial, r.out, n_heads * head_dim, err, err_len);
-            }, onepass_us, err, err_len))
+            }, onepass_us, err, err_len)))
             return -1;
         return 0;
     };
     if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us, &t->onepass8_us) ||
-        make_bounds(16) || time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us, &t->onepass_us))
+        make_bounds(16) || time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us, NULL))
         return -1;
     /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
        launched as the step launches them: the selection minus the score is the top-k plus the

@@ -160,8 +160,8 @@ typedef struct {
     double select_fused_us;          /* score + top-k in one kernel (an experiment, aqc_quest_select_kernel) */
     double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
     double quest8_us, select8_us, score8_us, select_fused8_us;   /* the same four with 8-bit bounds */
-    double onepass_us, onepass8_us;  /* Quest with selection and attention in one grid, then the merge (an experiment,
-                                        aqc_quest_onepass_kernel; register attention), f16 and 8-bit bounds */
+    double onepass8_us;              /* Quest with selection and attention in one grid, then the merge (an experiment,
+                                        aqc_quest_onepass_kernel; register attention, 8-bit bounds) */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */

@@ -858,8 +858,8 @@ static void timing_table(int short_set) {
                at.select_fused_us, at.select_us);
         printf("    8-bit bounds: Quest 2048 %.1f us (selection %.1f, of which score %.1f; in one kernel %.1f): %.2fx\n", at.quest8_us,
                at.select8_us, at.score8_us, at.select_fused8_us, at.dense_us / at.quest8_us);
-        printf("    selection and attention in one grid, then the merge (register attention): %.1f us (%.2fx), 8-bit bounds %.1f us "
-               "(%.2fx)\n", at.onepass_us, at.dense_us / at.onepass_us, at.onepass8_us, at.dense_us / at.onepass8_us);
+        printf("    8-bit bounds, selection and attention in one grid, then the merge (register attention): %.1f us (%.2fx)\n",
+               at.onepass8_us, at.dense_us / at.onepass8_us);
         printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
         for (i = 0; i < 8; i++)
             if (at.dense_sweep_us[i] > 0) printf("  %d: %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
