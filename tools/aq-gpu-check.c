@@ -160,6 +160,20 @@ static int by_score_desc(const void *a, const void *b) {
     return x->page - y->page;
 }
 
+/* [kmin | kmax] of page p's keys for KV head kvh (k: [position][kv_dim]). */
+static void page_box(const float *k, int kv_dim, int kvh, int hd, int P, int p, float *box) {
+    int d, j;
+    for (d = 0; d < hd; d++) {
+        box[d] = INFINITY;
+        box[hd + d] = -INFINITY;
+        for (j = p * P; j < (p + 1) * P; j++) {
+            float x = k[(size_t)j * kv_dim + kvh * hd + d];
+            box[d] = x < box[d] ? x : box[d];
+            box[hd + d] = x > box[hd + d] ? x : box[hd + d];
+        }
+    }
+}
+
 /* The attention of the queries at the last n_q positions of a context of n_ctx (one: a decode
    step, which budget > 0 puts on Quest; more: a prompt's, each query seeing the keys up to its
    own position), with Quest's bounds of `bits` (16 or 8): the complete pages' bounds byte for
@@ -206,15 +220,7 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
     }
     for (kvh = 0; kvh < n_kv; kvh++)   /* each complete page's bounds, as the CPU makes them from its keys */
         for (p = 0; p < n_ctx / P; p++) {
-            for (d = 0; d < hd; d++) {
-                box[d] = INFINITY;
-                box[hd + d] = -INFINITY;
-                for (j = p * P; j < (p + 1) * P; j++) {
-                    float x = k[(size_t)j * kv_dim + kvh * hd + d];
-                    box[d] = x < box[d] ? x : box[d];
-                    box[hd + d] = x > box[hd + d] ? x : box[hd + d];
-                }
-            }
+            page_box(k, kv_dim, kvh, hd, P, p, box);
             if (bits == 8) aq__bounds8_quantize(box, box + hd, hd, want);
             else
                 for (d = 0; d < 2 * hd; d++) { uint16_t x = aq_f32_to_f16(box[d]); memcpy(want + 2 * d, &x, 2); }   /* f16 keys: exact */
@@ -234,15 +240,7 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
             }
             for (p = 0; p < last; p++) {
                 double s = 0;
-                for (d = 0; d < hd; d++) {
-                    box[d] = INFINITY;
-                    box[hd + d] = -INFINITY;
-                    for (j = p * P; j < (p + 1) * P; j++) {
-                        float x = k[(size_t)j * kv_dim + kvh * hd + d];
-                        box[d] = x < box[d] ? x : box[d];
-                        box[hd + d] = x > box[hd + d] ? x : box[hd + d];
-                    }
-                }
+                page_box(k, kv_dim, kvh, hd, P, p, box);
                 if (bits == 8) {   /* the box the 8-bit bounds stand for */
                     aq__bounds8_quantize(box, box + hd, hd, want);
                     aq__bounds_decode(want, 8, hd, box, box + hd);
