@@ -973,33 +973,42 @@ aqc_quest_topk_kernel(const float *scores, int max_pages, int page_size, int bud
     else aqc__pick_pages<AQC_TOPK_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
 }
 
-/* Quest's score and top-k in one grid, an experiment timed beside the two kernels (the timing
-   part; kernels/NOTES.md, tenth session): the score kernel's blocks, then the last block of each
-   KV head to finish (a ticket from done[kvh], which it sets back to 0 for the next launch)
-   selects as aqc_quest_topk_kernel does, with the score block's 128 threads, where the two
-   kernels hand over at a kernel boundary.  The same lists as the two kernels' (checked). */
+/* A scoring block of the one-kernel selections (aqc_quest_select_kernel, aqc_quest_onepass_kernel):
+   its share bx of n_bx of KV head kvh's page scores, then, if it is the last of the head's blocks
+   to finish (a ticket from done[kvh], which it sets back to 0 for the next launch), the head's
+   page list, as aqc_quest_topk_kernel makes it (or every page, within the budget), with its 128
+   threads.  Returns, on every thread, whether it made the list. */
 #define AQC_SELECT_CACHE 16   /* 2048 pages over 128 threads */
+template <int BITS>
+__device__ bool aqc__score_then_pick(int bx, int n_bx, int kvh, const float *q, const aqc__bounds &bounds, int n_heads, int page_size,
+                                     int budget, int pos, float *scores, unsigned *done, int *lists, int *list_len) {
+    __shared__ int s_last;
+    const int last = pos / page_size, max_pages = bounds.max_pages;
+    if (pos + 1 > budget) aqc__score_pages<BITS>(bx, n_bx, kvh, q, bounds, n_heads, last, scores);
+    __threadfence();   /* this block's scores reach L2 before its ticket is taken */
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == (unsigned)n_bx - 1;
+    __syncthreads();
+    if (!s_last) return false;
+    __threadfence();   /* the other blocks' scores, seen through their tickets */
+    int *out = lists + (size_t)kvh * max_pages;
+    if (pos + 1 <= budget) aqc__list_every_page(last, out, list_len + kvh);
+    else aqc__pick_pages<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
+    if (threadIdx.x == 0) done[kvh] = 0;
+    return true;
+}
+
+/* Quest's score and top-k in one grid, an experiment timed beside the two kernels (the timing
+   part; kernels/NOTES.md, tenth session): the score kernel's blocks, the last of each KV head
+   selecting (aqc__score_then_pick) where the two kernels hand over at a kernel boundary.  The
+   same lists as the two kernels' (checked). */
 template <int BITS>
 __global__ void __launch_bounds__(AQC_SCORE_WARPS * 32, AQC_SCORE_BLOCKS_PER_SM)
 aqc_quest_select_kernel(const float *q, aqc__bounds bounds, int n_heads, int page_size, int budget, const int *pos_ptr, float *scores,
                         unsigned *done, int *lists, int *list_len) {
-    __shared__ int s_last;
     aqc__enter();
-    const int kvh = blockIdx.y, pos = *pos_ptr, last = pos / page_size, max_pages = bounds.max_pages;
-    int *out = lists + (size_t)kvh * max_pages;
-    if (pos + 1 <= budget) {   /* within the budget: every page, listed by the head's first block */
-        if (blockIdx.x == 0) aqc__list_every_page(last, out, list_len + kvh);
-        return;
-    }
-    aqc__score_pages<BITS>(blockIdx.x, gridDim.x, kvh, q, bounds, n_heads, last, scores);
-    __threadfence();   /* this block's scores reach L2 before its ticket is taken */
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();   /* the other blocks' scores, seen through their tickets */
-    aqc__pick_pages<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
-    if (threadIdx.x == 0) done[kvh] = 0;
+    aqc__score_then_pick<BITS>(blockIdx.x, gridDim.x, blockIdx.y, q, bounds, n_heads, page_size, budget, *pos_ptr, scores, done, lists,
+                               list_len);
 }
 
 /* ---- attention ----
@@ -1397,31 +1406,19 @@ aqc_quest_onepass_kernel(const float *qkv, int qkv_dim, aqc__bounds bounds, cons
                          int splits, float scale, float *partial) {
     static_assert(AQC_ATT_WARPS == AQC_SCORE_WARPS, "one block size for both roles");
     __shared__ unsigned s_ticket;
-    __shared__ int s_last;
     aqc__enter();
-    const int n_kv = bounds.n_kv, max_pages = bounds.max_pages, pos = *pos_ptr, last = pos / page_size;
+    const int n_kv = bounds.n_kv, max_pages = bounds.max_pages, pos = *pos_ptr;
     unsigned *tickets = sync, *finished = sync + 1, *done = sync + 2, *ready = done + n_kv, *readers = ready + n_kv;
     if (threadIdx.x == 0) s_ticket = atomicAdd(tickets, 1u);
     __syncthreads();
     const int t = (int)s_ticket;
     if (t < n_kv * select_blocks) {
         const int kvh = t / select_blocks;
-        if (pos + 1 > budget) aqc__score_pages<8>(t % select_blocks, select_blocks, kvh, qkv, bounds, n_heads, last, scores);
-        __threadfence();   /* this block's scores reach L2 before its ticket is taken */
-        __syncthreads();
-        if (threadIdx.x == 0) s_last = atomicAdd(done + kvh, 1u) == (unsigned)select_blocks - 1;
-        __syncthreads();
-        if (s_last) {
-            int *out = lists + (size_t)kvh * max_pages;
-            __threadfence();   /* the other blocks' scores, seen through their tickets */
-            if (pos + 1 <= budget) aqc__list_every_page(last, out, list_len + kvh);
-            else aqc__pick_pages<AQC_SELECT_CACHE>(scores + (size_t)kvh * max_pages, last, page_size, budget, out, list_len + kvh);
+        if (aqc__score_then_pick<8>(t % select_blocks, select_blocks, kvh, qkv, bounds, n_heads, page_size, budget, pos, scores, done,
+                                    lists, list_len)) {
             __threadfence();   /* the list reaches L2 before the flag */
             __syncthreads();
-            if (threadIdx.x == 0) {
-                done[kvh] = 0;
-                atomicExch(ready + kvh, 1u);
-            }
+            if (threadIdx.x == 0) atomicExch(ready + kvh, 1u);
         }
     } else {
         const int a = t - n_kv * select_blocks, kvh = a / splits, split = a % splits;
