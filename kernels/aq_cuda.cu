@@ -2605,6 +2605,10 @@ struct aqc__attn_rig {
     unsigned *done;   /* aqc_quest_select_kernel's tickets, zeros */
     unsigned *onepass_sync;   /* aqc_quest_onepass_kernel's, zeros */
     aqc__bounds layer_bounds(int layer) const { return aqc__bounds_of(bounds, layer, bounds_bits, n_kv, hd, max_pages); }
+    /* the splits per KV head of a Quest step with this budget, as the forward pass takes them */
+    int splits_for(int budget) const {
+        return aqc__attention_splits(n_sms, att_blocks, n_kv, n_heads / n_kv, hd, P, std::min(budget / P, max_pages));
+    }
 };
 
 /* A rig for n_q queries at the last positions of a context of n_ctx (n_q > 1: a prompt, dense). */
@@ -2650,8 +2654,7 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
                          const aqc__prepped *o_in = NULL) {
     const size_t kv_elems = (size_t)r->max_pages * r->n_kv * 2 * r->P * r->hd;
     if (budget) {
-        r->quest_splits =
-            aqc__attention_splits(r->n_sms, r->att_blocks, r->n_kv, r->n_heads / r->n_kv, r->hd, r->P, std::min(budget / r->P, r->max_pages));
+        r->quest_splits = r->splits_for(budget);
         return aqc__quest_attention(st, r->pdl, r->qkv, r->qkv_dim, r->layer_bounds(layer), r->kv + kv_elems * layer, r->n_heads, r->P,
                                     budget, r->pos, r->scores, r->lists, r->list_len, r->quest_splits, r->partial, r->out,
                                     r->n_heads * r->hd, o_in, NULL, err, err_len);
@@ -2662,13 +2665,14 @@ static int aqc__rig_step(aqc__attn_rig *r, int layer, int budget, cudaStream_t s
 }
 
 extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
-                                   int bounds_bits, const float *k, const float *v, const float *q, float *out, int *pages,
-                                   uint8_t *bounds_out, char *err, size_t err_len) {
+                                   int bounds_bits, int one_grid, const float *k, const float *v, const float *q, float *out,
+                                   int *pages, uint8_t *bounds_out, char *err, size_t err_len) {
     aqc__scratch sc;
     aqc__attn_rig r;
     const int kv_dim = n_kv_heads * head_dim, q_dim = n_heads * head_dim;
     if (head_dim % 8 || 32 % (head_dim / 8) || head_dim > AQC_MAX_HD || n_heads % n_kv_heads || n_heads / n_kv_heads > AQC_MAX_GROUP || n_queries < 1 ||
-        n_queries > n_ctx || (budget && n_queries > 1) || (bounds_bits != 8 && bounds_bits != 16)) {
+        n_queries > n_ctx || (budget && n_queries > 1) || (bounds_bits != 8 && bounds_bits != 16) ||
+        (one_grid && (!budget || n_ctx <= budget || bounds_bits != 8))) {
         aqc__err(err, err_len, "attention check: unsupported shape");
         return -1;
     }
@@ -2814,7 +2818,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 }
         }
     }
-    if (budget && n_queries == 1 && bounds_bits == 8) {   /* selection and attention in one grid: the same output, twice (its counters reset) */
+    if (one_grid) {   /* selection and attention in one grid: the same output, twice (its counters reset) */
         float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
         std::vector<float> b((size_t)q_dim);
         if (!alt) return -1;
@@ -3086,7 +3090,7 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, i
 }
 
 extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
-                                  aqc_attention_timing *t, char *err, size_t err_len) {
+                                  int one_grid, aqc_attention_timing *t, char *err, size_t err_len) {
     aqc__scratch sc;
     aqc__attn_rig r;
     const size_t layer_bytes = (size_t)((n_ctx + page_size - 1) / page_size) * n_kv_heads * 2 * page_size * head_dim * 2;
@@ -3121,6 +3125,18 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         }
         AQC_TRY(cudaMemcpy(r.qkv, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
     }
+    if (one_grid) {   /* Quest in one grid, alone (see aq_cuda.h) */
+        r.quest_splits = r.splits_for(budget);
+        if (make_bounds(8) || aqc__time(iters, [&](int i, cudaStream_t st) {
+                return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers),
+                                          n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len,
+                                          r.quest_splits, r.partial, r.out, n_heads * head_dim, err, err_len);
+            }, &t->onepass8_us, err, err_len))
+            return -1;
+        AQC_TRY(cudaDeviceSynchronize());
+        return 0;
+    }
+    t->onepass8_us = 0.0;
     /* device-to-device copy bandwidth: the ceiling for the dense kernel (copies of 512 MB back to
        back on a stream: as copy nodes of a graph they ran slower) */
     {
@@ -3138,7 +3154,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     t->dense_gbps = (double)layer_bytes * (double)n_ctx / (double)(r.max_pages * page_size) / (t->dense_us * 1e-6) / 1e9;
     /* Quest whole, its selection, its score kernel alone, and the selection in one kernel
        (aqc_quest_select_kernel, to weigh against the two), with the bounds of either width */
-    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us, double *onepass_us) {   /* onepass_us: 8 bits */
+    auto time_quest = [&](double *quest_us, double *select_us, double *score_us, double *select_fused_us) {
         if (aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__rig_step(&r, i % layers, budget, st, err, err_len); }, quest_us, err,
                       err_len) ||
             aqc__time(iters, [&](int i, cudaStream_t st) {
@@ -3155,17 +3171,12 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
             aqc__time(iters, [&](int i, cudaStream_t st) {
                 return aqc__quest_select_fused(st, r.pdl, r.qkv, r.layer_bounds(i % layers), n_heads, page_size, budget, r.pos, r.scores,
                                                r.done, r.lists, r.list_len, err, err_len);
-            }, select_fused_us, err, err_len) ||
-            (onepass_us && aqc__time(iters, [&](int i, cudaStream_t st) {
-                return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers), n_heads,
-                                          page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len, r.quest_splits,
-                                          r.partial, r.out, n_heads * head_dim, err, err_len);
-            }, onepass_us, err, err_len)))
+            }, select_fused_us, err, err_len))
             return -1;
         return 0;
     };
-    if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us, &t->onepass8_us) ||
-        make_bounds(16) || time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us, NULL))
+    if (make_bounds(8) || time_quest(&t->quest8_us, &t->select8_us, &t->score8_us, &t->select_fused8_us) || make_bounds(16) ||
+        time_quest(&t->quest_us, &t->select_us, &t->score_us, &t->select_fused_us))
         return -1;
     /* the top-k alone (what the score kernel left, from L2), and a kernel that does nothing, each
        launched as the step launches them: the selection minus the score is the top-k plus the

@@ -119,14 +119,17 @@ int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *e
    [n_ctx][n_kv_heads][head_dim] floats (stored to the paged f16 cache by the append kernel,
    bounds by the bounds kernel for all but the last page_size + 1 positions, which the decode
    step's append adds one at a time), q: [n_queries][n_heads][head_dim].  budget 0 = dense (Quest
-   takes one query).  bounds_bits: 16 or 8, as a session's quest_bounds.  out:
+   takes one query).  bounds_bits: 16 or 8, as a session's quest_bounds.  one_grid: also run
+   Quest in one grid (aqc_quest_onepass_kernel, an experiment: one query, 8-bit bounds) twice
+   and fail unless its output is the step's kernels' (bit for bit where both attend with the
+   register kernel, to 1e-5 of the largest value where the step takes tensor cores).  out:
    [n_queries][n_heads][head_dim]; pages (may be NULL): [n_kv_heads][budget / page_size] the
    selected pages, ascending, current page last; bounds (may be NULL): the complete pages' bounds
    as awq_quest.h stores them, [n_kv_heads][n_ctx / page_size] records of 4 * head_dim bytes
    (f16 kmin then kmax) or, 8 bits, 2 * head_dim int8 codes then head_dim / 8 f16 scales. */
 int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget,
-                        int bounds_bits, const float *k, const float *v, const float *q, float *out, int *pages, uint8_t *bounds,
-                        char *err, size_t err_len);
+                        int bounds_bits, int one_grid, const float *k, const float *v, const float *q, float *out, int *pages,
+                        uint8_t *bounds, char *err, size_t err_len);
 /* The block top-k shared by Quest and the sampler: the k largest of vals[0..n) (ties to the
    lower index) in ascending index order, into out[k], through the path that reads vals in every
    pass (mode 0) or the register-cached one (mode 1, n <= 8192); mode 2, k = 1: the greedy
@@ -161,7 +164,8 @@ typedef struct {
     double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
     double quest8_us, select8_us, score8_us, select_fused8_us;   /* the same four with 8-bit bounds */
     double onepass8_us;              /* Quest with selection and attention in one grid, then the merge (an experiment,
-                                        aqc_quest_onepass_kernel; register attention, 8-bit bounds) */
+                                        aqc_quest_onepass_kernel; register attention, 8-bit bounds): timed only by a
+                                        call with one_grid set, which times nothing else */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */
@@ -169,7 +173,7 @@ typedef struct {
     int dense_sweep_splits[8];       /* the dense attention (and its merge) likewise */
     double dense_sweep_us[8];
 } aqc_attention_timing;
-int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters,
+int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int head_dim, int page_size, int budget, int iters, int one_grid,
                        aqc_attention_timing *t, char *err, size_t err_len);
 
 #ifdef __cplusplus

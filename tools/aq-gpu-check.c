@@ -39,6 +39,7 @@ static void usage(FILE *f) {
             "  --decode-ctx N     only the decode-step timings at context N (e.g. under compute-sanitizer)\n"
             "  --short            timing: two GEMV shapes, the attention, and the decode step in graphs\n"
             "                     at 4K dense and 32K, with the 32K Quest step's profile\n"
+            "  --no-one-grid      leave out Quest in one grid (an experiment), its checks and its timing\n"
             "  -h, --help         this text\n");
 }
 
@@ -160,6 +161,17 @@ static int by_score_desc(const void *a, const void *b) {
     return x->page - y->page;
 }
 
+/* Keys and values of n_ctx positions (f16 values, as the cache stores them), the keys with a
+   per-channel bias, so that pages differ and the selection matters; queries in [-2, 2). */
+static void random_attention_inputs(float *k, float *v, float *q, int n_ctx, int kv_dim, int q_floats) {
+    int64_t i;
+    for (i = 0; i < (int64_t)n_ctx * kv_dim; i++) {
+        k[i] = f16_round(uniform() + 0.5f * sinf((float)(i % kv_dim) + (float)(i / kv_dim) * 0.01f));
+        v[i] = f16_round(uniform());
+    }
+    for (i = 0; i < q_floats; i++) q[i] = 2.0f * uniform();
+}
+
 /* [kmin | kmax] of page p's keys for KV head kvh (k: [position][kv_dim]). */
 static void page_box(const float *k, int kv_dim, int kvh, int hd, int P, int p, float *box) {
     int d, j;
@@ -191,15 +203,9 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
     const size_t record = aq__bounds_record_bytes(bits, hd);
     uint8_t *bounds = (uint8_t *)malloc(record * (size_t)n_kv * (size_t)(n_ctx / P) + 1), *want = (uint8_t *)malloc(record);
     float *box = (float *)malloc(sizeof(float) * 4 * (size_t)hd);   /* kmin | kmax, then as the bounds give them back */
-    int64_t i;
     int h, kvh, p, d, j, t, wrong_pages = 0, wrong_bounds = 0;
-    /* keys with a per-channel bias, so that pages differ and the selection matters */
-    for (i = 0; i < (int64_t)n_ctx * kv_dim; i++) {
-        k[i] = f16_round(uniform() + 0.5f * sinf((float)(i % kv_dim) + (float)(i / kv_dim) * 0.01f));
-        v[i] = f16_round(uniform());
-    }
-    for (i = 0; i < (int64_t)n_q * q_dim; i++) q[i] = 2.0f * uniform();
-    if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, k, v, q, out, pages, bounds, err, sizeof err)) {
+    random_attention_inputs(k, v, q, n_ctx, kv_dim, n_q * q_dim);
+    if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, 0, k, v, q, out, pages, bounds, err, sizeof err)) {
         printf("  attention: %s  FAIL\n", err);
         failures++;
         goto done;
@@ -208,7 +214,7 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
         float *out2 = (float *)malloc(sizeof(float) * (size_t)n_q * q_dim);
         int *pages2 = (int *)calloc((size_t)n_kv * (keep ? keep : 1), sizeof(int));
         err[0] = '\0';
-        if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, k, v, q, out2, pages2, NULL, err, sizeof err) ||
+        if (aqc_check_attention(n_ctx, n_q, n_heads, n_kv, hd, P, budget, bits, 0, k, v, q, out2, pages2, NULL, err, sizeof err) ||
             memcmp(out, out2, sizeof(float) * (size_t)n_q * q_dim) ||
             (budget && n_ctx > budget && memcmp(pages, pages2, sizeof(int) * (size_t)n_kv * keep))) {
             printf("  attention ctx %d, %d heads / %d KV, the same inputs again: %s  FAIL\n", n_ctx, n_heads, n_kv,
@@ -307,6 +313,25 @@ static void check_attention(int n_ctx, int n_q, int n_heads, int n_kv, int hd, i
     verdict(what, rel_err(out, ref, (int64_t)n_q * q_dim), 1e-3);
 done:
     free(k); free(v); free(q); free(out); free(ref); free(pages); free(ps); free(sc); free(bounds); free(want); free(box);
+}
+
+/* Quest in one grid (an experiment) against the step's kernels on the same inputs, 8-bit bounds:
+   run apart, after every other check, because a wait that never ends traps, and a trap ends
+   every later launch of the process.  The step's own output was checked above on these shapes. */
+static void check_one_grid(int n_ctx, int n_heads, int n_kv, int hd, int P, int budget) {
+    char err[512], what[160], pages_of[24];
+    const int kv_dim = n_kv * hd, q_dim = n_heads * hd;
+    float *k = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim), *v = (float *)malloc(sizeof(float) * (size_t)n_ctx * kv_dim);
+    float *q = (float *)malloc(sizeof(float) * (size_t)q_dim), *out = (float *)malloc(sizeof(float) * (size_t)q_dim);
+    random_attention_inputs(k, v, q, n_ctx, kv_dim, q_dim);
+    snprintf(pages_of, sizeof pages_of, P != 16 ? ", pages of %d" : "", P);
+    snprintf(what, sizeof what, "Quest in one grid, ctx %d, %d heads / %d KV, hd %d%s", n_ctx, n_heads, n_kv, hd, pages_of);
+    if (aqc_check_attention(n_ctx, 1, n_heads, n_kv, hd, P, budget, 8, 1, k, v, q, out, NULL, NULL, err, sizeof err)) {
+        printf("  %-58s %s  FAIL\n", what, err);
+        failures++;
+    } else
+        printf("  %-58s the step's output, twice  ok\n", what);
+    free(k); free(v); free(q); free(out);
 }
 
 static int by_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
@@ -741,7 +766,7 @@ static void print_occupancy(void) {
         printf("    %-40s %5d %4d %7d %3d\n", e[i].kernel, e[i].threads, e[i].registers, e[i].shared_bytes, e[i].blocks_per_sm);
 }
 
-static void check_kernels(void) {
+static void check_kernels(int one_grid) {
     printf("\n1. kernels against the CPU (fresh random inputs)\n");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 4096, 1, "RMSNorm");
     check_matmul(AQ_TYPE_AQ4_G128, 4096, 11008, 1, "SwiGLU");
@@ -798,6 +823,14 @@ static void check_kernels(void) {
     check_sample(4096, 2, 1.0f, 300, 0.5f, 0.2f, 12);
     check_sample(512, 0, 0.5f, 1, 1.0f, 0.0f, 4);
     print_occupancy();
+    if (!one_grid) return;
+    printf("\n1b. Quest in one grid (an experiment, aqc_quest_onepass_kernel), last: a trap ends the process\n");
+    check_one_grid(2000, 32, 32, 128, 16, 512);
+    check_one_grid(4001, 32, 8, 128, 16, 1024);
+    check_one_grid(1000, 8, 4, 8, 16, 256);
+    check_one_grid(777, 16, 2, 64, 16, 128);
+    check_one_grid(500, 4, 4, 256, 32, 128);
+    check_one_grid(20000, 8, 2, 64, 16, 1024);
 }
 
 static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
@@ -815,7 +848,8 @@ static void check_models(const char *shared, const char **models, int n_models, 
 /* Bytes an int4 g128 GEMV reads: the codes, and a scale and an offset (f16) per group. */
 static double int4_gemv_bytes(int64_t rows, int64_t cols) { return (double)rows * cols * (0.5 + 4.0 / 128); }
 
-static void timing_table(int short_set) {
+/* dense_us[0], [1]: the dense attention's time at 32 and 8 KV heads, for time_one_grid's ratios */
+static void timing_table(int short_set, double dense_us[2]) {
     static const int64_t shapes[4][2] = {{12288, 4096}, {4096, 11008}, {22016, 4096}, {4096, 4096}};
     aqc_attention_timing at;
     aqc_gemv_timing gt;
@@ -846,7 +880,7 @@ static void timing_table(int short_set) {
         printf("\n");
     }
     for (kv = 32; kv >= 8; kv -= 24) {
-        if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
+        if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, 0, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; continue; }
         printf("  attention 32K, 32 heads / %2d KV: dense %7.1f us (%5.0f GB/s, %3.0f%% of copy %4.0f GB/s), Quest 2048 %6.1f us "
                "(selection %5.1f us, of which score %5.1f): %.2fx\n",
                kv, at.dense_us, at.dense_gbps, 100 * at.dense_gbps / at.copy_gbps, at.copy_gbps, at.quest_us, at.select_us, at.score_us,
@@ -856,8 +890,7 @@ static void timing_table(int short_set) {
                at.select_fused_us, at.select_us);
         printf("    8-bit bounds: Quest 2048 %.1f us (selection %.1f, of which score %.1f; in one kernel %.1f): %.2fx\n", at.quest8_us,
                at.select8_us, at.score8_us, at.select_fused8_us, at.dense_us / at.quest8_us);
-        printf("    8-bit bounds, selection and attention in one grid, then the merge (register attention): %.1f us (%.2fx)\n",
-               at.onepass8_us, at.dense_us / at.onepass8_us);
+        dense_us[kv == 8] = at.dense_us;
         printf("    dense (%d splits per KV head in a step; its merge alone %.1f us):", at.dense_splits, at.merge_us);
         for (i = 0; i < 8; i++)
             if (at.dense_sweep_us[i] > 0) printf("  %d: %.1f us", at.dense_sweep_splits[i], at.dense_sweep_us[i]);
@@ -865,6 +898,20 @@ static void timing_table(int short_set) {
         for (i = 0; i < 5; i++)
             if (at.sweep_us[i] > 0) printf("  %d splits %.1f us", at.sweep_splits[i], at.sweep_us[i]);
         printf("\n");
+    }
+}
+
+/* Quest in one grid (an experiment) at 32K, budget 2048, 8-bit bounds, against the dense times
+   the timing table measured: the timing part's last, as its checks are the kernels part's last */
+static void time_one_grid(const double dense_us[2]) {
+    aqc_attention_timing at;
+    char err[512];
+    int kv;
+    printf("\n3b. Quest in one grid (an experiment, aqc_quest_onepass_kernel), last: a trap ends the process\n");
+    for (kv = 32; kv >= 8; kv -= 24) {
+        if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, 1, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; return; }
+        printf("  attention 32K, 32 heads / %2d KV, 8-bit bounds, selection and attention in one grid, then the merge (register "
+               "attention): %.1f us (%.2fx dense)\n", kv, at.onepass8_us, dense_us[kv == 8] / at.onepass8_us);
     }
 }
 
@@ -914,7 +961,8 @@ int main(int argc, char **argv) {
     const char *shared = AQ_SHARED_DIR, *models[4], *model_7b = NULL, *model_gqa = NULL, *part = "all";
     aq_model *m7 = NULL, *mg = NULL;
     char err[512], name[256];
-    int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, i;
+    int n_tokens = 2000, n_models = 0, decode_ctx = 0, short_set = 0, one_grid = 1, i;
+    double dense_us[2] = {0, 0};
     setvbuf(stdout, NULL, _IOLBF, 0);   /* a part killed by its time limit still shows how far it got */
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -926,6 +974,7 @@ int main(int argc, char **argv) {
         }
         else if (!strcmp(a, "--decode-ctx")) decode_ctx = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 64, 1 << 20);
         else if (!strcmp(a, "--short")) short_set = 1;
+        else if (!strcmp(a, "--no-one-grid")) one_grid = 0;
         else if (!strcmp(a, "--model-7b")) model_7b = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--model-gqa")) model_gqa = tool_arg("aq-gpu-check", argc, argv, &i);
         else if (!strcmp(a, "--tokens")) n_tokens = (int)tool_number("aq-gpu-check", a, tool_arg("aq-gpu-check", argc, argv, &i), 10, 1e6);
@@ -951,10 +1000,11 @@ int main(int argc, char **argv) {
         printf("  %s  FAIL\n", err);
         failures++;
     }
-    if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels();
+    if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels(one_grid);
     if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
-    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set);
+    if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set, dense_us);
     if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
+    if ((!strcmp(part, "all") || !strcmp(part, "timing")) && one_grid) time_one_grid(dense_us);
     if (!strcmp(part, "all") || !strcmp(part, "gqa")) gqa_table(mg);
     aq_model_free(m7);
     aq_model_free(mg);
