@@ -1693,6 +1693,8 @@ struct aqc_session {
     size_t kv_layer_elems, bounds_layer_bytes;
     float *scores;               /* [n_kv][max_pages] */
     int *lists, *list_len;       /* [n_kv][max_pages], [n_kv] */
+    unsigned *onepass_sync;      /* aqc_quest_onepass_kernel's, zeros (AQC_ONEPASS_SYNC) */
+    bool quest_one_grid;         /* aqc_session_set_quest_one_grid */
     bool pdl;                    /* programmatic dependent launches (sm_90 and newer) */
     float *partial;
     float *x, *qkv, *att, *hb, *logits;
@@ -2145,15 +2147,17 @@ static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, co
     return 0;
 }
 
-/* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel), then the merge:
-   the experiment beside aqc__quest_attention (no o-projection prep), 8-bit bounds; sync:
+/* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel), then the merge
+   (o_in as for aqc__attention): the experiment beside aqc__quest_attention, 8-bit bounds; sync:
    AQC_ONEPASS_SYNC(n_kv) zeros, left zeros. */
 static int aqc__quest_onepass(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const aqc__bounds &b, const __half *kv_layer,
                               int n_heads, int page_size, int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists,
-                              int *list_len, int splits, float *partial, float *out, int64_t out_stride, char *err, size_t err_len) {
+                              int *list_len, int splits, float *partial, float *out, int64_t out_stride, const aqc__prepped *o_in,
+                              char *err, size_t err_len) {
     const int group = n_heads / b.n_kv, maxg = group == 1 ? 1 : group <= 4 ? 4 : 8, select_blocks = aqc__select_blocks(b.max_pages);
     const float scale = 1.0f / sqrtf((float)b.hd);
     if (b.bits != 8) { aqc__err(err, err_len, "Quest in one grid: 8-bit bounds only"); return -1; }
+    if (o_in && b.hd % 32) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
     void (*kernel)(const float *, int, aqc__bounds, const __half *, int, int, int, const int *, float *, unsigned *, int *, int *, int,
                    int, float, float *) = maxg == 1 ? aqc_quest_onepass_kernel<1> : maxg == 4 ? aqc_quest_onepass_kernel<4>
                                                                                              : aqc_quest_onepass_kernel<8>;
@@ -2161,7 +2165,8 @@ static int aqc__quest_onepass(cudaStream_t st, bool pdl, const float *qkv, int q
                         st, qkv, qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks,
                         splits, scale, partial));
     AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0, st, (const float *)partial, b.n_kv,
-                        group, b.hd, splits, out, out_stride, (__half *)NULL, (float *)NULL, (float *)NULL));
+                        group, b.hd, splits, out, out_stride, o_in ? o_in->xh : NULL, o_in ? o_in->xscale : NULL,
+                        o_in ? o_in->xsum : NULL));
     return 0;
 }
 
@@ -2205,7 +2210,7 @@ extern "C" void aqc_session_free(aqc_session *s) {
     delete s->prof;
     if (s->blas) cublasDestroy(s->blas);
     if (s->stream) cudaStreamDestroy(s->stream);
-    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len);
+    cudaFree(s->kv); cudaFree(s->bounds); cudaFree(s->scores); cudaFree(s->lists); cudaFree(s->list_len); cudaFree(s->onepass_sync);
     cudaFree(s->partial); cudaFree(s->x); cudaFree(s->qkv); cudaFree(s->att); cudaFree(s->hb); cudaFree(s->logits);
     cudaFree(s->xh); cudaFree(s->xscale); cudaFree(s->xsum); cudaFree(s->wtmp); cudaFree(s->state); cudaFree(s->ids);
     cudaFreeHost(s->host_state);
@@ -2255,6 +2260,7 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         aqc__malloc((void **)&s->scores, (size_t)c->n_kv_heads * s->max_pages * 4, "page scores", err, err_len) ||
         aqc__malloc((void **)&s->lists, (size_t)c->n_kv_heads * s->max_pages * 4, "page lists", err, err_len) ||
         aqc__malloc((void **)&s->list_len, (size_t)c->n_kv_heads * 4, "page lists", err, err_len) ||
+        aqc__malloc((void **)&s->onepass_sync, (size_t)AQC_ONEPASS_SYNC(c->n_kv_heads) * 4, "Quest's counters", err, err_len) ||
         aqc__malloc((void **)&s->partial, part_tokens * c->n_kv_heads * group * aqc__partial_floats(c->head_dim) * 4, "attention partials",
                     err, err_len) ||
         aqc__malloc((void **)&s->x, nb * c->n_embd * 4, "activations", err, err_len) ||
@@ -2271,7 +2277,8 @@ static int aqc__session_alloc(aqc_session *s, char *err, size_t err_len) {
         return -1;
     AQC_TRY(cudaMallocHost((void **)&s->host_state, AQC_STATE_INTS * 4));
     AQC_TRY(cudaMemset(s->state, 0, AQC_STATE_INTS * 4));
-    AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memset */
+    AQC_TRY(cudaMemset(s->onepass_sync, 0, (size_t)AQC_ONEPASS_SYNC(c->n_kv_heads) * 4));
+    AQC_TRY(cudaDeviceSynchronize());   /* the session's stream does not wait for the default stream's memsets */
     return 0;
 }
 
@@ -2345,7 +2352,12 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
            padding past them, which another prep could have left in xh) */
         const aqc__prepped prepped = {s->xh, s->xscale, s->xsum};
         const aqc__prepped *o_prepped = n == 1 && hd % 32 == 0 && m->wo[l].kp == q_dim ? &prepped : NULL;
-        if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
+        if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers && s->quest_one_grid)
+            AQC_DO(aqc__quest_onepass(st, pdl, s->qkv, s->qkv_dim, bounds, kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr, s->scores,
+                                      s->onepass_sync, s->lists, s->list_len, s->quest_splits, s->partial, s->att, q_dim, o_prepped,
+                                      err, err_len),
+                   "attention, Quest in one grid");
+        else if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
             AQC_DO(aqc__quest_attention(st, pdl, s->qkv, s->qkv_dim, bounds, kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr,
                                         s->scores, s->lists, s->list_len, s->quest_splits, s->partial, s->att, q_dim, o_prepped, s->prof,
                                         err, err_len),
@@ -2392,6 +2404,19 @@ extern "C" int aqc_eval(aqc_session *s, const int32_t *ids, int n, int pos0, flo
             AQC_TRY(cudaMemcpyAsync(logits + (all ? (size_t)done * n_vocab : 0), s->logits, (size_t)(want == 2 ? nb : 1) * n_vocab * 4,
                                     cudaMemcpyDeviceToHost, s->stream));
         AQC_TRY(cudaStreamSynchronize(s->stream));
+    }
+    return 0;
+}
+
+extern "C" int aqc_session_set_quest_one_grid(aqc_session *s, int on, char *err, size_t err_len) {
+    if (on && (s->c.quest_bounds != 8 || !s->c.quest_budget)) {
+        aqc__err(err, err_len, "Quest in one grid: a session with a Quest budget and 8-bit bounds only");
+        return -1;
+    }
+    s->quest_one_grid = on != 0;
+    if (s->graph_ready) {   /* captured with the other attention */
+        AQC_TRY(cudaGraphExecDestroy(s->graph));
+        s->graph_ready = 0;
     }
     return 0;
 }
@@ -2745,13 +2770,13 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
         both[i].xsum = (float *)sc.get((size_t)q_dim / 8, err, err_len);
         if (!both[i].xh || !both[i].xscale || !both[i].xsum) return -1;
     }
-    if (aqc__rig_step(&r, 0, budget, st.s, err, err_len, prep ? &both[0] : NULL)) return -1;
-    if (prep && aqc__prep(st.s, r.pdl, r.out, NULL, 0, NULL, q_dim, q_dim, 0.0f, 1, 1, both[1].xh, both[1].xscale, both[1].xsum, q_dim,
-                          err, err_len))
-        return -1;
-    AQC_TRY(cudaStreamSynchronize(st.s));
-    AQC_TRY(cudaMemcpy(out, r.out, (size_t)n_queries * q_dim * 4, cudaMemcpyDeviceToHost));
-    if (prep) {
+    /* the merge's prep (both[0]) against the prep kernel's of the attention's output att_out */
+    auto check_prep = [&](const float *att_out) -> int {
+        if (!prep) return 0;
+        if (aqc__prep(st.s, r.pdl, att_out, NULL, 0, NULL, q_dim, q_dim, 0.0f, 1, 1, both[1].xh, both[1].xscale, both[1].xsum, q_dim,
+                      err, err_len))
+            return -1;
+        AQC_TRY(cudaStreamSynchronize(st.s));
         std::vector<unsigned char> a((size_t)q_dim * 4), b((size_t)q_dim * 4);
         const void *parts[2][3] = {{both[0].xh, both[0].xscale, both[0].xsum}, {both[1].xh, both[1].xscale, both[1].xsum}};
         const size_t bytes[3] = {(size_t)q_dim * 2, (size_t)q_dim / 8, (size_t)q_dim / 8};
@@ -2764,7 +2789,11 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 return -1;
             }
         }
-    }
+        return 0;
+    };
+    if (aqc__rig_step(&r, 0, budget, st.s, err, err_len, prep ? &both[0] : NULL) || check_prep(r.out)) return -1;
+    AQC_TRY(cudaStreamSynchronize(st.s));
+    AQC_TRY(cudaMemcpy(out, r.out, (size_t)n_queries * q_dim * 4, cudaMemcpyDeviceToHost));
     if (n_queries == 1 && !budget) {   /* as many splits as the pages allow: the merge's longest loops */
         const int many = std::min(AQC_MAX_SPLITS, std::max(1, r.max_pages / AQC_ATT_WARPS));
         float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
@@ -2818,7 +2847,7 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 }
         }
     }
-    if (one_grid) {   /* selection and attention in one grid: the same output, twice (its counters reset) */
+    if (one_grid) {   /* selection and attention in one grid: the same output, twice (its counters reset), and its merge's prep */
         float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
         std::vector<float> b((size_t)q_dim);
         if (!alt) return -1;
@@ -2827,9 +2856,11 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
             AQC_TRY(cudaMemset(alt, 0xff, (size_t)q_dim * 4));
             AQC_TRY(cudaMemset(r.lists, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
             AQC_TRY(cudaMemset(r.scores, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
+            for (int i = 0; i < (prep ? 2 : 0); i++) AQC_TRY(cudaMemset(both[i].xh, 0xff, (size_t)q_dim * 2));
             AQC_TRY(cudaDeviceSynchronize());
             if (aqc__quest_onepass(st.s, r.pdl, r.qkv, r.qkv_dim, bounds, r.kv, n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync,
-                                   r.lists, r.list_len, r.quest_splits, r.partial, alt, q_dim, err, err_len))
+                                   r.lists, r.list_len, r.quest_splits, r.partial, alt, q_dim, prep ? &both[0] : NULL, err, err_len) ||
+                check_prep(alt))
                 return -1;
             AQC_TRY(cudaStreamSynchronize(st.s));
             AQC_TRY(cudaMemcpy(b.data(), alt, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
@@ -3130,7 +3161,7 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         if (make_bounds(8) || aqc__time(iters, [&](int i, cudaStream_t st) {
                 return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers),
                                           n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len,
-                                          r.quest_splits, r.partial, r.out, n_heads * head_dim, err, err_len);
+                                          r.quest_splits, r.partial, r.out, n_heads * head_dim, NULL, err, err_len);
             }, &t->onepass8_us, err, err_len))
             return -1;
         AQC_TRY(cudaDeviceSynchronize());

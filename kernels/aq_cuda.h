@@ -91,6 +91,10 @@ typedef struct {
     float top_p, min_p;
 } aqc_sampling;
 int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc_sampling *p, float r, int32_t *next, char *err, size_t err_len);
+/* An experiment, for aq-gpu-check's timings: the Quest layers of later decode steps run their
+   selection and sparse attention in one grid (aqc_quest_onepass_kernel, register attention)
+   instead of three kernels, when on; needs quest_bounds 8 and a budget.  Returns 0 or -1. */
+int aqc_session_set_quest_one_grid(aqc_session *s, int on, char *err, size_t err_len);
 /* Where a decode step's time goes: one step (token at pos, as aqc_step_greedy's without the argmax)
    with an event after each stage, replayed as a CUDA graph; per stage (named as "q, k, v",
    "Quest selection", ...) the number of times it ran and its total in us, in the order first

@@ -550,7 +550,7 @@ static int greedy_near_tie(aq_session *ref, const int32_t *ids, const int32_t *t
     return *gap <= tol;
 }
 
-static void check_model(const char *path, const char *text, int n_tokens, int budget, int bounds) {
+static void check_model(const char *path, const char *text, int n_tokens, int budget, int bounds, int one_grid) {
     char err[512];
     aq_model *m = aq_model_load(path, err, sizeof err), *exact_model = NULL;
     aq_session_params p = aq_session_default_params();
@@ -570,7 +570,8 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
         exact = aq_session_new(exact_model, &p, err, sizeof err);
     p.backend = AQ_BACKEND_CUDA;
     gpu = aq_session_new(m, &p, err, sizeof err);
-    if (!ids || !cpu || !gpu || aq_session_backend(gpu) != AQ_BACKEND_CUDA || (owned && !exact)) {
+    if (!ids || !cpu || !gpu || aq_session_backend(gpu) != AQ_BACKEND_CUDA || (owned && !exact) ||
+        (one_grid && aqc_session_set_quest_one_grid(gpu->cuda, 1, err, sizeof err))) {
         printf("  %s: %s  FAIL\n", path, gpu && aq_session_backend(gpu) != AQ_BACKEND_CUDA ? aq_session_backend_note(gpu) : err);
         failures++;
         goto done;
@@ -591,7 +592,7 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
     gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
     tie_tol = 2 * max_diff;   /* each of the two logits off by up to the largest difference seen */
     printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
-           budget ? bounds == 8 ? "Quest 64, 8-bit bounds, " : "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
+           budget ? bounds == 8 ? one_grid ? "Quest 64, 8-bit bounds, in one grid, " : "Quest 64, 8-bit bounds, " : "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
            exact ? "" : gpu_cpu >= 0.99 ? "  ok" : "  FAIL");
     if (exact) {
         double md2, mx2;
@@ -682,7 +683,7 @@ done:
 /* ms per decode step after a random KV cache of ctx positions: greedy (argmax on the device) or
    sampled (the default sampler, its draw on the device). */
 /* bounds: Quest's bits per stored key bound (16 or 8) */
-static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int sample, int bounds) {
+static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int sample, int bounds, int one_grid) {
     char err[512];
     aq_session_params p = aq_session_default_params();
     aq_sampler_params spp = aq_sampler_default_params();
@@ -700,7 +701,8 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
     p.quest_bounds = bounds;
     p.no_cuda_graph = no_graph;
     s = aq_session_new(m, &p, err, sizeof err);
-    if (!smp || !s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err)) {
+    if (!smp || !s || aq_session_backend(s) != AQ_BACKEND_CUDA || aq__session_fill_random(s, ctx, 5, err, sizeof err) ||
+        (one_grid && aqc_session_set_quest_one_grid(s->cuda, 1, err, sizeof err))) {
         printf("  decode step ctx %d: %s  FAIL\n", ctx, s ? (aq_session_backend(s) != AQ_BACKEND_CUDA ? aq_session_backend_note(s) : err) : err);
         failures++;
         aq_session_free(s);
@@ -719,9 +721,9 @@ static void time_decode(aq_model *m, int ctx, int budget, int no_graph, int samp
     for (i = 0; i < steps; i++)
         if (aq_eval_sample(s, smp, tok, &tok, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; break; }
     ms = (aq_time_seconds() - t0) * 1e3 / steps;
-    printf("  decode step, %5d context, %-16s %-8s %-7s %8.2f ms/token  %6.1f tok/s\n", ctx,
+    printf("  decode step, %5d context, %-17s %-8s %-7s %8.2f ms/token  %6.1f tok/s%s\n", ctx,
            budget ? bounds == 8 ? "Quest 2048, 8-bit" : "Quest 2048" : "dense", no_graph ? "no graph" : "graph", sample ? "sampled" : "greedy",
-           ms, 1e3 / ms);
+           ms, 1e3 / ms, one_grid ? "  (selection and attention in one grid)" : "");
     aq_session_free(s);
     aq_sampler_free(smp);
 }
@@ -833,16 +835,19 @@ static void check_kernels(int one_grid) {
     check_one_grid(20000, 8, 2, 64, 16, 1024);
 }
 
-static void check_models(const char *shared, const char **models, int n_models, int n_tokens) {
+static void check_models(const char *shared, const char **models, int n_models, int n_tokens, int one_grid) {
     int i;
     char path[1024], text[1024];
     printf("\n2. models teacher-forced on GPU and CPU\n");
     snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
     snprintf(text, sizeof text, "%s/text/tinystories-valid.txt", shared);
-    check_model(path, text, n_tokens, 0, 16);
-    check_model(path, text, n_tokens, 64, 16);
-    check_model(path, text, n_tokens, 64, 8);
-    for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0, 16);
+    check_model(path, text, n_tokens, 0, 16, 0);
+    check_model(path, text, n_tokens, 64, 16, 0);
+    check_model(path, text, n_tokens, 64, 8, 0);
+    for (i = 0; i < n_models; i++) check_model(models[i], text, n_tokens, 0, 16, 0);
+    if (!one_grid) return;
+    printf("\n2b. Quest in one grid (an experiment, aqc_quest_onepass_kernel) in the decode step, last: a trap ends the process\n");
+    check_model(path, text, n_tokens, 64, 8, 1);
 }
 
 /* Bytes an int4 g128 GEMV reads: the codes, and a scale and an offset (f16) per group. */
@@ -901,18 +906,20 @@ static void timing_table(int short_set, double dense_us[2]) {
     }
 }
 
-/* Quest in one grid (an experiment) at 32K, budget 2048, 8-bit bounds, against the dense times
-   the timing table measured: the timing part's last, as its checks are the kernels part's last */
-static void time_one_grid(const double dense_us[2]) {
+/* Quest in one grid (an experiment) at 32K, budget 2048, 8-bit bounds: the attention alone against
+   the dense times the timing table measured (dense_us: NULL, none), and the decode step of m (may
+   be NULL); a part's last, as its checks are the kernels and models parts' last */
+static void time_one_grid(const double *dense_us, aq_model *m) {
     aqc_attention_timing at;
     char err[512];
     int kv;
     printf("\n3b. Quest in one grid (an experiment, aqc_quest_onepass_kernel), last: a trap ends the process\n");
-    for (kv = 32; kv >= 8; kv -= 24) {
+    for (kv = 32; kv >= 8 && dense_us; kv -= 24) {
         if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, 1, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; return; }
         printf("  attention 32K, 32 heads / %2d KV, 8-bit bounds, selection and attention in one grid, then the merge (register "
                "attention): %.1f us (%.2fx dense)\n", kv, at.onepass8_us, dense_us[kv == 8] / at.onepass8_us);
     }
+    if (m) time_decode(m, 32768, 2048, 0, 0, 8, 1);
 }
 
 /* the whole decode step of a Llama-2-7B-shape int4 model: at 4K and 32K, dense and Quest, and
@@ -921,24 +928,24 @@ static void time_one_grid(const double dense_us[2]) {
 static void decode_table(aq_model *m, int decode_ctx, int short_set) {
     if (!m) return;
     if (decode_ctx) {
-        time_decode(m, decode_ctx, 0, 1, 0, 16);
-        time_decode(m, decode_ctx, 2048, 1, 0, 16);
+        time_decode(m, decode_ctx, 0, 1, 0, 16, 0);
+        time_decode(m, decode_ctx, 2048, 1, 0, 16, 0);
     } else if (short_set) {
-        time_decode(m, 4096, 0, 0, 0, 16);
-        time_decode(m, 32768, 0, 0, 0, 16);
-        time_decode(m, 32768, 2048, 0, 0, 16);
-        time_decode(m, 32768, 2048, 0, 0, 8);
+        time_decode(m, 4096, 0, 0, 0, 16, 0);
+        time_decode(m, 32768, 0, 0, 0, 16, 0);
+        time_decode(m, 32768, 2048, 0, 0, 16, 0);
+        time_decode(m, 32768, 2048, 0, 0, 8, 0);
         profile_decode(m, 32768, 2048);
     } else {
-        time_decode(m, 4096, 0, 1, 0, 16);
-        time_decode(m, 4096, 0, 0, 0, 16);
-        time_decode(m, 4096, 0, 0, 1, 16);
-        time_decode(m, 4096, 2048, 0, 0, 16);
-        time_decode(m, 32768, 0, 0, 0, 16);
-        time_decode(m, 32768, 2048, 1, 0, 16);
-        time_decode(m, 32768, 2048, 0, 0, 16);
-        time_decode(m, 32768, 2048, 0, 1, 16);
-        time_decode(m, 32768, 2048, 0, 0, 8);
+        time_decode(m, 4096, 0, 1, 0, 16, 0);
+        time_decode(m, 4096, 0, 0, 0, 16, 0);
+        time_decode(m, 4096, 0, 0, 1, 16, 0);
+        time_decode(m, 4096, 2048, 0, 0, 16, 0);
+        time_decode(m, 32768, 0, 0, 0, 16, 0);
+        time_decode(m, 32768, 2048, 1, 0, 16, 0);
+        time_decode(m, 32768, 2048, 0, 0, 16, 0);
+        time_decode(m, 32768, 2048, 0, 1, 16, 0);
+        time_decode(m, 32768, 2048, 0, 0, 8, 0);
         profile_decode(m, 4096, 0);
         profile_decode(m, 32768, 2048);
     }
@@ -951,9 +958,9 @@ static void gqa_table(aq_model *m) {
     c = aq_model_config(m);
     printf("\n  %d layers, %d query heads on %d KV heads of %d, feed-forward %d, vocabulary %d:\n", c->n_layers, c->n_heads,
            c->n_kv_heads, c->head_dim, c->n_ff, c->n_vocab);
-    time_decode(m, 32768, 0, 0, 0, 16);
-    time_decode(m, 32768, 2048, 0, 0, 16);
-    time_decode(m, 32768, 2048, 0, 0, 8);
+    time_decode(m, 32768, 0, 0, 0, 16, 0);
+    time_decode(m, 32768, 2048, 0, 0, 16, 0);
+    time_decode(m, 32768, 2048, 0, 0, 8, 0);
     profile_decode(m, 32768, 2048);
 }
 
@@ -1001,10 +1008,11 @@ int main(int argc, char **argv) {
         failures++;
     }
     if (!strcmp(part, "all") || !strcmp(part, "kernels")) check_kernels(one_grid);
-    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens);
+    if (!strcmp(part, "all") || !strcmp(part, "models")) check_models(shared, models, n_models, n_tokens, one_grid);
     if (!strcmp(part, "all") || !strcmp(part, "timing")) timing_table(short_set, dense_us);
     if (!strcmp(part, "all") || !strcmp(part, "timing") || !strcmp(part, "decode")) decode_table(m7, decode_ctx, short_set);
-    if ((!strcmp(part, "all") || !strcmp(part, "timing")) && one_grid) time_one_grid(dense_us);
+    if ((!strcmp(part, "all") || !strcmp(part, "timing")) && one_grid) time_one_grid(dense_us, m7);
+    if ((!strcmp(part, "all") || !strcmp(part, "gqa")) && one_grid && mg) time_one_grid(NULL, mg);
     if (!strcmp(part, "all") || !strcmp(part, "gqa")) gqa_table(mg);
     aq_model_free(m7);
     aq_model_free(mg);

@@ -83,16 +83,16 @@ for run in $RUNS; do
     [ $rc = 0 ] || { echo "   (exit status $rc)" >>build/gpu-check-part.log; status=1; }
     cat build/gpu-check-part.log
     cat build/gpu-check-part.log >>"$LOG"
-    # (a fault in Quest in one grid, the kernels and timing parts' last, 1b and 3b, is its own to
-    # report: the sanitizer is for the rest)
-    if sed '/^[13]b\. /,$d' build/gpu-check-part.log | grep -q "illegal\|misaligned\|unspecified launch"; then
+    # (a fault in Quest in one grid, each part's last section, 1b, 2b or 3b, is its own to report:
+    # the sanitizer is for the rest)
+    if sed '/^[0-9]b\. /,$d' build/gpu-check-part.log | grep -q "illegal\|misaligned\|unspecified launch"; then
         fault_part=${fault_part:-$tool_part}
     fi
-    # Quest in one grid (an experiment, checked last in the kernels part) failed or trapped: the
-    # later parts leave it out, so that a trap cannot end the timing part before its table
-    if [ "$tool_part" = kernels ] && sed -n '/^1b\. /,$p' build/gpu-check-part.log | grep -q "FAIL\|exit status"; then
+    # Quest in one grid (an experiment, each part's last section) failed, trapped or hung (the time
+    # limit): the later parts leave it out
+    if [ -z "${no_one_grid:-}" ] && sed -n '/^[0-9]b\. /,$p' build/gpu-check-part.log | grep -qE "FAIL|exit status (124|137)"; then
         no_one_grid=--no-one-grid
-        echo "   Quest in one grid failed its checks: the later parts run with --no-one-grid" | tee -a "$LOG"
+        echo "   Quest in one grid failed: the later parts run with --no-one-grid" | tee -a "$LOG"
     fi
 done
 # a fault: find the kernel and the address under compute-sanitizer (a timing fault in the decode
