@@ -1394,10 +1394,11 @@ aqc_attention_kernel(const __half *kv_layer, const int *lists, const int *list_l
    waits only for blocks that started before it, so the grid cannot deadlock however few of its
    blocks are resident; a wait of seconds traps (a fault, not a hang).  The merge follows as its
    own kernel.  sync: AQC_ONEPASS_SYNC(n_kv) zeros, left zeros (the last attention block of a head
-   lowers its flag, the grid's last block resets the tickets).  The register attention only
-   (MAXG 1, 4 or 8), so that the scoring blocks keep the occupancy of the score kernel, and 8-bit
-   bounds only (the combination that could make 6x; each instance is a long compile for every
-   architecture). */
+   lowers its flag, the grid's last block resets the tickets).  MAXG: the register attention (1,
+   4 or 8), whose scoring blocks keep the occupancy of the score kernel, or the tensor-core one
+   (AQC_ATT_TC: the step's own for grouped KV heads, but its 64 KB of shared memory a block are
+   every scoring block's too, which halves how many fit).  8-bit bounds only (the case that could
+   make 6x; each instance is a long compile for every architecture). */
 #define AQC_ONEPASS_SYNC(n_kv) (2 + 3 * (n_kv))   /* tickets, blocks finished, then per KV head: scorers done, flag, readers done */
 template <int MAXG>
 __global__ void __launch_bounds__(AQC_ATT_WARPS * 32, MAXG == 1 ? AQC_SCORE_BLOCKS_PER_SM : 1)   /* one head: the two kernels' 6 a multiprocessor */
@@ -1431,8 +1432,12 @@ aqc_quest_onepass_kernel(const float *qkv, int qkv_dim, aqc__bounds bounds, cons
             __threadfence();
         }
         __syncthreads();
-        aqc__attention_block<MAXG>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, bounds.hd, page_size,
-                                   n_heads / n_kv, scale, pos_ptr, partial);
+        if constexpr (MAXG == AQC_ATT_TC)
+            aqc__attention_block_tc(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, bounds.hd, page_size,
+                                    n_heads / n_kv, scale, pos_ptr, partial);
+        else
+            aqc__attention_block<MAXG>(kvh, split, splits, 0, kv_layer, lists, list_len, max_pages, qkv, qkv_dim, n_kv, bounds.hd,
+                                       page_size, n_heads / n_kv, scale, pos_ptr, partial);
         __syncthreads();   /* every thread is past its reads of the list */
         if (threadIdx.x == 0 && atomicAdd(readers + kvh, 1u) == (unsigned)splits - 1) {
             readers[kvh] = 0;
@@ -2072,6 +2077,8 @@ static size_t aqc__attention_shared(int maxg, int hd) {
 static int aqc__allow_attention_shared_memory(char *err, size_t err_len) {
     AQC_TRY(cudaFuncSetAttribute(aqc_attention_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  (int)aqc__attention_tc_shared(AQC_TC_MAX_HD)));
+    AQC_TRY(cudaFuncSetAttribute(aqc_quest_onepass_kernel<AQC_ATT_TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)aqc__attention_tc_shared(AQC_TC_MAX_HD)));
     return 0;
 }
 
@@ -2147,20 +2154,29 @@ static int aqc__quest_select_fused(cudaStream_t st, bool pdl, const float *q, co
     return 0;
 }
 
-/* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel), then the merge
-   (o_in as for aqc__attention): the experiment beside aqc__quest_attention, 8-bit bounds; sync:
-   AQC_ONEPASS_SYNC(n_kv) zeros, left zeros. */
-static int aqc__quest_onepass(cudaStream_t st, bool pdl, const float *qkv, int qkv_dim, const aqc__bounds &b, const __half *kv_layer,
-                              int n_heads, int page_size, int budget, const int *pos_ptr, float *scores, unsigned *sync, int *lists,
-                              int *list_len, int splits, float *partial, float *out, int64_t out_stride, const aqc__prepped *o_in,
-                              char *err, size_t err_len) {
-    const int group = n_heads / b.n_kv, maxg = group == 1 ? 1 : group <= 4 ? 4 : 8, select_blocks = aqc__select_blocks(b.max_pages);
+/* The attention width of Quest in one grid: the step's own (aqc__attention_maxg), or with
+   register_only the register kernel's, of the widths it has instances for (1, 4 and 8). */
+static int aqc__onepass_maxg(int group, int hd, int page_size, bool register_only) {
+    const int maxg = register_only ? aqc__register_maxg(group) : aqc__attention_maxg(group, hd, page_size);
+    return maxg == 2 ? 4 : maxg;
+}
+
+/* Quest's selection and sparse attention in one grid (aqc_quest_onepass_kernel, attention width
+   maxg from aqc__onepass_maxg), then the merge (o_in as for aqc__attention): the experiment beside
+   aqc__quest_attention, 8-bit bounds; sync: AQC_ONEPASS_SYNC(n_kv) zeros, left zeros. */
+static int aqc__quest_onepass(cudaStream_t st, bool pdl, int maxg, const float *qkv, int qkv_dim, const aqc__bounds &b,
+                              const __half *kv_layer, int n_heads, int page_size, int budget, const int *pos_ptr, float *scores,
+                              unsigned *sync, int *lists, int *list_len, int splits, float *partial, float *out, int64_t out_stride,
+                              const aqc__prepped *o_in, char *err, size_t err_len) {
+    const int group = n_heads / b.n_kv, select_blocks = aqc__select_blocks(b.max_pages);
     const float scale = 1.0f / sqrtf((float)b.hd);
     if (b.bits != 8) { aqc__err(err, err_len, "Quest in one grid: 8-bit bounds only"); return -1; }
     if (o_in && b.hd % 32) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
     void (*kernel)(const float *, int, aqc__bounds, const __half *, int, int, int, const int *, float *, unsigned *, int *, int *, int,
-                   int, float, float *) = maxg == 1 ? aqc_quest_onepass_kernel<1> : maxg == 4 ? aqc_quest_onepass_kernel<4>
-                                                                                             : aqc_quest_onepass_kernel<8>;
+                   int, float, float *) = maxg == AQC_ATT_TC ? aqc_quest_onepass_kernel<AQC_ATT_TC>
+                                          : maxg == 1        ? aqc_quest_onepass_kernel<1>
+                                          : maxg == 4        ? aqc_quest_onepass_kernel<4>
+                                                             : aqc_quest_onepass_kernel<8>;
     AQC_TRY(aqc__launch(pdl, kernel, dim3(b.n_kv * (select_blocks + splits)), dim3(AQC_ATT_WARPS * 32), aqc__attention_shared(maxg, b.hd),
                         st, qkv, qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks,
                         splits, scale, partial));
@@ -2353,9 +2369,9 @@ static int aqc__forward(aqc_session *s, const int *ids, int n, int pos0, int wan
         const aqc__prepped prepped = {s->xh, s->xscale, s->xsum};
         const aqc__prepped *o_prepped = n == 1 && hd % 32 == 0 && m->wo[l].kp == q_dim ? &prepped : NULL;
         if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers && s->quest_one_grid)
-            AQC_DO(aqc__quest_onepass(st, pdl, s->qkv, s->qkv_dim, bounds, kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr, s->scores,
-                                      s->onepass_sync, s->lists, s->list_len, s->quest_splits, s->partial, s->att, q_dim, o_prepped,
-                                      err, err_len),
+            AQC_DO(aqc__quest_onepass(st, pdl, aqc__onepass_maxg(c->n_heads / c->n_kv_heads, hd, P, false), s->qkv, s->qkv_dim, bounds,
+                                      kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr, s->scores, s->onepass_sync, s->lists,
+                                      s->list_len, s->quest_splits, s->partial, s->att, q_dim, o_prepped, err, err_len),
                    "attention, Quest in one grid");
         else if (n == 1 && s->c.quest_budget && l >= s->c.quest_dense_layers)
             AQC_DO(aqc__quest_attention(st, pdl, s->qkv, s->qkv_dim, bounds, kv_layer, c->n_heads, P, s->c.quest_budget, pos_ptr,
@@ -2847,7 +2863,12 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 }
         }
     }
-    if (one_grid) {   /* selection and attention in one grid: the same output, twice (its counters reset), and its merge's prep */
+    /* selection and attention in one grid: the same output, twice (its counters reset), and its
+       merge's prep; with the step's attention width, and with the register kernel's where the
+       step's is the tensor-core one (both are timed) */
+    const int group = n_heads / n_kv_heads, step_maxg = aqc__attention_maxg(group, head_dim, page_size);
+    for (int width = 0; width < (!one_grid ? 0 : step_maxg == AQC_ATT_TC ? 2 : 1); width++) {
+        const int maxg = aqc__onepass_maxg(group, head_dim, page_size, width == 1);
         float *alt = (float *)sc.get((size_t)q_dim * 4, err, err_len);
         std::vector<float> b((size_t)q_dim);
         if (!alt) return -1;
@@ -2858,15 +2879,17 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
             AQC_TRY(cudaMemset(r.scores, 0xff, (size_t)n_kv_heads * r.max_pages * 4));
             for (int i = 0; i < (prep ? 2 : 0); i++) AQC_TRY(cudaMemset(both[i].xh, 0xff, (size_t)q_dim * 2));
             AQC_TRY(cudaDeviceSynchronize());
-            if (aqc__quest_onepass(st.s, r.pdl, r.qkv, r.qkv_dim, bounds, r.kv, n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync,
-                                   r.lists, r.list_len, r.quest_splits, r.partial, alt, q_dim, prep ? &both[0] : NULL, err, err_len) ||
+            if (aqc__quest_onepass(st.s, r.pdl, maxg, r.qkv, r.qkv_dim, bounds, r.kv, n_heads, page_size, budget, r.pos, r.scores,
+                                   r.onepass_sync, r.lists, r.list_len, r.quest_splits, r.partial, alt, q_dim, prep ? &both[0] : NULL,
+                                   err, err_len) ||
                 check_prep(alt))
                 return -1;
             AQC_TRY(cudaStreamSynchronize(st.s));
             AQC_TRY(cudaMemcpy(b.data(), alt, (size_t)q_dim * 4, cudaMemcpyDeviceToHost));
-            /* bit for bit where the step's attention is the register kernel too; the tensor-core
-               kernel rounds its own way */
-            const bool same_kernel = aqc__attention_maxg(n_heads / n_kv_heads, head_dim, page_size) != AQC_ATT_TC;
+            /* bit for bit with the step's kernel (the register kernel's widths differ only in the
+               heads they have room for); the tensor-core kernel and the register one round their
+               own ways */
+            const bool same_kernel = (maxg == AQC_ATT_TC) == (step_maxg == AQC_ATT_TC);
             double diff = 0.0, mag = 1e-30;
             for (int i = 0; i < q_dim; i++) {
                 const double d = fabs((double)out[i] - (double)b[i]);
@@ -2874,8 +2897,8 @@ extern "C" int aqc_check_attention(int n_ctx, int n_queries, int n_heads, int n_
                 mag = std::max(mag, (double)fabsf(out[i]));
             }
             if (same_kernel ? memcmp(b.data(), out, (size_t)q_dim * 4) != 0 : !(diff <= 1e-5 * mag)) {
-                aqc__err(err, err_len, "attention check: Quest in one grid gives another output than the step's kernels (run %d, max "
-                         "difference %.2e of %.2e)", run + 1, diff, mag);
+                aqc__err(err, err_len, "attention check: Quest in one grid (%s attention) gives another output than the step's kernels "
+                         "(run %d, max difference %.2e of %.2e)", maxg == AQC_ATT_TC ? "tensor-core" : "register", run + 1, diff, mag);
                 return -1;
             }
         }
@@ -2935,7 +2958,7 @@ static int aqc__occupancy_of(void (*kernel)(KArgs...), const char *name, int thr
 
 extern "C" int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out, int max_entries, char *err,
                                     size_t err_len) {
-    aqc_occupancy all[13];
+    aqc_occupancy all[15];
     int n = 0;
     if (head_dim < 8 || head_dim > AQC_TC_MAX_HD || max_pages < 1 || kp < 32 || kp % 32) {
         aqc__err(err, err_len, "occupancy: bad head_dim %d, max_pages %d or kp %d", head_dim, max_pages, kp);
@@ -2956,6 +2979,10 @@ extern "C" int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occ
         aqc__occupancy_of(aqc_attention_kernel<AQC_ATT_TC>, "attention, tensor cores", AQC_ATT_WARPS * 32,
                           aqc__attention_shared(AQC_ATT_TC, head_dim), &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_attention_merge_kernel, "attention merge", AQC_MERGE_THREADS, 0, &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_onepass_kernel<1>, "Quest in one grid, registers (1 head)", AQC_ATT_WARPS * 32,
+                          aqc__attention_shared(1, head_dim), &all[n++], err, err_len) ||
+        aqc__occupancy_of(aqc_quest_onepass_kernel<AQC_ATT_TC>, "Quest in one grid, tensor cores", AQC_ATT_WARPS * 32,
+                          aqc__attention_shared(AQC_ATT_TC, head_dim), &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_argmax_kernel, "argmax", 1024, 0, &all[n++], err, err_len) ||
         aqc__occupancy_of(aqc_sample_kernel, "sampler", AQC_TOPK_THREADS, 0, &all[n++], err, err_len))
         return -1;
@@ -3157,17 +3184,23 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
         AQC_TRY(cudaMemcpy(r.qkv, q.data(), q.size() * 4, cudaMemcpyHostToDevice));
     }
     if (one_grid) {   /* Quest in one grid, alone (see aq_cuda.h) */
+        const int group = n_heads / n_kv_heads, step_tc = aqc__attention_maxg(group, head_dim, page_size) == AQC_ATT_TC;
         r.quest_splits = r.splits_for(budget);
-        if (make_bounds(8) || aqc__time(iters, [&](int i, cudaStream_t st) {
-                return aqc__quest_onepass(st, r.pdl, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers),
-                                          n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len,
-                                          r.quest_splits, r.partial, r.out, n_heads * head_dim, NULL, err, err_len);
-            }, &t->onepass8_us, err, err_len))
-            return -1;
+        if (make_bounds(8)) return -1;
+        t->onepass8_register_us = 0.0;
+        for (int width = 0; width < (step_tc ? 2 : 1); width++) {
+            const int maxg = aqc__onepass_maxg(group, head_dim, page_size, width == 1);
+            if (aqc__time(iters, [&](int i, cudaStream_t st) {
+                    return aqc__quest_onepass(st, r.pdl, maxg, r.qkv, r.qkv_dim, r.layer_bounds(i % layers), r.kv + kv_elems * (i % layers),
+                                              n_heads, page_size, budget, r.pos, r.scores, r.onepass_sync, r.lists, r.list_len,
+                                              r.quest_splits, r.partial, r.out, n_heads * head_dim, NULL, err, err_len);
+                }, width ? &t->onepass8_register_us : &t->onepass8_us, err, err_len))
+                return -1;
+        }
         AQC_TRY(cudaDeviceSynchronize());
         return 0;
     }
-    t->onepass8_us = 0.0;
+    t->onepass8_us = t->onepass8_register_us = 0.0;
     /* device-to-device copy bandwidth: the ceiling for the dense kernel (copies of 512 MB back to
        back on a stream: as copy nodes of a graph they ran slower) */
     {

@@ -92,8 +92,9 @@ typedef struct {
 } aqc_sampling;
 int aqc_step_sample(aqc_session *s, int32_t token, int pos, const aqc_sampling *p, float r, int32_t *next, char *err, size_t err_len);
 /* An experiment, for aq-gpu-check's timings: the Quest layers of later decode steps run their
-   selection and sparse attention in one grid (aqc_quest_onepass_kernel, register attention)
-   instead of three kernels, when on; needs quest_bounds 8 and a budget.  Returns 0 or -1. */
+   selection and sparse attention in one grid (aqc_quest_onepass_kernel, with the step's
+   attention kernel) instead of three kernels, when on; needs quest_bounds 8 and a budget.
+   Returns 0 or -1. */
 int aqc_session_set_quest_one_grid(aqc_session *s, int on, char *err, size_t err_len);
 /* Where a decode step's time goes: one step (token at pos, as aqc_step_greedy's without the argmax)
    with an event after each stage, replayed as a CUDA graph; per stage (named as "q, k, v",
@@ -124,9 +125,10 @@ int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *e
    bounds by the bounds kernel for all but the last page_size + 1 positions, which the decode
    step's append adds one at a time), q: [n_queries][n_heads][head_dim].  budget 0 = dense (Quest
    takes one query).  bounds_bits: 16 or 8, as a session's quest_bounds.  one_grid: also run
-   Quest in one grid (aqc_quest_onepass_kernel, an experiment: one query, 8-bit bounds) twice
-   and fail unless its output is the step's kernels' (bit for bit where both attend with the
-   register kernel, to 1e-5 of the largest value where the step takes tensor cores).  out:
+   Quest in one grid (aqc_quest_onepass_kernel, an experiment: one query, 8-bit bounds) twice,
+   with the step's attention kernel and, where that is the tensor-core one, with the register
+   one, and fail unless its output is the step's kernels' (bit for bit with the same attention
+   kernel, else to 1e-5 of the largest value) and its merge's prep the prep kernel's.  out:
    [n_queries][n_heads][head_dim]; pages (may be NULL): [n_kv_heads][budget / page_size] the
    selected pages, ascending, current page last; bounds (may be NULL): the complete pages' bounds
    as awq_quest.h stores them, [n_kv_heads][n_ctx / page_size] records of 4 * head_dim bytes
@@ -168,8 +170,10 @@ typedef struct {
     double empty_us;                 /* a kernel that does nothing, as the others launch: the floor of any */
     double quest8_us, select8_us, score8_us, select_fused8_us;   /* the same four with 8-bit bounds */
     double onepass8_us;              /* Quest with selection and attention in one grid, then the merge (an experiment,
-                                        aqc_quest_onepass_kernel; register attention, 8-bit bounds): timed only by a
-                                        call with one_grid set, which times nothing else */
+                                        aqc_quest_onepass_kernel; 8-bit bounds), with the step's attention kernel */
+    double onepass8_register_us;     /* the same with the register attention where the step's is the tensor-core one
+                                        (grouped KV heads), else 0; these two are timed only by a call with one_grid
+                                        set, which times nothing else */
     int dense_splits, quest_splits;  /* the splits per KV head a dense and a Quest step use */
     double merge_us;                 /* the dense attention's merge kernel alone */
     int sweep_splits[5];             /* Quest's sparse attention alone (and its merge) at other split */

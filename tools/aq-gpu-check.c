@@ -330,7 +330,7 @@ static void check_one_grid(int n_ctx, int n_heads, int n_kv, int hd, int P, int 
         printf("  %-58s %s  FAIL\n", what, err);
         failures++;
     } else
-        printf("  %-58s the step's output, twice  ok\n", what);
+        printf("  %-58s the step's output, twice per attention kernel  ok\n", what);
     free(k); free(v); free(q); free(out);
 }
 
@@ -916,8 +916,12 @@ static void time_one_grid(const double *dense_us, aq_model *m) {
     printf("\n3b. Quest in one grid (an experiment, aqc_quest_onepass_kernel), last: a trap ends the process\n");
     for (kv = 32; kv >= 8 && dense_us; kv -= 24) {
         if (aqc_time_attention(32768, 32, kv, 128, 16, 2048, 100, 1, &at, err, sizeof err)) { printf("  %s  FAIL\n", err); failures++; return; }
-        printf("  attention 32K, 32 heads / %2d KV, 8-bit bounds, selection and attention in one grid, then the merge (register "
-               "attention): %.1f us (%.2fx dense)\n", kv, at.onepass8_us, dense_us[kv == 8] / at.onepass8_us);
+        printf("  attention 32K, 32 heads / %2d KV, 8-bit bounds, selection and attention in one grid, then the merge: %.1f us "
+               "(%.2fx dense)", kv, at.onepass8_us, dense_us[kv == 8] / at.onepass8_us);
+        if (at.onepass8_register_us > 0)
+            printf("; with the register attention instead of tensor cores %.1f us (%.2fx)", at.onepass8_register_us,
+                   dense_us[kv == 8] / at.onepass8_register_us);
+        printf("\n");
     }
     if (m) time_decode(m, 32768, 2048, 0, 0, 8, 1);
 }
