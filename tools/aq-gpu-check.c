@@ -591,9 +591,9 @@ static void check_model(const char *path, const char *text, int n_tokens, int bu
        CPU's int8). */
     gpu_cpu = agreement(lc, lg, n, window, V, &mean_diff, &max_diff, &scored);
     tie_tol = 2 * max_diff;   /* each of the two logits off by up to the largest difference seen */
-    printf("  %-40s %s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
-           budget ? bounds == 8 ? one_grid ? "Quest 64, 8-bit bounds, in one grid, " : "Quest 64, 8-bit bounds, " : "Quest 64, " : "", (long long)scored, 100 * gpu_cpu, mean_diff, max_diff,
-           exact ? "" : gpu_cpu >= 0.99 ? "  ok" : "  FAIL");
+    printf("  %-40s %s%s%s%lld tokens: GPU vs CPU argmax agreement %.2f%%, |logit diff| mean %.4f max %.4f%s\n", path,
+           budget ? "Quest 64, " : "", budget && bounds == 8 ? "8-bit bounds, " : "", one_grid ? "in one grid, " : "", (long long)scored,
+           100 * gpu_cpu, mean_diff, max_diff, exact ? "" : gpu_cpu >= 0.99 ? "  ok" : "  FAIL");
     if (exact) {
         double md2, mx2;
         gpu_exact = agreement(le, lg, n, window, V, &mean_diff, &max_diff, &scored);
