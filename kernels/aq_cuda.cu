@@ -278,7 +278,15 @@ struct aqc__stage4 {
 
 __device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
 
-template <int FORMAT>
+/* The codes of a 4-bit weight lie row by row ([rows][kp / 32] chunks of 16 bytes), or, with
+   STAGES (an experiment, int4 only: aqc__weight_to_stages), stage by stage: every row's first stage of
+   32 * AQC_GEMV_STAGE chunks, then every row's second, and so on (a short last stage as short).
+   Rows of one stage are the same either way.  Stage by stage, the chunks that the warps request
+   at about the same time (the same stage of neighbouring rows) are neighbours in memory, and a
+   full stage's 2 KB start on a 2 KB boundary; row by row, rows of 11008 columns put them 5504
+   bytes apart, starting anywhere on a 128-byte boundary.  (A template parameter, so that the
+   kernel the step runs is the one measured without it.) */
+template <int FORMAT, bool STAGES = false>
 __global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
                      const half2 *__restrict__ table, int rows, int kp, int group, const __half *__restrict__ xh,
@@ -301,7 +309,8 @@ aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__
     const int groups_per_32 = 32 >> group_shift;
     auto load = [&](aqc__stage4 &st, int r, int c) {
         const int cl = c + lane;
-        const uint4 *w = codes + (size_t)r * n_chunks + cl;
+        const uint4 *w = STAGES ? codes + (size_t)c * rows + (size_t)r * min(32 * AQC_GEMV_STAGE, n_chunks - c) + lane
+                                : codes + (size_t)r * n_chunks + cl;
         const size_t g = (size_t)r * n_groups + (cl >> group_shift);
         const __half *d = scales + g, *m = mins + g;
         auto load_one = [&](int u) {
@@ -1674,6 +1683,7 @@ struct aqc__weight {
     void *data;
     __half *scales, *mins;
     half2 *lut;                  /* OVP: [2][256] decoded pairs */
+    bool stage_major;            /* int4 codes stage by stage (aqc__weight_to_stages; an experiment, decode GEMVs only) */
 };
 
 struct aqc_model {
@@ -1801,6 +1811,34 @@ static int aqc__weight_upload(aqc__weight *dst, const aqc_weight *w, char *err, 
         AQC_TRY(cudaMemcpy(dst->scales, w->scales, sb, cudaMemcpyHostToDevice));
         AQC_TRY(cudaMemcpy(dst->mins, w->mins, sb, cudaMemcpyHostToDevice));
     }
+    return 0;
+}
+
+/* Chunk c of row r (row by row) to its place stage by stage (aqc_gemv_4bit_kernel). */
+__global__ void aqc_codes_to_stages_kernel(const uint4 *src, uint4 *dst, int64_t rows, int n_chunks) {
+    const int stage_chunks = 32 * AQC_GEMV_STAGE;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < rows * n_chunks; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / n_chunks;
+        const int c = (int)(i % n_chunks), c0 = c - c % stage_chunks;
+        dst[(int64_t)c0 * rows + r * min(stage_chunks, n_chunks - c0) + (c - c0)] = src[i];
+    }
+}
+
+/* A 4-bit weight's codes, uploaded row by row, rearranged stage by stage (an experiment). */
+static int aqc__weight_to_stages(aqc__weight *w, char *err, size_t err_len) {
+    if (w->format != AQC_INT4) { aqc__err(err, err_len, "stage by stage: int4 weights only"); return -1; }
+    const size_t bytes = (size_t)w->rows * (size_t)w->kp / 2;
+    void *dst = NULL;
+    if (aqc__malloc(&dst, bytes, "a weight matrix", err, err_len)) return -1;
+    if (aqc__cuda_failed(aqc__launch(false, aqc_codes_to_stages_kernel, dim3(1024), dim3(256), 0, 0, (const uint4 *)w->data,
+                                     (uint4 *)dst, w->rows, (int)(w->kp / 32)), "codes to stages", err, err_len) ||
+        aqc__cuda_failed(cudaDeviceSynchronize(), "codes to stages", err, err_len)) {
+        cudaFree(dst);
+        return -1;
+    }
+    cudaFree(w->data);
+    w->data = dst;
+    w->stage_major = true;
     return 0;
 }
 
@@ -1942,6 +1980,7 @@ static int aqc__allow_shared_memory(int64_t max_kp, char *err, size_t err_len) {
     if (bytes <= 48 * 1024) return 0;
     AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_OVP>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    AQC_TRY(cudaFuncSetAttribute(aqc_gemv_4bit_kernel<AQC_INT4, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     return 0;
 }
 
@@ -1988,9 +2027,12 @@ static int aqc__gemv(cudaStream_t st, bool pdl, const aqc__weight *w, const __ha
     const dim3 grid((unsigned)blocks), block(AQC_GEMV_WARPS * 32);
     const uint4 *codes = (const uint4 *)w->data;
     if (w->format != AQC_F16)
-        AQC_TRY(aqc__launch(pdl, w->format == AQC_INT4 ? aqc_gemv_4bit_kernel<AQC_INT4> : aqc_gemv_4bit_kernel<AQC_OVP>, grid, block,
-                            aqc__gemv_shared_bytes(w->kp), st, codes, w->scales, w->mins, (const half2 *)(w->format == AQC_OVP ? w->lut : NULL),
-                            (int)w->rows, (int)w->kp, (int)w->group, xh, xscale, xsum, y, accumulate));
+        AQC_TRY(aqc__launch(pdl, w->format == AQC_OVP ? aqc_gemv_4bit_kernel<AQC_OVP>
+                                 : w->stage_major     ? aqc_gemv_4bit_kernel<AQC_INT4, true>
+                                                      : aqc_gemv_4bit_kernel<AQC_INT4>,
+                            grid, block, aqc__gemv_shared_bytes(w->kp), st, codes, w->scales, w->mins,
+                            (const half2 *)(w->format == AQC_OVP ? w->lut : NULL), (int)w->rows, (int)w->kp, (int)w->group, xh, xscale,
+                            xsum, y, accumulate));
     else
         AQC_TRY(aqc__launch(pdl, aqc_gemv_f16_kernel, grid, block, 0, st, codes, (int)w->rows, (int)w->kp, xh, xscale, y, accumulate));
     return 0;
@@ -2011,6 +2053,7 @@ static int aqc__gemm(cudaStream_t st, cublasHandle_t blas, const aqc__weight *w,
                      int n, float *y, int64_t ldy, int accumulate, char *err, size_t err_len) {
     const void *a = w->data;
     const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    if (w->stage_major) { aqc__err(err, err_len, "a weight stored stage by stage: decode GEMVs only"); return -1; }
     if (w->format == AQC_INT4) {
         int64_t n_words = w->rows * w->kp / 8;
         AQC_TRY(aqc__launch(false, aqc_dequant_int4_kernel, dim3((unsigned)((n_words + 255) / 256)), dim3(256), 0, st,
@@ -2577,13 +2620,16 @@ struct aqc__scratch {
     }
 };
 
-extern "C" int aqc_check_gemv(const aqc_weight *w, const float *x, const float *gate, const float *norm, float eps, float *y, char *err,
-                              size_t err_len) {
+extern "C" int aqc_check_gemv(const aqc_weight *w, int stage_major, const float *x, const float *gate, const float *norm, float eps,
+                              float *y, char *err, size_t err_len) {
     if (aqc__allow_shared_memory(w->cols_padded, err, err_len)) return -1;
     aqc__scratch sc;
     aqc__weight dw;
     memset(&dw, 0, sizeof dw);
-    if (aqc__weight_upload(&dw, w, err, err_len)) { aqc__weight_free(&dw); return -1; }
+    if (aqc__weight_upload(&dw, w, err, err_len) || (stage_major && aqc__weight_to_stages(&dw, err, err_len))) {
+        aqc__weight_free(&dw);
+        return -1;
+    }
     const size_t x_bytes = (size_t)w->cols * 4;
     float *dx = (float *)sc.get(x_bytes, err, err_len), *dy = (float *)sc.get((size_t)w->rows * 4, err, err_len);
     float *dgate = gate ? (float *)sc.get(x_bytes, err, err_len) : NULL, *dnorm = norm ? (float *)sc.get(x_bytes, err, err_len) : NULL;
@@ -3119,10 +3165,16 @@ extern "C" int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, i
     const __half one = __float2half(1.0f), zero = __float2half(0.0f);
     bool pdl = false;
     int rc = aqc__device_pdl(&pdl, err, err_len);
-    t->ovp_us = t->f16_us = t->cublas_us = 0.0;
+    t->ovp_us = t->f16_us = t->cublas_us = t->int4_stages_us = 0.0;
     if (!rc)
         rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &w4[i % copies], xh, xs, xsum, y, 0, err, err_len); },
                        &t->int4_us, err, err_len);
+    if (!rc && cols > 32 * 32 * AQC_GEMV_STAGE) {   /* rows of more than one stage: the same bytes read as stage by stage */
+        std::vector<aqc__weight> w_stages(w4);
+        for (aqc__weight &w : w_stages) w.stage_major = true;
+        rc = aqc__time(iters, [&](int i, cudaStream_t st) { return aqc__gemv(st, pdl, &w_stages[i % copies], xh, xs, xsum, y, 0, err, err_len); },
+                       &t->int4_stages_us, err, err_len);
+    }
     if (int4_only) {
         cublasDestroy(blas);
         return rc;

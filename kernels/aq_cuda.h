@@ -114,9 +114,10 @@ int aqc_session_fill_random(aqc_session *s, int n, uint64_t seed, char *err, siz
 
 /* y[rows] = W x' through the decode path (activation prep + GEMV kernel), x' being x[cols]
    RMS-normalized with weights norm[cols] and eps where norm is given, times silu(gate[cols])
-   where gate is given. */
-int aqc_check_gemv(const aqc_weight *w, const float *x, const float *gate, const float *norm, float eps, float *y, char *err,
-                   size_t err_len);
+   where gate is given.  stage_major (int4 weights; an experiment): the codes rearranged on the
+   device stage by stage first, as aqc_gemv_4bit_kernel describes. */
+int aqc_check_gemv(const aqc_weight *w, int stage_major, const float *x, const float *gate, const float *norm, float eps, float *y,
+                   char *err, size_t err_len);
 /* y[n][rows] = x[n][cols] W^T through the prompt path (dequantize + cuBLAS). */
 int aqc_check_gemm(const aqc_weight *w, const float *x, int n, float *y, char *err, size_t err_len);
 /* One layer's attention for the queries at the last n_queries positions of the context (one: a
@@ -157,6 +158,7 @@ int aqc_kernel_occupancy(int head_dim, int max_pages, int kp, aqc_occupancy *out
 
 typedef struct {
     double int4_us, ovp_us, f16_us, cublas_us;   /* median of the GEMV on random data (int4_only: 0 but int4_us) */
+    double int4_stages_us;   /* int4 with the codes stage by stage (an experiment); 0 where rows are one stage (4096 columns) */
 } aqc_gemv_timing;
 int aqc_time_gemv(int64_t rows, int64_t cols, int group, int iters, int int4_only, aqc_gemv_timing *t, char *err, size_t err_len);
 

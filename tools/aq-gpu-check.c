@@ -112,7 +112,7 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
     }
     wt.type = type; wt.rows = rows; wt.cols = cols; wt.row_bytes = row_bytes; wt.data = data; wt.name = "random";
     if (aq__gpu_pack(&wp, 1, 0, aq__detect_simd(), &d, err, sizeof err) ||
-        (n_tokens == 1 ? aqc_check_gemv(&d, x, gate, norm, eps, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
+        (n_tokens == 1 ? aqc_check_gemv(&d, 0, x, gate, norm, eps, y, err, sizeof err) : aqc_check_gemm(&d, x, n_tokens, y, err, sizeof err))) {
         printf("  %s %lldx%lld: %s  FAIL\n", aq_type_name(type), (long long)rows, (long long)cols, err);
         failures++;
     } else {
@@ -122,9 +122,19 @@ static void check_matmul(uint32_t type, int64_t rows, int64_t cols, int n_tokens
         if (n_tokens == 1) {   /* the same input again: bit for bit the same output, or a race */
             float *y2 = (float *)malloc(sizeof(float) * (size_t)rows);
             err[0] = '\0';
-            if (aqc_check_gemv(&d, x, gate, norm, eps, y2, err, sizeof err) || memcmp(y, y2, sizeof(float) * (size_t)rows)) {
+            if (aqc_check_gemv(&d, 0, x, gate, norm, eps, y2, err, sizeof err) || memcmp(y, y2, sizeof(float) * (size_t)rows)) {
                 printf("  %-58s %s  FAIL\n", "  the same GEMV again", err[0] ? err : "a different result");
                 failures++;
+            }
+            /* rows of more than one stage (4096 columns) with the codes stage by stage (an
+               experiment): the same loads from other addresses, so bit for bit the same output */
+            err[0] = '\0';
+            if (d.format == AQC_INT4 && d.cols_padded > 4096) {
+                if (aqc_check_gemv(&d, 1, x, gate, norm, eps, y2, err, sizeof err) || memcmp(y, y2, sizeof(float) * (size_t)rows)) {
+                    printf("  %-58s %s  FAIL\n", "  the same GEMV, codes stage by stage", err[0] ? err : "a different result");
+                    failures++;
+                } else
+                    printf("  %-58s bit for bit  ok\n", "  the same GEMV, codes stage by stage (an experiment)");
             }
             free(y2);
         }
@@ -145,7 +155,7 @@ static void check_bad_group(void) {
     memset(&d, 0, sizeof d);
     d.format = AQC_INT4; d.rows = 4; d.cols = d.cols_padded = d.group = 96;
     d.data = codes; d.scales = scales; d.mins = mins;
-    if (!aqc_check_gemv(&d, x, NULL, NULL, 1e-5f, y, err, sizeof err) || !strstr(err, "group 96")) {
+    if (!aqc_check_gemv(&d, 0, x, NULL, NULL, 1e-5f, y, err, sizeof err) || !strstr(err, "group 96")) {
         printf("  %-58s %s  FAIL\n", "int4 weight with groups of 96 refused", err[0] ? err : "accepted");
         failures++;
     } else
@@ -775,6 +785,7 @@ static void check_kernels(int one_grid) {
     check_matmul(AQ_TYPE_AQ4_G64, 300, 200, 1, "copy");
     check_matmul(AQ_TYPE_AQ4_G128, 5, 11008, 1, "RMSNorm");   /* fewer rows than warps */
     check_matmul(AQ_TYPE_OVP_G32, 37, 4160, 1, "copy");       /* two stages a row, the second of two chunks */
+    check_matmul(AQ_TYPE_AQ4_G32, 37, 4160, 1, "copy");
     check_matmul(AQ_TYPE_Q4_1, 257, 96, 1, "RMSNorm");
     check_matmul(AQ_TYPE_OVP_G128, 1024, 4096, 1, "SwiGLU");
     check_matmul(AQ_TYPE_OVP_G64, 300, 200, 1, "RMSNorm");
@@ -869,18 +880,23 @@ static void timing_table(int short_set, double dense_us[2]) {
         printf("  %6lld x %-7lld %8.1f us %8.1f us %8.1f us %8.1f us %11.2fx %10.0f\n", (long long)shapes[i][0], (long long)shapes[i][1],
                gt.int4_us, gt.ovp_us, gt.f16_us, gt.cublas_us, gt.cublas_us / gt.int4_us, int4_gemv_bytes(shapes[i][0], shapes[i][1]) /
                (gt.int4_us * 1e-6) / 1e9);
+        if (gt.int4_stages_us > 0)
+            printf("  %16s int4 with the codes stage by stage (an experiment): %.1f us, %.2fx cuBLAS, %.0f GB/s\n", "", gt.int4_stages_us,
+                   gt.cublas_us / gt.int4_stages_us, int4_gemv_bytes(shapes[i][0], shapes[i][1]) / (gt.int4_stages_us * 1e-6) / 1e9);
     }
     if (!short_set) {
         /* 4096 x 11008 reads at ~1.8 TB/s where the others read at 2.2-2.4 (kernels/NOTES.md).  A
            warp's stage is 4096 columns of a row, and a row's last stage may be short: the same
            bytes in rows of other lengths tell whether the short stage, the long rows (4096 rows
-           for ~2600 warps) or neither is what costs */
+           for ~2600 warps), rows that do not start on a 2 KB boundary (11008 and 5504 columns;
+           then the codes stage by stage read faster) or none of these is what costs */
         static const int64_t probes[5][2] = {{4096, 12288}, {11008, 4096}, {8192, 5504}, {4096, 8192}, {4096, 10240}};
         printf("  int4 GEMV by row length (stages of 4096 columns a row):");
         for (i = 0; i < 5; i++) {
             if (aqc_time_gemv(probes[i][0], probes[i][1], 128, 100, 1, &gt, err, sizeof err)) { printf("\n  %s  FAIL\n", err); failures++; break; }
             printf("%s %lld x %lld (%.2f) %.1f us %.0f GB/s", i ? "," : "", (long long)probes[i][0], (long long)probes[i][1],
                    probes[i][1] / 4096.0, gt.int4_us, int4_gemv_bytes(probes[i][0], probes[i][1]) / (gt.int4_us * 1e-6) / 1e9);
+            if (gt.int4_stages_us > 0) printf(" (stage by stage %.1f us)", gt.int4_stages_us);
         }
         printf("\n");
     }

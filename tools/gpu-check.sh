@@ -130,7 +130,7 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
 fi
 # the lines that decide things, together at the end (the whole log is in $LOG)
 echo "== summary"
-grep -E "FAIL|^  +[0-9]+ x [0-9]+ |by row length|attention 32K|top-k alone|sparse attention alone|    dense \(|decode step|one step,|agreement|no activation|KV heads of|8-bit bounds|later parts run with --no-one-grid" "$LOG" || true
+grep -E "FAIL|^  +[0-9]+ x [0-9]+ |by row length|attention 32K|top-k alone|sparse attention alone|    dense \(|decode step|one step,|agreement|no activation|KV heads of|8-bit bounds|stage by stage|later parts run with --no-one-grid" "$LOG" || true
 [ -z "${skipped:-}" ] || { echo "not run, out of time (BUDGET=$BUDGET): \"${skipped% }\"" | tee -a "$LOG"; status=1; }
 echo "== done in $(($(date +%s) - start)) s, status $status"
 exit $status
