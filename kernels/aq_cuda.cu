@@ -279,13 +279,13 @@ struct aqc__stage4 {
 __device__ __forceinline__ int aqc__x_slot(int c, int piece) { return c * 4 + (piece ^ ((c >> 1) & 3)); }
 
 /* The codes of a 4-bit weight lie row by row ([rows][kp / 32] chunks of 16 bytes), or, with
-   STAGES (an experiment, int4 only: aqc__weight_to_stages), stage by stage: every row's first stage of
-   32 * AQC_GEMV_STAGE chunks, then every row's second, and so on (a short last stage as short).
-   Rows of one stage are the same either way.  Stage by stage, the chunks that the warps request
-   at about the same time (the same stage of neighbouring rows) are neighbours in memory, and a
-   full stage's 2 KB start on a 2 KB boundary; row by row, rows of 11008 columns put them 5504
-   bytes apart, starting anywhere on a 128-byte boundary.  (A template parameter, so that the
-   kernel the step runs is the one measured without it.) */
+   STAGES (an experiment, int4 only: aqc__weight_to_stages), stage by stage: every row's first
+   stage of 32 * AQC_GEMV_STAGE chunks, then every row's second, and so on (a short last stage as
+   short).  Rows of one stage are the same either way.  Stage by stage, the chunks that the warps
+   request at about the same time (the same stage of neighbouring rows) are neighbours in memory,
+   and a full stage's 2 KB start on a 2 KB boundary; row by row, rows of 11008 columns put them
+   5504 bytes apart, starting anywhere on a 128-byte boundary.  A template parameter, so that
+   the kernel the step runs stays the one measured. */
 template <int FORMAT, bool STAGES = false>
 __global__ void __launch_bounds__(AQC_GEMV_WARPS * 32, AQC_GEMV_BLOCKS_PER_SM)
 aqc_gemv_4bit_kernel(const uint4 *__restrict__ codes, const __half *__restrict__ scales, const __half *__restrict__ mins,
