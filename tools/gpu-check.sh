@@ -65,15 +65,18 @@ case " $RUNS " in *gqa:*)
             -o build/llama3-8b-aq4.gguf >>build/gpu-check-build.log 2>&1 ;;
 esac
 
+# seconds of BUDGET left, and a time limit of at most $1 seconds within them
+left() { echo $((BUDGET - ($(date +%s) - start))); }
+limit_within() { l=$(left); [ "$1" -le "$l" ] && echo "$1" || echo "$l"; }
+
 # separate processes, each with a time limit: a fault in one part (a bad address poisons the CUDA
 # context) or a hang must not cost the others
 status=0
 : >"$LOG"
 for run in $RUNS; do
     part=${run%%:*}; limit=${run#*:}
-    left=$((BUDGET - ($(date +%s) - start)))
-    if [ $left -lt 20 ]; then skipped="${skipped:-}$run "; continue; fi
-    [ $limit -le $left ] || limit=$left
+    if [ $(left) -lt 20 ]; then skipped="${skipped:-}$run "; continue; fi
+    limit=$(limit_within $limit)
     tool_part=$part; extra="${no_one_grid:-}"
     [ "$part" = short ] && { tool_part=timing; extra="$extra --short"; }
     echo "== aq-gpu-check --part $tool_part $extra ($(($(date +%s) - start)) s)" | tee -a "$LOG"
@@ -97,15 +100,13 @@ for run in $RUNS; do
 done
 # a fault: find the kernel and the address under compute-sanitizer (a timing fault in the decode
 # step at 32K)
-left=$((BUDGET - ($(date +%s) - start)))
-if [ -n "${fault_part:-}" ] && command -v compute-sanitizer >/dev/null && [ $left -ge 60 ]; then
+if [ -n "${fault_part:-}" ] && command -v compute-sanitizer >/dev/null && [ $(left) -ge 60 ]; then
     echo "== compute-sanitizer, part $fault_part ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     case $fault_part in
         kernels|models) args="--part $fault_part --shared $SHARED --model build/stories260K-rtn-g32.gguf" ;;
         *) args="--decode-ctx 32768 --model-7b build/llama2-7b-aq4.gguf" ;;
     esac
-    limit=120; [ $limit -le $left ] || limit=$left
-    timeout $limit compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check $args 2>&1 |
+    timeout $(limit_within 120) compute-sanitizer --tool memcheck --print-limit 4 $B/tools/aq-gpu-check $args 2>&1 |
         tail -60 | tee -a "$LOG"
 fi
 # PROFILE=1: Nsight Compute on two int4 GEMVs of the timing part, 12288 x 4096 and 4096 x 11008
@@ -117,11 +118,9 @@ if [ -n "${PROFILE:-}" ] && command -v ncu >/dev/null; then
     echo "== ncu ($(($(date +%s) - start)) s)" | tee -a "$LOG"
     for k in "gemv_4bit_kernel 20 1" "gemv_4bit_kernel 1220 1" "quest_score|quest_topk|attention_kernel|attention_merge 1600 4"; do
         set -- $k
-        left=$((BUDGET - ($(date +%s) - start)))
-        if [ $left -lt 30 ]; then skipped="${skipped:-}ncu:$1 "; continue; fi
-        limit=100; [ $limit -le $left ] || limit=$left
+        if [ $(left) -lt 30 ]; then skipped="${skipped:-}ncu:$1 "; continue; fi
         rm -f build/ncu.txt
-        timeout $limit ncu --clock-control none --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
+        timeout $(limit_within 100) ncu --clock-control none --kernel-name "regex:$1" --launch-skip "$2" --launch-count "$3" --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
             --log-file build/ncu.txt $B/tools/aq-gpu-check --part timing --short --no-one-grid >/dev/null 2>&1 ||
             echo "   (ncu on $1: exit status $?)" | tee -a "$LOG"
