@@ -2137,19 +2137,29 @@ static int aqc__attention_blocks_per_sm(int group, int hd, int page_size, int *b
     return 0;
 }
 
-/* Attention of n_tokens queries over the pages in lists (NULL: every page up to the query's),
-   split `splits` ways per KV head, then merged into out; o_in (may be NULL; one token, head_dim a
-   multiple of 32): the merge also preps out as the next GEMV's input, scaled (aqc__prep's xh,
-   xscale and xsum). */
+/* The next GEMV's input as aqc__prep makes it (xh, xscale, xsum), made by the merge. */
 struct aqc__prepped {
     __half *xh;
     float *xscale, *xsum;
 };
+/* The merge of n_tokens queries' splits into out (o_in as for aqc__attention). */
+static int aqc__merge(cudaStream_t st, bool pdl, const float *partial, int n_heads, int n_kv, int hd, int splits, int n_tokens, float *out,
+                      int64_t out_stride, const aqc__prepped *o_in, char *err, size_t err_len) {
+    if (o_in && (n_tokens != 1 || hd % 32)) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
+    AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(AQC_MERGE_THREADS), 0, st, partial, n_kv,
+                        n_heads / n_kv, hd, splits, out, out_stride, o_in ? o_in->xh : NULL, o_in ? o_in->xscale : NULL,
+                        o_in ? o_in->xsum : NULL));
+    return 0;
+}
+
+/* Attention of n_tokens queries over the pages in lists (NULL: every page up to the query's),
+   split `splits` ways per KV head, then merged into out; o_in (may be NULL; one token, head_dim a
+   multiple of 32): the merge also preps out as the next GEMV's input, scaled (aqc__prep's xh,
+   xscale and xsum). */
 static int aqc__attention(cudaStream_t st, bool pdl, const __half *kv_layer, const int *lists, const int *list_len, int max_pages,
                           const float *qkv, int qkv_dim, int n_heads, int n_kv, int hd, int page_size, const int *pos_ptr,
                           int n_tokens, int splits, float *partial, float *out, int64_t out_stride, const aqc__prepped *o_in,
                           char *err, size_t err_len) {
-    if (o_in && (n_tokens != 1 || hd % 32)) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
     const int group = n_heads / n_kv, maxg = aqc__attention_maxg(group, hd, page_size);
     const float scale = 1.0f / sqrtf((float)hd);
     const dim3 grid(n_kv, splits, n_tokens), block(AQC_ATT_WARPS * 32);
@@ -2158,9 +2168,7 @@ static int aqc__attention(cudaStream_t st, bool pdl, const __half *kv_layer, con
         return aqc__launch(pdl, aqc_attention_kernel<decltype(g)::value>, grid, block, shm, st, kv_layer, lists, list_len, max_pages, qkv,
                            qkv_dim, n_kv, hd, page_size, group, scale, pos_ptr, partial);
     }));
-    AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, n_tokens), dim3(AQC_MERGE_THREADS), 0, st, partial, n_kv, group,
-                        hd, splits, out, out_stride, o_in ? o_in->xh : NULL, o_in ? o_in->xscale : NULL, o_in ? o_in->xsum : NULL));
-    return 0;
+    return aqc__merge(st, pdl, partial, n_heads, n_kv, hd, splits, n_tokens, out, out_stride, o_in, err, err_len);
 }
 
 /* The cached top-k's threads for n keys: AQC_TOPK_CACHE keys a thread, whole warps, 4 to 32 of
@@ -2211,10 +2219,9 @@ static int aqc__quest_onepass(cudaStream_t st, bool pdl, int maxg, const float *
                               const __half *kv_layer, int n_heads, int page_size, int budget, const int *pos_ptr, float *scores,
                               unsigned *sync, int *lists, int *list_len, int splits, float *partial, float *out, int64_t out_stride,
                               const aqc__prepped *o_in, char *err, size_t err_len) {
-    const int group = n_heads / b.n_kv, select_blocks = aqc__select_blocks(b.max_pages);
+    const int select_blocks = aqc__select_blocks(b.max_pages);
     const float scale = 1.0f / sqrtf((float)b.hd);
     if (b.bits != 8) { aqc__err(err, err_len, "Quest in one grid: 8-bit bounds only"); return -1; }
-    if (o_in && b.hd % 32) { aqc__err(err, err_len, "attention: the merge preps one token of whole chunks only"); return -1; }
     void (*kernel)(const float *, int, aqc__bounds, const __half *, int, int, int, const int *, float *, unsigned *, int *, int *, int,
                    int, float, float *) = maxg == AQC_ATT_TC ? aqc_quest_onepass_kernel<AQC_ATT_TC>
                                           : maxg == 1        ? aqc_quest_onepass_kernel<1>
@@ -2223,10 +2230,7 @@ static int aqc__quest_onepass(cudaStream_t st, bool pdl, int maxg, const float *
     AQC_TRY(aqc__launch(pdl, kernel, dim3(b.n_kv * (select_blocks + splits)), dim3(AQC_ATT_WARPS * 32), aqc__attention_shared(maxg, b.hd),
                         st, qkv, qkv_dim, b, kv_layer, n_heads, page_size, budget, pos_ptr, scores, sync, lists, list_len, select_blocks,
                         splits, scale, partial));
-    AQC_TRY(aqc__launch(pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0, st, (const float *)partial, b.n_kv,
-                        group, b.hd, splits, out, out_stride, o_in ? o_in->xh : NULL, o_in ? o_in->xscale : NULL,
-                        o_in ? o_in->xsum : NULL));
-    return 0;
+    return aqc__merge(st, pdl, partial, n_heads, b.n_kv, b.hd, splits, 1, out, out_stride, o_in, err, err_len);
 }
 
 /* A decode step's attention over Quest's selection of pages: aqc__quest_select, then
@@ -3311,10 +3315,8 @@ extern "C" int aqc_time_attention(int n_ctx, int n_heads, int n_kv_heads, int he
     /* the dense attention's merge alone (over what the last dense step left) */
     t->dense_splits = r.splits;
     if (aqc__time(iters, [&](int, cudaStream_t st) {
-            return aqc__cuda_failed(aqc__launch(r.pdl, aqc_attention_merge_kernel, dim3(n_heads, 1), dim3(AQC_MERGE_THREADS), 0,
-                                                st, (const float *)r.partial, n_kv_heads, n_heads / n_kv_heads, head_dim, r.splits, r.out,
-                                                (int64_t)n_heads * head_dim, (__half *)NULL, (float *)NULL, (float *)NULL),
-                                    "merge kernel", err, err_len);
+            return aqc__merge(st, r.pdl, r.partial, n_heads, n_kv_heads, head_dim, r.splits, 1, r.out, (int64_t)n_heads * head_dim, NULL,
+                              err, err_len);
         }, &t->merge_us, err, err_len))
         return -1;
     /* the dense attention at other split counts (a page per warp of a split at least) */
